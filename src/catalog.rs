@@ -1,0 +1,561 @@
+//! The stream catalog (`<data dir>/streams.json`, SPEC §5): the streams a
+//! client may preview, their validation, and crash-safe persistence.
+//! Writes are serialized and atomic (temp file, fsync, rename, fsync dir);
+//! a write is acknowledged only once it is on disk. A corrupt catalog at
+//! start-up is moved aside, never overwritten.
+//!
+//! This module knows nothing of HTTP or GStreamer; it vets URLs through
+//! [`crate::media::source::SourceUri`].
+
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use parking_lot::RwLock;
+use serde::{Deserialize, Serialize};
+
+use crate::media::source::SourceUri;
+use crate::redact;
+
+pub const CATALOG_FILE: &str = "streams.json";
+pub const MAX_NAME_LEN: usize = 200;
+pub const MAX_BACKUP_URLS: usize = 8;
+pub const MAX_HEADERS: usize = 16;
+
+/// One previewable stream.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Stream {
+    pub id: String,
+    pub name: String,
+    pub url: String,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub backup_urls: Vec<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub group: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub logo: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tvg_id: Option<String>,
+    /// Request headers for HTTP(S)/HLS/DASH sources (User-Agent, Referer, Cookie).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub headers: BTreeMap<String, String>,
+    #[serde(default = "yes")]
+    pub enabled: bool,
+    pub created_at: String,
+    pub updated_at: String,
+}
+
+fn yes() -> bool {
+    true
+}
+
+impl Stream {
+    /// The same stream with credentials masked in URLs and secret headers.
+    pub fn redacted(&self) -> Stream {
+        let mut s = self.clone();
+        s.url = redact::redact_url(&s.url);
+        s.backup_urls = s
+            .backup_urls
+            .iter()
+            .map(|u| redact::redact_url(u))
+            .collect();
+        for (k, v) in s.headers.iter_mut() {
+            if redact::is_secret_header(k) {
+                *v = redact::MASK.to_string();
+            }
+        }
+        s
+    }
+}
+
+/// Fields a client sends to create or update a stream.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct StreamInput {
+    pub id: Option<String>,
+    pub name: Option<String>,
+    pub url: Option<String>,
+    pub backup_urls: Option<Vec<String>>,
+    pub group: Option<String>,
+    pub logo: Option<String>,
+    pub tvg_id: Option<String>,
+    pub headers: Option<BTreeMap<String, String>>,
+    pub enabled: Option<bool>,
+    // Accepted (and ignored) so a GET result can be PUT back unchanged.
+    #[serde(default)]
+    pub created_at: Option<serde::de::IgnoredAny>,
+    #[serde(default)]
+    pub updated_at: Option<serde::de::IgnoredAny>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum CatalogError {
+    #[error("stream '{0}' not found")]
+    NotFound(String),
+    #[error("a stream with id '{0}' already exists")]
+    Conflict(String),
+    #[error("{0}")]
+    Invalid(String),
+    #[error("catalog storage failed: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+pub fn valid_id(id: &str) -> bool {
+    (1..=64).contains(&id.len())
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+}
+
+/// Derives an id from a name: lowercase ASCII letters/digits, dashes between.
+pub fn slugify(name: &str) -> String {
+    let mut out = String::new();
+    for c in name.chars() {
+        if c.is_ascii_alphanumeric() {
+            out.push(c.to_ascii_lowercase());
+        } else if !out.ends_with('-') && !out.is_empty() {
+            out.push('-');
+        }
+        if out.len() >= 56 {
+            break;
+        }
+    }
+    let out = out.trim_end_matches('-').to_string();
+    if out.is_empty() {
+        "stream".into()
+    } else {
+        out
+    }
+}
+
+pub fn now_rfc3339() -> String {
+    humantime::format_rfc3339_millis(SystemTime::now()).to_string()
+}
+
+/// Validates a stream's fields; `media_dir` governs file:// sources.
+pub fn validate(stream: &Stream, media_dir: Option<&Path>) -> Result<(), CatalogError> {
+    let inv = |m: String| Err(CatalogError::Invalid(m));
+    if !valid_id(&stream.id) {
+        return inv("id must be 1-64 characters of A-Z, a-z, 0-9, '_' or '-'".into());
+    }
+    let name = stream.name.trim();
+    if name.is_empty()
+        || stream.name.chars().count() > MAX_NAME_LEN
+        || stream.name.chars().any(|c| c.is_control())
+    {
+        return inv(format!(
+            "name must be 1-{MAX_NAME_LEN} printable characters"
+        ));
+    }
+    SourceUri::parse(&stream.url, media_dir)
+        .map_err(|e| CatalogError::Invalid(format!("url: {e}")))?;
+    if stream.backup_urls.len() > MAX_BACKUP_URLS {
+        return inv(format!("at most {MAX_BACKUP_URLS} backupUrls"));
+    }
+    for (i, u) in stream.backup_urls.iter().enumerate() {
+        SourceUri::parse(u, media_dir)
+            .map_err(|e| CatalogError::Invalid(format!("backupUrls[{i}]: {e}")))?;
+    }
+    for (label, v) in [
+        ("group", &stream.group),
+        ("logo", &stream.logo),
+        ("tvgId", &stream.tvg_id),
+    ] {
+        if let Some(v) = v {
+            if v.len() > 2048 || v.chars().any(|c| c.is_control()) {
+                return inv(format!("{label} must be at most 2048 printable characters"));
+            }
+        }
+    }
+    if stream.headers.len() > MAX_HEADERS {
+        return inv(format!("at most {MAX_HEADERS} headers"));
+    }
+    for (k, v) in &stream.headers {
+        let token = !k.is_empty()
+            && k.len() <= 128
+            && k.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"-_!#$%&'*+.^`|~".contains(&b));
+        if !token || v.len() > 4096 || v.chars().any(|c| c.is_control()) {
+            return inv(format!("header '{k}' is not a valid HTTP header"));
+        }
+    }
+    Ok(())
+}
+
+/// The catalog: an in-memory copy for reads, a serialized writer for changes.
+pub struct Catalog {
+    path: PathBuf,
+    media_dir: Option<PathBuf>,
+    streams: RwLock<Arc<Vec<Stream>>>,
+    /// Serializes writers across the read-modify-persist sequence.
+    write: tokio::sync::Mutex<()>,
+}
+
+/// What start-up found on disk.
+#[derive(Debug, PartialEq)]
+pub enum Opened {
+    Loaded(usize),
+    CreatedDemo(usize),
+    /// The old file was moved to this path and an empty catalog started.
+    MovedCorrupt(PathBuf, String),
+}
+
+impl Catalog {
+    /// Opens `<data_dir>/streams.json`, creating the demo catalog on first start.
+    pub fn open(
+        data_dir: &Path,
+        media_dir: Option<PathBuf>,
+    ) -> Result<(Self, Opened), CatalogError> {
+        std::fs::create_dir_all(data_dir)?;
+        let path = data_dir.join(CATALOG_FILE);
+        let (streams, opened) = match std::fs::read(&path) {
+            Ok(bytes) => match serde_json::from_slice::<Vec<Stream>>(&bytes) {
+                Ok(streams) => {
+                    let n = streams.len();
+                    (streams, Opened::Loaded(n))
+                }
+                Err(e) => {
+                    let ts = SystemTime::now()
+                        .duration_since(SystemTime::UNIX_EPOCH)
+                        .map(|d| d.as_secs())
+                        .unwrap_or(0);
+                    let aside = data_dir.join(format!("{CATALOG_FILE}.corrupt-{ts}"));
+                    std::fs::rename(&path, &aside)?;
+                    (Vec::new(), Opened::MovedCorrupt(aside, e.to_string()))
+                }
+            },
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                let demo = demo_streams();
+                let n = demo.len();
+                (demo, Opened::CreatedDemo(n))
+            }
+            Err(e) => return Err(e.into()),
+        };
+        let catalog = Catalog {
+            path,
+            media_dir,
+            streams: RwLock::new(Arc::new(streams)),
+            write: tokio::sync::Mutex::new(()),
+        };
+        if !matches!(opened, Opened::Loaded(_)) {
+            persist(&catalog.path, &catalog.snapshot())?;
+        }
+        Ok((catalog, opened))
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    pub fn media_dir(&self) -> Option<&Path> {
+        self.media_dir.as_deref()
+    }
+
+    /// A consistent view of every stream, cheap to take.
+    pub fn snapshot(&self) -> Arc<Vec<Stream>> {
+        self.streams.read().clone()
+    }
+
+    pub fn get(&self, id: &str) -> Option<Stream> {
+        self.streams.read().iter().find(|s| s.id == id).cloned()
+    }
+
+    pub fn len(&self) -> usize {
+        self.streams.read().len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Applies `change` to a copy of the catalog, persists it durably, then
+    /// publishes it. Nothing changes in memory if the change or the write fails.
+    pub async fn mutate<T, F>(&self, change: F) -> Result<T, CatalogError>
+    where
+        F: FnOnce(&mut Vec<Stream>) -> Result<T, CatalogError>,
+    {
+        let _writer = self.write.lock().await;
+        let mut next = (*self.snapshot()).clone();
+        let out = change(&mut next)?;
+        let path = self.path.clone();
+        let next = Arc::new(next);
+        let to_write = next.clone();
+        tokio::task::spawn_blocking(move || persist(&path, &to_write))
+            .await
+            .map_err(|e| CatalogError::Io(std::io::Error::other(e)))??;
+        *self.streams.write() = next;
+        Ok(out)
+    }
+
+    /// Creates a stream from client input (201 on success).
+    pub async fn create(&self, input: StreamInput) -> Result<Stream, CatalogError> {
+        let now = now_rfc3339();
+        let name = input.name.clone().unwrap_or_default();
+        let mut stream = Stream {
+            id: String::new(),
+            name,
+            url: input
+                .url
+                .clone()
+                .ok_or_else(|| CatalogError::Invalid("url is required".into()))?,
+            backup_urls: input.backup_urls.clone().unwrap_or_default(),
+            group: input.group.clone(),
+            logo: input.logo.clone(),
+            tvg_id: input.tvg_id.clone(),
+            headers: input.headers.clone().unwrap_or_default(),
+            enabled: input.enabled.unwrap_or(true),
+            created_at: now.clone(),
+            updated_at: now,
+        };
+        let explicit_id = input.id.clone();
+        self.mutate(move |streams| {
+            stream.id = match explicit_id {
+                Some(id) => {
+                    if streams.iter().any(|s| s.id == id) {
+                        return Err(CatalogError::Conflict(id));
+                    }
+                    id
+                }
+                None => unique_id(streams, &slugify(&stream.name)),
+            };
+            validate(&stream, self.media_dir())?;
+            streams.push(stream.clone());
+            Ok(stream)
+        })
+        .await
+    }
+
+    /// Updates the fields present in `input`.
+    pub async fn update(&self, id: &str, input: StreamInput) -> Result<Stream, CatalogError> {
+        if let Some(body_id) = &input.id {
+            if body_id != id {
+                return Err(CatalogError::Invalid(format!(
+                    "id in the body ('{body_id}') differs from the path ('{id}')"
+                )));
+            }
+        }
+        let id = id.to_string();
+        self.mutate(move |streams| {
+            let s = streams
+                .iter_mut()
+                .find(|s| s.id == id)
+                .ok_or_else(|| CatalogError::NotFound(id.clone()))?;
+            let mut next = s.clone();
+            if let Some(v) = input.name {
+                next.name = v;
+            }
+            if let Some(v) = input.url {
+                next.url = v;
+            }
+            if let Some(v) = input.backup_urls {
+                next.backup_urls = v;
+            }
+            if let Some(v) = input.group {
+                next.group = Some(v).filter(|g| !g.is_empty());
+            }
+            if let Some(v) = input.logo {
+                next.logo = Some(v).filter(|g| !g.is_empty());
+            }
+            if let Some(v) = input.tvg_id {
+                next.tvg_id = Some(v).filter(|g| !g.is_empty());
+            }
+            if let Some(v) = input.headers {
+                next.headers = v;
+            }
+            if let Some(v) = input.enabled {
+                next.enabled = v;
+            }
+            next.updated_at = now_rfc3339();
+            validate(&next, self.media_dir())?;
+            *s = next.clone();
+            Ok(next)
+        })
+        .await
+    }
+
+    pub async fn delete(&self, id: &str) -> Result<(), CatalogError> {
+        let id = id.to_string();
+        self.mutate(move |streams| {
+            let before = streams.len();
+            streams.retain(|s| s.id != id);
+            if streams.len() == before {
+                return Err(CatalogError::NotFound(id));
+            }
+            Ok(())
+        })
+        .await
+    }
+
+    /// Writes the current catalog to disk again (used at shutdown).
+    pub async fn flush(&self) -> Result<(), CatalogError> {
+        self.mutate(|_| Ok(())).await
+    }
+}
+
+fn unique_id(streams: &[Stream], base: &str) -> String {
+    if !streams.iter().any(|s| s.id == base) {
+        return base.to_string();
+    }
+    (2..)
+        .map(|n| format!("{base}-{n}"))
+        .find(|c| !streams.iter().any(|s| s.id == *c))
+        .expect("an unused id exists")
+}
+
+/// Atomic, durable write: temp file in the same dir, fsync, rename, fsync dir.
+fn persist(path: &Path, streams: &[Stream]) -> std::io::Result<()> {
+    let dir = path.parent().unwrap_or(Path::new("."));
+    let tmp = dir.join(format!(".{CATALOG_FILE}.tmp-{}", std::process::id()));
+    let bytes = serde_json::to_vec_pretty(streams).map_err(std::io::Error::other)?;
+    {
+        let mut f = std::fs::File::create(&tmp)?;
+        f.write_all(&bytes)?;
+        f.write_all(b"\n")?;
+        f.sync_all()?;
+    }
+    std::fs::rename(&tmp, path)?;
+    std::fs::File::open(dir)?.sync_all()?;
+    Ok(())
+}
+
+/// Whether the data dir accepts writes (health/readiness).
+pub fn dir_writable(dir: &Path) -> bool {
+    let probe = dir.join(format!(".write-probe-{}", std::process::id()));
+    let ok = std::fs::write(&probe, b"ok").is_ok();
+    let _ = std::fs::remove_file(&probe);
+    ok
+}
+
+/// The offline demo catalog created on first start: sluice's own `test://`
+/// sources, so a new user can preview at once with no network.
+pub fn demo_streams() -> Vec<Stream> {
+    let now = now_rfc3339();
+    let mk = |id: &str, name: &str, url: &str| Stream {
+        id: id.into(),
+        name: name.into(),
+        url: url.into(),
+        backup_urls: vec![],
+        group: Some("Demo".into()),
+        logo: None,
+        tvg_id: Some(id.into()),
+        headers: BTreeMap::new(),
+        enabled: true,
+        created_at: now.clone(),
+        updated_at: now.clone(),
+    };
+    vec![
+        mk(
+            "demo-smpte",
+            "SMPTE bars 1080p30 with tone",
+            "test://smpte?size=1920x1080&rate=30",
+        ),
+        mk(
+            "demo-ball",
+            "Bouncing ball 720p25",
+            "test://ball?size=1280x720&rate=25&freq=660",
+        ),
+        mk(
+            "demo-snow",
+            "Snow 480p30",
+            "test://snow?size=854x480&rate=30&audio=silence",
+        ),
+        mk(
+            "demo-video-only",
+            "Colour bars, no audio 720p30",
+            "test://smpte75?size=1280x720&rate=30&audio=none",
+        ),
+    ]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn first_start_creates_a_demo_catalog_with_demo_smpte() {
+        let dir = tempfile::tempdir().unwrap();
+        let (cat, opened) = Catalog::open(dir.path(), None).unwrap();
+        assert!(matches!(opened, Opened::CreatedDemo(n) if n >= 2));
+        assert!(cat
+            .get("demo-smpte")
+            .unwrap()
+            .url
+            .starts_with("test://smpte"));
+        for s in cat.snapshot().iter() {
+            validate(s, None).unwrap();
+        }
+        let (again, opened) = Catalog::open(dir.path(), None).unwrap();
+        assert_eq!(opened, Opened::Loaded(cat.len()));
+        assert_eq!(again.snapshot(), cat.snapshot());
+    }
+
+    #[tokio::test]
+    async fn crud_persists_and_validates() {
+        let dir = tempfile::tempdir().unwrap();
+        let (cat, _) = Catalog::open(dir.path(), None).unwrap();
+        let s = cat
+            .create(StreamInput {
+                name: Some("News HD!".into()),
+                url: Some("http://u:p@example.test/live.ts".into()),
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+        assert_eq!(s.id, "news-hd");
+        let s2 = cat
+            .create(StreamInput {
+                name: Some("News HD".into()),
+                url: Some("rtsp://cam/x".into()),
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+        assert_eq!(s2.id, "news-hd-2");
+        let err = cat
+            .create(StreamInput {
+                name: Some("x".into()),
+                url: Some("ftp://x/y".into()),
+                ..Default::default()
+            })
+            .await
+            .unwrap_err();
+        assert!(matches!(err, CatalogError::Invalid(m) if m.contains("ftp")));
+        let up = cat
+            .update(
+                "news-hd",
+                StreamInput {
+                    enabled: Some(false),
+                    ..Default::default()
+                },
+            )
+            .await
+            .unwrap();
+        assert!(!up.enabled);
+        cat.delete("news-hd-2").await.unwrap();
+        assert!(matches!(
+            cat.delete("news-hd-2").await,
+            Err(CatalogError::NotFound(_))
+        ));
+        let (reopened, _) = Catalog::open(dir.path(), None).unwrap();
+        assert_eq!(reopened.snapshot(), cat.snapshot());
+        assert_eq!(
+            reopened.get("news-hd").unwrap().redacted().url,
+            "http://***@example.test/live.ts"
+        );
+    }
+
+    #[test]
+    fn corrupt_catalog_is_moved_aside() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join(CATALOG_FILE), b"[{\"id\": trunc").unwrap();
+        let (cat, opened) = Catalog::open(dir.path(), None).unwrap();
+        let Opened::MovedCorrupt(aside, _) = opened else {
+            panic!("{opened:?}")
+        };
+        assert_eq!(std::fs::read(&aside).unwrap(), b"[{\"id\": trunc");
+        assert!(cat.is_empty());
+    }
+}

@@ -1,0 +1,286 @@
+//! Settings: what the operator configured, from CLI flags and environment
+//! variables (SPEC §3). Parsed once at start-up; invalid values stop start-up
+//! with a message naming the variable and the accepted form.
+//!
+//! This module owns parsing and validation only. It never looks at running
+//! state (that lives in the pool, the session registry and the memory monitor).
+
+use std::net::IpAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::Parser;
+
+pub const DEFAULT_PORT: u16 = 3000;
+pub const DEFAULT_HOST: &str = "127.0.0.1";
+pub const DEFAULT_DATA_DIR: &str = "./data";
+pub const DEFAULT_PROFILES: &str = "./pipelines/profiles.toml";
+pub const DEFAULT_MAX_TRANSCODES: usize = 3;
+pub const DEFAULT_MAX_REMUX: usize = 20;
+pub const DEFAULT_MAX_QUEUED: usize = 10;
+pub const DEFAULT_MAX_SESSIONS_PER_CLIENT: usize = 3;
+pub const DEFAULT_START_TIMEOUT_MS: u64 = 30_000;
+pub const DEFAULT_QUALITY: &str = "medium";
+pub const DEFAULT_STALL_TIMEOUT_MS: u64 = 15_000;
+pub const DEFAULT_MEMORY_WARNING: &str = "512MB";
+pub const DEFAULT_MEMORY_CRITICAL: &str = "1GB";
+pub const DEFAULT_SHUTDOWN_GRACE_MS: u64 = 10_000;
+
+/// Bounds for the per-request `timeout` query parameter (SPEC §6).
+pub const MIN_REQUEST_TIMEOUT_MS: u64 = 100;
+pub const MAX_REQUEST_TIMEOUT_MS: u64 = 120_000;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    Pretty,
+    Json,
+}
+
+/// Everything the operator can configure. Field docs are the `--help` text.
+#[derive(Debug, Clone, Parser)]
+#[command(
+    name = "sluice",
+    version,
+    about = "In-process GStreamer transcoding server: live IPTV previews as fMP4 or MPEG-TS over HTTP",
+    long_about = None
+)]
+pub struct Settings {
+    /// TCP port to listen on.
+    #[arg(long, env = "PORT", value_name = "PORT", default_value_t = DEFAULT_PORT)]
+    pub port: u16,
+
+    /// Address to listen on (use 0.0.0.0 to serve the network).
+    #[arg(long, env = "HOST", value_name = "HOST", default_value = DEFAULT_HOST)]
+    pub host: IpAddr,
+
+    /// Directory holding the stream catalog (streams.json) and state.
+    #[arg(long = "data-dir", env = "SLUICE_DATA_DIR", value_name = "SLUICE_DATA_DIR", default_value = DEFAULT_DATA_DIR)]
+    pub data_dir: PathBuf,
+
+    /// Quality profiles file; built-in defaults are used when it is absent.
+    #[arg(long, env = "SLUICE_PROFILES", value_name = "SLUICE_PROFILES", default_value = DEFAULT_PROFILES)]
+    pub profiles: PathBuf,
+
+    /// The only directory file:// sources may point into (unset: file:// refused).
+    #[arg(
+        long = "media-dir",
+        env = "SLUICE_MEDIA_DIR",
+        value_name = "SLUICE_MEDIA_DIR"
+    )]
+    pub media_dir: Option<PathBuf>,
+
+    /// Running transcode pipelines at most.
+    #[arg(long = "max-concurrent-transcodes", env = "MAX_CONCURRENT_TRANSCODES", value_name = "MAX_CONCURRENT_TRANSCODES",
+          default_value_t = DEFAULT_MAX_TRANSCODES, value_parser = positive_usize)]
+    pub max_transcodes: usize,
+
+    /// Running remux (no re-encode) pipelines at most.
+    #[arg(long = "max-concurrent-remux", env = "MAX_CONCURRENT_REMUX", value_name = "MAX_CONCURRENT_REMUX",
+          default_value_t = DEFAULT_MAX_REMUX, value_parser = positive_usize)]
+    pub max_remux: usize,
+
+    /// Requests that may wait for a free pipeline slot.
+    #[arg(long = "max-queued-requests", env = "MAX_QUEUED_REQUESTS", value_name = "MAX_QUEUED_REQUESTS",
+          default_value_t = DEFAULT_MAX_QUEUED)]
+    pub max_queued: usize,
+
+    /// Sessions one client IP may hold at once.
+    #[arg(long = "max-sessions-per-client", env = "MAX_SESSIONS_PER_CLIENT", value_name = "MAX_SESSIONS_PER_CLIENT",
+          default_value_t = DEFAULT_MAX_SESSIONS_PER_CLIENT, value_parser = positive_usize)]
+    pub max_sessions_per_client: usize,
+
+    /// Default start timeout in ms: queue wait plus time to the first media byte.
+    #[arg(long = "transcode-timeout", env = "TRANSCODE_TIMEOUT", value_name = "TRANSCODE_TIMEOUT",
+          default_value_t = DEFAULT_START_TIMEOUT_MS, value_parser = positive_u64)]
+    pub start_timeout_ms: u64,
+
+    /// Profile used when a request names none.
+    #[arg(long = "quality", env = "TRANSCODE_QUALITY_PROFILE", value_name = "TRANSCODE_QUALITY_PROFILE", default_value = DEFAULT_QUALITY)]
+    pub default_quality: String,
+
+    /// Ms without output before a running session is ended as stalled.
+    #[arg(long = "stall-timeout", env = "STALL_TIMEOUT", value_name = "STALL_TIMEOUT",
+          default_value_t = DEFAULT_STALL_TIMEOUT_MS, value_parser = positive_u64)]
+    pub stall_timeout_ms: u64,
+
+    /// Process RSS above which health is degraded (e.g. 512MB, 1.5GiB, bytes).
+    #[arg(long = "memory-warning", env = "MEMORY_WARNING_THRESHOLD", value_name = "MEMORY_WARNING_THRESHOLD",
+          default_value = DEFAULT_MEMORY_WARNING, value_parser = parse_size)]
+    pub memory_warning: u64,
+
+    /// Process RSS at which new sessions are refused (e.g. 1GB).
+    #[arg(long = "memory-critical", env = "MEMORY_CRITICAL_THRESHOLD", value_name = "MEMORY_CRITICAL_THRESHOLD",
+          default_value = DEFAULT_MEMORY_CRITICAL, value_parser = parse_size)]
+    pub memory_critical: u64,
+
+    /// Key required for mutating routes (X-Admin-Key or Authorization: Bearer).
+    #[arg(
+        long = "admin-api-key",
+        env = "ADMIN_API_KEY",
+        value_name = "ADMIN_API_KEY",
+        hide_env_values = true
+    )]
+    pub admin_api_key: Option<String>,
+
+    /// Take the client IP from X-Forwarded-For (only behind a trusted proxy).
+    #[arg(long = "trust-proxy", env = "TRUST_PROXY", value_name = "TRUST_PROXY", default_value_t = false,
+          action = clap::ArgAction::Set, value_parser = parse_bool)]
+    pub trust_proxy: bool,
+
+    /// Log filter: error, warn, info, debug, trace (or a tracing filter).
+    #[arg(
+        long = "log-level",
+        env = "LOG_LEVEL",
+        value_name = "LOG_LEVEL",
+        default_value = "info"
+    )]
+    pub log_level: String,
+
+    /// Log output: pretty, or json for one JSON object per line.
+    #[arg(long = "log-format", env = "LOG_FORMAT", value_name = "LOG_FORMAT", value_enum, default_value_t = LogFormat::Pretty)]
+    pub log_format: LogFormat,
+
+    /// Ms to drain sessions on SIGTERM before forcing pipelines down.
+    #[arg(long = "shutdown-grace", env = "SHUTDOWN_GRACE", value_name = "SHUTDOWN_GRACE",
+          default_value_t = DEFAULT_SHUTDOWN_GRACE_MS)]
+    pub shutdown_grace_ms: u64,
+}
+
+impl Settings {
+    /// Checks that relate several settings; returns a message naming the variable.
+    pub fn validate(&self) -> Result<(), String> {
+        if self.memory_warning > self.memory_critical {
+            return Err(format!(
+                "MEMORY_WARNING_THRESHOLD ({}) must not exceed MEMORY_CRITICAL_THRESHOLD ({})",
+                self.memory_warning, self.memory_critical
+            ));
+        }
+        if !crate::profiles::valid_name(&self.default_quality) {
+            return Err(format!(
+                "TRANSCODE_QUALITY_PROFILE: '{}' is not a profile name ([a-z0-9_-]+)",
+                self.default_quality
+            ));
+        }
+        if let Some(key) = &self.admin_api_key {
+            if key.trim().is_empty() {
+                return Err("ADMIN_API_KEY: must not be empty when set".into());
+            }
+        }
+        Ok(())
+    }
+
+    pub fn start_timeout(&self) -> Duration {
+        Duration::from_millis(self.start_timeout_ms)
+    }
+
+    pub fn stall_timeout(&self) -> Duration {
+        Duration::from_millis(self.stall_timeout_ms)
+    }
+
+    pub fn shutdown_grace(&self) -> Duration {
+        Duration::from_millis(self.shutdown_grace_ms)
+    }
+
+    /// Settings for tests and embedding: every default, with a given data dir.
+    pub fn for_data_dir(data_dir: impl Into<PathBuf>) -> Self {
+        let mut s = Settings::parse_from(["sluice"]);
+        s.data_dir = data_dir.into();
+        s
+    }
+}
+
+fn positive_usize(s: &str) -> Result<usize, String> {
+    match s.trim().parse::<usize>() {
+        Ok(n) if n > 0 => Ok(n),
+        _ => Err("expected a whole number of at least 1".into()),
+    }
+}
+
+fn positive_u64(s: &str) -> Result<u64, String> {
+    match s.trim().parse::<u64>() {
+        Ok(n) if n > 0 => Ok(n),
+        _ => Err("expected a whole number of milliseconds, at least 1".into()),
+    }
+}
+
+fn parse_bool(s: &str) -> Result<bool, String> {
+    match s.trim().to_ascii_lowercase().as_str() {
+        "1" | "true" | "yes" | "on" => Ok(true),
+        "0" | "false" | "no" | "off" | "" => Ok(false),
+        _ => Err("expected true or false".into()),
+    }
+}
+
+/// Parses a size: `512MB`, `1GB`, `1.5GiB`, `64KiB` or plain bytes.
+/// Decimal units (KB, MB, GB) are powers of 1000; binary (KiB, MiB, GiB) of 1024.
+pub fn parse_size(s: &str) -> Result<u64, String> {
+    const FORM: &str = "expected a size such as 512MB, 1GB, 1.5GiB or plain bytes";
+    let t = s.trim();
+    let split = t
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(t.len());
+    let (num, unit) = t.split_at(split);
+    let unit = unit.trim();
+    if num.is_empty() || num.matches('.').count() > 1 || num.starts_with('.') || num.ends_with('.')
+    {
+        return Err(FORM.into());
+    }
+    let mult: f64 = match unit.to_ascii_lowercase().as_str() {
+        "" | "b" => 1.0,
+        "kb" | "k" => 1e3,
+        "mb" | "m" => 1e6,
+        "gb" | "g" => 1e9,
+        "tb" | "t" => 1e12,
+        "kib" => 1024.0,
+        "mib" => 1024.0 * 1024.0,
+        "gib" => 1024.0 * 1024.0 * 1024.0,
+        "tib" => 1024.0 * 1024.0 * 1024.0 * 1024.0,
+        _ => return Err(FORM.into()),
+    };
+    let value: f64 = num.parse().map_err(|_| FORM.to_string())?;
+    let bytes = value * mult;
+    if !bytes.is_finite() || bytes < 1.0 || bytes > u64::MAX as f64 / 2.0 {
+        return Err(FORM.into());
+    }
+    if unit.is_empty() && num.contains('.') {
+        return Err(FORM.into());
+    }
+    Ok(bytes.round() as u64)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sizes_parse_in_every_spec_form() {
+        assert_eq!(parse_size("512MB"), Ok(512_000_000));
+        assert_eq!(parse_size("1GB"), Ok(1_000_000_000));
+        assert_eq!(parse_size("1.5GiB"), Ok(1_610_612_736));
+        assert_eq!(parse_size("64KiB"), Ok(65_536));
+        assert_eq!(parse_size("123456"), Ok(123_456));
+        assert_eq!(parse_size(" 2 mib "), Ok(2 * 1024 * 1024));
+        for bad in ["", "MB", "1.2.3GB", "12XB", "-5MB", ".5GB", "1.5", "0"] {
+            assert!(parse_size(bad).is_err(), "{bad} should be refused");
+        }
+    }
+
+    #[test]
+    fn bad_environment_names_the_variable() {
+        let err = Settings::try_parse_from(["sluice", "--memory-warning", "lots"]).unwrap_err();
+        let text = err.to_string();
+        assert!(text.contains("MEMORY_WARNING_THRESHOLD"), "{text}");
+        assert!(text.contains("512MB"), "{text}");
+    }
+
+    #[test]
+    fn thresholds_must_be_ordered() {
+        let mut s = Settings::for_data_dir("/tmp/x");
+        s.memory_warning = 2_000;
+        s.memory_critical = 1_000;
+        assert!(s
+            .validate()
+            .unwrap_err()
+            .contains("MEMORY_WARNING_THRESHOLD"));
+    }
+}

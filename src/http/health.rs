@@ -1,0 +1,53 @@
+//! Health routes (SPEC §6): `/live`, `/ready`, `/health` and the aliases
+//! `/api/health/live`, `/api/health/ready`, `/api/health`. They read the
+//! cached checks in [`crate::health`], so they answer in microseconds even
+//! while transcodes run.
+
+use std::sync::Arc;
+
+use http::StatusCode;
+use warp::{Filter, Rejection};
+
+use super::json;
+use crate::AppState;
+
+pub fn routes(
+    state: Arc<AppState>,
+) -> impl Filter<Extract = (warp::reply::Response,), Error = Rejection> + Clone {
+    let live = warp::path!("live")
+        .or(warp::path!("api" / "health" / "live"))
+        .unify()
+        .and(warp::get().or(warp::head()).unify())
+        .map(|| json(&serde_json::json!({"status": "alive"}), StatusCode::OK));
+    let s = state.clone();
+    let ready = warp::path!("ready")
+        .or(warp::path!("api" / "health" / "ready"))
+        .unify()
+        .and(warp::get().or(warp::head()).unify())
+        .map(move || {
+            let reasons = crate::health::not_ready_reasons(&s);
+            if reasons.is_empty() {
+                json(&serde_json::json!({"status": "ready"}), StatusCode::OK)
+            } else {
+                json(
+                    &serde_json::json!({"status": "not_ready", "reasons": reasons}),
+                    StatusCode::SERVICE_UNAVAILABLE,
+                )
+            }
+        });
+    let s = state;
+    let health = warp::path!("health")
+        .or(warp::path!("api" / "health"))
+        .unify()
+        .and(warp::get().or(warp::head()).unify())
+        .map(move || {
+            let report = crate::health::report(&s);
+            let code = if report.status == crate::health::Status::Unhealthy {
+                StatusCode::SERVICE_UNAVAILABLE
+            } else {
+                StatusCode::OK
+            };
+            json(&report, code)
+        });
+    live.or(ready).unify().or(health).unify()
+}

@@ -1,0 +1,240 @@
+//! The HTTP layer: warp filters, handlers and the server loop. It parses
+//! requests, calls into the library (catalog, preview, status) and shapes
+//! JSON replies. It never touches GStreamer.
+
+pub mod catalog;
+pub mod error;
+pub mod health;
+pub mod preview;
+pub mod status;
+
+use std::collections::HashMap;
+use std::convert::Infallible;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use warp::{Filter, Rejection, Reply};
+
+use crate::AppState;
+use error::ApiError;
+
+/// Largest catalog write body.
+pub const MAX_CATALOG_BODY: u64 = 1024 * 1024;
+/// Largest request head (request line + headers).
+pub const MAX_HEADER_BYTES: usize = 64 * 1024;
+/// Time a client has to send its request head.
+pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The TCP peer of a request, put there by the server loop.
+#[derive(Debug, Clone, Copy)]
+pub struct PeerAddr(pub SocketAddr);
+
+/// The client's IP: the TCP peer, or the first `X-Forwarded-For` entry when
+/// the operator trusts a proxy.
+pub fn client_ip(
+    state: Arc<AppState>,
+) -> impl Filter<Extract = (IpAddr,), Error = Rejection> + Clone {
+    warp::ext::optional::<PeerAddr>()
+        .and(warp::header::optional::<String>("x-forwarded-for"))
+        .map(move |peer: Option<PeerAddr>, xff: Option<String>| {
+            let peer_ip = peer
+                .map(|p| p.0.ip())
+                .unwrap_or(IpAddr::from([127, 0, 0, 1]));
+            if state.settings.trust_proxy {
+                if let Some(ip) = xff
+                    .as_deref()
+                    .and_then(|v| v.split(',').next())
+                    .and_then(|v| v.trim().parse::<IpAddr>().ok())
+                {
+                    return ip;
+                }
+            }
+            peer_ip
+        })
+}
+
+/// Whether a request may mutate: the admin key when one is configured,
+/// otherwise a loopback client.
+pub fn is_admin(
+    state: &AppState,
+    ip: IpAddr,
+    key_header: Option<&str>,
+    bearer: Option<&str>,
+) -> bool {
+    match &state.settings.admin_api_key {
+        Some(key) => {
+            let given = key_header
+                .or_else(|| {
+                    bearer.and_then(|b| {
+                        b.strip_prefix("Bearer ")
+                            .or_else(|| b.strip_prefix("bearer "))
+                    })
+                })
+                .map(str::trim)
+                .unwrap_or("");
+            use subtle::ConstantTimeEq;
+            let (a, b) = (given.as_bytes(), key.as_bytes());
+            a.len() == b.len() && bool::from(a.ct_eq(b))
+        }
+        None => ip.is_loopback() || ip.to_canonical().is_loopback(),
+    }
+}
+
+/// Whether the request carries admin rights (without refusing it).
+pub fn admin_flag(
+    state: Arc<AppState>,
+) -> impl Filter<Extract = (bool,), Error = Rejection> + Clone {
+    client_ip(state.clone())
+        .and(warp::header::optional::<String>("x-admin-key"))
+        .and(warp::header::optional::<String>("authorization"))
+        .map(
+            move |ip: IpAddr, key: Option<String>, auth: Option<String>| {
+                is_admin(&state, ip, key.as_deref(), auth.as_deref())
+            },
+        )
+}
+
+/// Refuses non-admin requests with 401.
+pub fn require_admin(state: Arc<AppState>) -> impl Filter<Extract = (), Error = Rejection> + Clone {
+    let keyed = state.settings.admin_api_key.is_some();
+    admin_flag(state)
+        .and_then(move |ok: bool| async move {
+            if ok {
+                Ok(())
+            } else if keyed {
+                Err(warp::reject::custom(ApiError::new(
+                    http::StatusCode::UNAUTHORIZED,
+                    "unauthorized",
+                    "this route needs the admin key (X-Admin-Key or Authorization: Bearer)",
+                )))
+            } else {
+                Err(warp::reject::custom(ApiError::new(
+                    http::StatusCode::UNAUTHORIZED,
+                    "unauthorized",
+                    "no ADMIN_API_KEY is configured, so changes are accepted from loopback clients only",
+                )))
+            }
+        })
+        .untuple_one()
+}
+
+/// The query string as key/value pairs (empty when absent).
+pub fn query_map() -> impl Filter<Extract = (HashMap<String, String>,), Error = Infallible> + Clone
+{
+    warp::query::raw()
+        .or(warp::any().map(String::new))
+        .unify()
+        .map(|raw: String| {
+            url::form_urlencoded::parse(raw.as_bytes())
+                .into_owned()
+                .collect()
+        })
+}
+
+/// A JSON body of at most `limit` bytes, parsed with precise 400/413/415 errors.
+pub fn json_body<T: serde::de::DeserializeOwned + Send>(
+    limit: u64,
+) -> impl Filter<Extract = (T,), Error = Rejection> + Clone {
+    warp::header::optional::<String>("content-type")
+        .and(warp::body::content_length_limit(limit))
+        .and(warp::body::bytes())
+        .and_then(|ct: Option<String>, body: Bytes| async move {
+            if let Some(ct) = ct {
+                let mime = ct
+                    .split(';')
+                    .next()
+                    .unwrap_or("")
+                    .trim()
+                    .to_ascii_lowercase();
+                if mime != "application/json" && !mime.ends_with("+json") {
+                    return Err(warp::reject::custom(ApiError::new(
+                        http::StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                        "unsupported_media_type",
+                        format!("expected Content-Type application/json, got '{mime}'"),
+                    )));
+                }
+            }
+            serde_json::from_slice::<T>(&body).map_err(|e| {
+                warp::reject::custom(ApiError::bad_request(format!("invalid JSON body: {e}")))
+            })
+        })
+}
+
+/// Every route, with JSON errors.
+pub fn routes(
+    state: Arc<AppState>,
+) -> impl Filter<Extract = (warp::reply::Response,), Error = Infallible> + Clone {
+    let api = preview::routes(state.clone())
+        .or(status::routes(state.clone()))
+        .unify()
+        .or(catalog::routes(state.clone()))
+        .unify()
+        .or(health::routes(state.clone()))
+        .unify();
+    api.recover(error::recover)
+        .unify()
+        .map(|r: warp::reply::Response| r)
+}
+
+pub fn json<T: serde::Serialize>(value: &T, status: http::StatusCode) -> warp::reply::Response {
+    let mut res = warp::reply::with_status(warp::reply::json(value), status).into_response();
+    res.headers_mut().insert(
+        http::header::CACHE_CONTROL,
+        http::HeaderValue::from_static("no-store"),
+    );
+    res
+}
+
+/// Serves `routes` on `listener` until `stop` resolves; then stops
+/// accepting. Open connections are left to finish (sessions are drained by
+/// the shutdown sequence).
+pub async fn serve<F>(
+    listener: tokio::net::TcpListener,
+    filter: F,
+    stop: impl std::future::Future<Output = ()>,
+) where
+    F: Filter<Extract = (warp::reply::Response,), Error = Infallible>
+        + Clone
+        + Send
+        + Sync
+        + 'static,
+{
+    let svc = warp::service(filter);
+    tokio::pin!(stop);
+    loop {
+        let (tcp, peer) = tokio::select! {
+            _ = &mut stop => break,
+            accepted = listener.accept() => match accepted {
+                Ok(pair) => pair,
+                Err(e) => {
+                    tracing::debug!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            }
+        };
+        let _ = tcp.set_nodelay(true);
+        let svc = svc.clone();
+        tokio::spawn(async move {
+            let service = hyper::service::service_fn(
+                move |mut req: hyper::Request<hyper::body::Incoming>| {
+                    req.extensions_mut().insert(PeerAddr(peer));
+                    let mut svc = svc.clone();
+                    async move { tower_service::Service::call(&mut svc, req).await }
+                },
+            );
+            let conn = hyper::server::conn::http1::Builder::new()
+                .timer(TokioTimer::new())
+                .header_read_timeout(HEADER_READ_TIMEOUT)
+                .max_buf_size(MAX_HEADER_BYTES)
+                .serve_connection(TokioIo::new(tcp), service);
+            if let Err(e) = conn.await {
+                tracing::debug!(error = %e, "connection ended with an error");
+            }
+        });
+    }
+    drop(listener);
+}

@@ -1,0 +1,204 @@
+//! sluice: live previews of IPTV and other sources, transcoded in-process by
+//! GStreamer pipelines and served over HTTP.
+//!
+//! Request flow: HTTP request ([`http`]) -> catalog lookup ([`catalog`]) ->
+//! admission ([`pool`], [`memory`]) -> pipeline ([`media`]) -> response body.
+//! [`preview`] ties the steps together; [`sessions`] tracks what runs;
+//! [`shutdown`] drains it all.
+
+pub mod catalog;
+pub mod config;
+pub mod health;
+pub mod http;
+pub mod media;
+pub mod memory;
+pub mod metrics;
+pub mod pool;
+pub mod preview;
+pub mod profiles;
+pub mod redact;
+pub mod sessions;
+pub mod shutdown;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use config::{LogFormat, Settings};
+
+/// Everything a request handler may read: settings and running state.
+pub struct AppState {
+    pub settings: Settings,
+    pub profiles: profiles::Profiles,
+    pub catalog: catalog::Catalog,
+    pub pool: Arc<pool::Pool>,
+    pub registry: Arc<sessions::Registry>,
+    pub memory: Arc<memory::MemoryMonitor>,
+    pub shutdown: Arc<shutdown::Shutdown>,
+    pub health: Arc<health::HealthCache>,
+    pub metrics: metrics::Metrics,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("{0}")]
+    Config(String),
+    #[error(transparent)]
+    Profiles(#[from] profiles::ProfilesError),
+    #[error("catalog: {0}")]
+    Catalog(#[from] catalog::CatalogError),
+    #[error("GStreamer could not be initialised: {0}")]
+    Gstreamer(#[from] gst::glib::Error),
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+}
+
+/// Builds the state from settings: GStreamer, profiles, catalog, pool.
+/// Must be called inside a tokio runtime (it starts background samplers).
+pub fn build_state(settings: Settings) -> Result<Arc<AppState>, StartError> {
+    settings.validate().map_err(StartError::Config)?;
+    media::init()?;
+    let profiles = profiles::Profiles::load(&settings.profiles)?;
+    if profiles.get(&settings.default_quality).is_none() {
+        return Err(StartError::Config(format!(
+            "TRANSCODE_QUALITY_PROFILE: no profile named '{}' (available: {})",
+            settings.default_quality,
+            profiles.names().join(", ")
+        )));
+    }
+    if let Some(dir) = &settings.media_dir {
+        if !dir.is_dir() {
+            return Err(StartError::Config(format!(
+                "SLUICE_MEDIA_DIR: '{}' is not a directory",
+                dir.display()
+            )));
+        }
+    }
+    let (catalog, opened) = catalog::Catalog::open(&settings.data_dir, settings.media_dir.clone())?;
+    match opened {
+        catalog::Opened::Loaded(n) => {
+            tracing::info!(streams = n, path = %catalog.path().display(), "catalog loaded")
+        }
+        catalog::Opened::CreatedDemo(n) => {
+            tracing::info!(streams = n, path = %catalog.path().display(), "no catalog found: created the offline demo catalog")
+        }
+        catalog::Opened::MovedCorrupt(aside, reason) => tracing::error!(
+            moved_to = %aside.display(), reason = %reason,
+            "catalog was corrupt: moved it aside and started with an empty catalog"
+        ),
+    }
+    let pool = pool::Pool::new(
+        settings.max_transcodes,
+        settings.max_remux,
+        settings.max_queued,
+        settings.max_sessions_per_client,
+    );
+    let registry = sessions::Registry::new();
+    registry.spawn_stall_watchdog(settings.stall_timeout());
+    let memory = memory::MemoryMonitor::new(settings.memory_warning, settings.memory_critical);
+    memory.spawn_sampler();
+    let health = health::HealthCache::new(&settings.data_dir);
+    health.spawn_refresher(settings.data_dir.clone());
+    let missing = health.checks().missing_elements;
+    if !missing.is_empty() {
+        tracing::error!(missing = %missing.join(", "), "GStreamer elements are missing: install the plugins listed in README");
+    }
+    Ok(Arc::new(AppState {
+        settings,
+        profiles,
+        catalog,
+        pool,
+        registry,
+        memory,
+        shutdown: shutdown::Shutdown::new(),
+        health,
+        metrics: metrics::Metrics::default(),
+    }))
+}
+
+/// A running server.
+pub struct Server {
+    pub addr: SocketAddr,
+    pub state: Arc<AppState>,
+    serving: tokio::task::JoinHandle<()>,
+}
+
+impl Server {
+    /// Binds `HOST:PORT` (port 0 picks a free port) and starts serving.
+    pub async fn start(settings: Settings) -> Result<Server, StartError> {
+        let addr = SocketAddr::new(settings.host, settings.port);
+        let state = build_state(settings)?;
+        let listener = tokio::net::TcpListener::bind(addr)
+            .await
+            .map_err(|source| StartError::Bind { addr, source })?;
+        let addr = listener
+            .local_addr()
+            .map_err(|source| StartError::Bind { addr, source })?;
+        if state.settings.admin_api_key.is_none() && !addr.ip().is_loopback() {
+            tracing::warn!(%addr, "listening beyond loopback without ADMIN_API_KEY: catalog changes are accepted from loopback clients only");
+        }
+        let filter = http::routes(state.clone());
+        let stop_state = state.clone();
+        let serving = tokio::spawn(http::serve(listener, filter, async move {
+            stop_state.shutdown.wait().await
+        }));
+        tracing::info!(%addr, "sluice listening");
+        Ok(Server {
+            addr,
+            state,
+            serving,
+        })
+    }
+
+    /// Graceful shutdown: stop accepting, drain sessions, flush the catalog.
+    pub async fn shutdown(self) {
+        self.state.shutdown.begin();
+        let _ = self.serving.await;
+        shutdown::drain(&self.state, self.state.settings.shutdown_grace()).await;
+    }
+}
+
+/// Sets up logging as configured (`LOG_LEVEL`, `LOG_FORMAT`).
+pub fn init_logging(settings: &Settings) {
+    let filter = tracing_subscriber::EnvFilter::try_new(&settings.log_level)
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    let _ = match settings.log_format {
+        LogFormat::Json => builder
+            .json()
+            .flatten_event(true)
+            .with_current_span(true)
+            .try_init(),
+        LogFormat::Pretty => builder.try_init(),
+    };
+}
+
+/// Runs the server until SIGTERM/SIGINT, then shuts down gracefully; a
+/// second signal exits at once.
+pub async fn run(settings: Settings) -> Result<(), StartError> {
+    let server = Server::start(settings).await?;
+    wait_for_signal().await;
+    tracing::info!("shutdown signal received: draining (send the signal again to exit at once)");
+    tokio::spawn(async {
+        wait_for_signal().await;
+        tracing::warn!("second signal: exiting at once");
+        std::process::exit(1);
+    });
+    server.shutdown().await;
+    tracing::info!("shutdown complete");
+    Ok(())
+}
+
+async fn wait_for_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
+    let mut int = signal(SignalKind::interrupt()).expect("SIGINT handler");
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = int.recv() => {}
+    }
+}

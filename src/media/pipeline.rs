@@ -1,0 +1,797 @@
+//! Pipeline building. A pipeline is built in two steps so the mode can be
+//! chosen from what the source really carries:
+//!
+//! 1. [`open`]: the source part. For URIs `urisourcebin -> parsebin`, whose
+//!    elementary-stream pads are held by blocking probes; `test://` needs no
+//!    opening (its streams are known raw video + tone).
+//! 2. [`Opened::commit`]: the branches for the chosen mode, the muxer and
+//!    the appsink, then the probes are released.
+//!
+//! ```text
+//! transcode video: pad -> queue -> decodebin -> deinterlace -> videoscale -> videorate
+//!                  -> videoconvert -> capsfilter(box, fps) -> queue(leaky if live)
+//!                  -> x264enc -> capsfilter(constrained-baseline) -> h264parse -> capsfilter -> mux
+//! transcode audio: pad -> queue -> decodebin -> audioconvert -> audioresample
+//!                  -> capsfilter(48 kHz stereo) -> queue(leaky if live) -> avenc_aac -> aacparse -> mux
+//! remux:           pad -> queue -> h264parse|aacparse -> capsfilter -> mux
+//! mux:             mp4mux (fragmented) | mpegtsmux -> appsink
+//! test://:         videotestsrc(live) / audiotestsrc(live) feed the transcode chains directly
+//! ```
+//!
+//! Every closure handed to GStreamer holds weak references to elements;
+//! shared counters live in [`Shared`], which holds no pipeline objects
+//! except pads that the commit step releases.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::Arc;
+
+use gst::prelude::*;
+use parking_lot::Mutex;
+
+use super::source::{SourceUri, TestAudio, TestSource};
+use super::{Format, MediaError, Mode, SourceStreams, StreamCodec};
+use crate::profiles::{Profile, AUDIO_CHANNELS, AUDIO_RATE};
+
+/// Fragment length of fMP4 output: short fragments get the first frame to
+/// the client quickly.
+pub const FRAGMENT_DURATION_MS: u32 = 250;
+/// appsink queue bound (buffers); backpressure beyond it comes from the
+/// HTTP body not being polled.
+pub const APPSINK_MAX_BUFFERS: u32 = 256;
+/// Live sources: at most this much raw media waits for the encoder before
+/// frames are dropped rather than the source stalling.
+const LEAKY_QUEUE_NS: u64 = 1_000_000_000;
+
+/// State shared between streaming-thread callbacks and the async side.
+/// Holds no strong reference to the pipeline or its elements.
+#[derive(Default)]
+pub struct Shared {
+    /// Source pads found so far, each held by a blocking probe.
+    pending: Mutex<Vec<PendingPad>>,
+    /// urisourcebin has exposed all its pads.
+    source_done: AtomicBool,
+    /// parsebins that have not yet signalled no-more-pads.
+    parsers_open: AtomicUsize,
+    /// Wakes whoever waits for pads or for output.
+    pub notify: tokio::sync::Notify,
+    /// Video frames (or audio buffers when there is no video) sent to the muxer.
+    pub frames: AtomicU64,
+    /// First and latest output timestamp (ns) for media-time accounting.
+    first_pts: AtomicU64,
+    last_pts: AtomicU64,
+    /// Monotonic ms (see [`now_ms`]) of the last sample the appsink received.
+    pub last_sample_ms: AtomicU64,
+    /// The appsink has received EOS.
+    pub eos: AtomicBool,
+    /// Wakes the body stream when a sample or EOS arrives.
+    pub waker: futures::task::AtomicWaker,
+}
+
+struct PendingPad {
+    pad: gst::Pad,
+    probe: Option<gst::PadProbeId>,
+    caps: Option<gst::Caps>,
+}
+
+impl Shared {
+    /// Media time carried so far (ns).
+    pub fn media_ns(&self) -> u64 {
+        let first = self.first_pts.load(Ordering::Relaxed);
+        let last = self.last_pts.load(Ordering::Relaxed);
+        if first == u64::MAX || first == 0 && last == 0 {
+            0
+        } else {
+            last.saturating_sub(first)
+        }
+    }
+
+    fn note_pts(&self, pts: Option<gst::ClockTime>) {
+        if let Some(pts) = pts {
+            let ns = pts.nseconds();
+            let _ =
+                self.first_pts
+                    .compare_exchange(u64::MAX, ns, Ordering::Relaxed, Ordering::Relaxed);
+            self.last_pts.fetch_max(ns, Ordering::Relaxed);
+        }
+    }
+
+    fn all_pads_known(&self) -> bool {
+        self.source_done.load(Ordering::Acquire)
+            && self.parsers_open.load(Ordering::Acquire) == 0
+            && !self.pending.lock().is_empty()
+    }
+}
+
+/// Milliseconds on a process-wide monotonic clock.
+pub fn now_ms() -> u64 {
+    static START: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
+    START
+        .get_or_init(std::time::Instant::now)
+        .elapsed()
+        .as_millis() as u64
+        + 1
+}
+
+/// A pipeline whose source is open (or, for `test://`, ready to be made).
+pub struct Opened {
+    pub pipeline: gst::Pipeline,
+    pub shared: Arc<Shared>,
+    source: SourceUri,
+    format: Format,
+}
+
+fn make(factory: &str) -> Result<gst::Element, MediaError> {
+    gst::ElementFactory::make(factory).build().map_err(|_| {
+        MediaError::SourceFailed(format!("GStreamer element '{factory}' is not installed"))
+    })
+}
+
+fn queue(max_time_ns: u64, leaky: bool) -> Result<gst::Element, MediaError> {
+    let q = make("queue")?;
+    q.set_property("max-size-buffers", 0u32);
+    q.set_property("max-size-bytes", 0u32);
+    q.set_property("max-size-time", max_time_ns);
+    if leaky {
+        q.set_property_from_str("leaky", "downstream");
+    }
+    Ok(q)
+}
+
+fn capsfilter(caps: gst::Caps) -> Result<gst::Element, MediaError> {
+    let f = make("capsfilter")?;
+    f.set_property("caps", caps);
+    Ok(f)
+}
+
+/// Builds the source part and starts it. Must run off the async runtime
+/// (it changes pipeline state).
+pub fn open(
+    name: &str,
+    source: &SourceUri,
+    headers: &BTreeMap<String, String>,
+    format: Format,
+) -> Result<Opened, MediaError> {
+    let pipeline = gst::Pipeline::builder().name(name).build();
+    let shared = Arc::new(Shared {
+        first_pts: AtomicU64::new(u64::MAX),
+        last_sample_ms: AtomicU64::new(now_ms()),
+        ..Default::default()
+    });
+    if let SourceUri::Uri { uri, .. } = source {
+        let src = gst::ElementFactory::make("urisourcebin")
+            .property("uri", uri.as_str())
+            .build()
+            .map_err(|_| {
+                MediaError::SourceFailed("GStreamer element 'urisourcebin' is not installed".into())
+            })?;
+        let headers = headers.clone();
+        src.connect("source-setup", false, move |values| {
+            if let Ok(el) = values[1].get::<gst::Element>() {
+                configure_network_source(&el, &headers);
+            }
+            None
+        });
+        pipeline.add(&src)?;
+        let weak_pipeline = pipeline.downgrade();
+        let sh = shared.clone();
+        src.connect_pad_added(move |_, pad| {
+            let Some(pipeline) = weak_pipeline.upgrade() else {
+                return;
+            };
+            if let Err(e) = attach_parsebin(&pipeline, pad, &sh) {
+                gst::element_error!(pipeline, gst::CoreError::Negotiation, ("{}", e));
+            }
+        });
+        let sh = shared.clone();
+        src.connect_no_more_pads(move |_| {
+            sh.source_done.store(true, Ordering::Release);
+            sh.notify.notify_waiters();
+        });
+        pipeline.set_state(gst::State::Playing)?;
+    }
+    Ok(Opened {
+        pipeline,
+        shared,
+        source: source.clone(),
+        format,
+    })
+}
+
+/// Headers and timeouts for HTTP sources (souphttpsrc and friends).
+fn configure_network_source(el: &gst::Element, headers: &BTreeMap<String, String>) {
+    if el.has_property("timeout") && el.property_type("timeout") == Some(u32::static_type()) {
+        el.set_property("timeout", 15u32);
+    }
+    if headers.is_empty() {
+        return;
+    }
+    if el.has_property("extra-headers") {
+        let mut s = gst::Structure::new_empty("extra-headers");
+        for (k, v) in headers {
+            if k.eq_ignore_ascii_case("user-agent") && el.has_property("user-agent") {
+                el.set_property("user-agent", v.as_str());
+            } else {
+                s.set(k.as_str(), v.as_str());
+            }
+        }
+        el.set_property("extra-headers", s);
+    } else if el.has_property("user-agent") {
+        if let Some((_, ua)) = headers
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case("user-agent"))
+        {
+            el.set_property("user-agent", ua.as_str());
+        }
+    }
+}
+
+/// Links one urisourcebin pad into a fresh parsebin whose output pads are
+/// held until the mode is chosen.
+fn attach_parsebin(
+    pipeline: &gst::Pipeline,
+    pad: &gst::Pad,
+    shared: &Arc<Shared>,
+) -> Result<(), MediaError> {
+    let parsebin = make("parsebin")?;
+    shared.parsers_open.fetch_add(1, Ordering::AcqRel);
+    let sh = shared.clone();
+    parsebin.connect_pad_added(move |_, pad| {
+        let probe = pad.add_probe(gst::PadProbeType::BLOCK_DOWNSTREAM, |_, _| {
+            gst::PadProbeReturn::Ok
+        });
+        let caps = pad.current_caps().or_else(|| {
+            pad.sticky_event::<gst::event::Caps>(0)
+                .map(|e| e.caps_owned())
+        });
+        sh.pending.lock().push(PendingPad {
+            pad: pad.clone(),
+            probe,
+            caps,
+        });
+        sh.notify.notify_waiters();
+    });
+    let sh = shared.clone();
+    parsebin.connect_no_more_pads(move |_| {
+        sh.parsers_open.fetch_sub(1, Ordering::AcqRel);
+        sh.notify.notify_waiters();
+    });
+    pipeline.add(&parsebin)?;
+    parsebin.sync_state_with_parent()?;
+    let sink = parsebin
+        .static_pad("sink")
+        .expect("parsebin has a sink pad");
+    pad.link(&sink)
+        .map_err(|e| MediaError::SourceFailed(format!("cannot link source to parser: {e:?}")))?;
+    Ok(())
+}
+
+/// Describes caps as a short codec id and a human description.
+fn codec_of(caps: &gst::CapsRef) -> Option<StreamCodec> {
+    let s = caps.structure(0)?;
+    let name = s.name().as_str();
+    let codec = match name {
+        "video/x-h264" => "h264".to_string(),
+        "video/x-h265" => "hevc".to_string(),
+        "video/x-raw" | "audio/x-raw" => "raw".to_string(),
+        "video/mpeg" => match s.get::<i32>("mpegversion").unwrap_or(0) {
+            1 => "mpeg1video".into(),
+            2 => "mpeg2video".into(),
+            4 => "mpeg4".into(),
+            _ => "mpegvideo".into(),
+        },
+        "audio/mpeg" => match s.get::<i32>("mpegversion").unwrap_or(0) {
+            2 | 4 => "aac".into(),
+            _ => match s.get::<i32>("layer").unwrap_or(0) {
+                2 => "mp2".into(),
+                3 => "mp3".into(),
+                _ => "mpegaudio".into(),
+            },
+        },
+        "audio/x-ac3" => "ac3".into(),
+        "audio/x-eac3" => "eac3".into(),
+        "audio/x-opus" => "opus".into(),
+        "video/x-vp8" => "vp8".into(),
+        "video/x-vp9" => "vp9".into(),
+        "video/x-av1" => "av1".into(),
+        other => other
+            .rsplit('/')
+            .next()
+            .unwrap_or(other)
+            .trim_start_matches("x-")
+            .to_string(),
+    };
+    let description = if codec == "raw" {
+        "uncompressed".to_string()
+    } else {
+        gst_pbutils::pb_utils_get_codec_description(caps).to_string()
+    };
+    Some(StreamCodec { codec, description })
+}
+
+fn is_video(caps: &gst::CapsRef) -> bool {
+    caps.structure(0)
+        .is_some_and(|s| s.name().starts_with("video/"))
+}
+
+fn is_audio(caps: &gst::CapsRef) -> bool {
+    caps.structure(0)
+        .is_some_and(|s| s.name().starts_with("audio/"))
+}
+
+impl Opened {
+    /// Whether every source pad is known (or the source needs no opening).
+    pub fn streams_known(&self) -> bool {
+        matches!(self.source, SourceUri::Test(_)) || self.shared.all_pads_known()
+    }
+
+    /// Whether at least one source pad has appeared.
+    pub fn any_stream(&self) -> bool {
+        matches!(self.source, SourceUri::Test(_)) || !self.shared.pending.lock().is_empty()
+    }
+
+    /// The streams found so far: the first video and first audio pad.
+    pub fn streams(&self) -> SourceStreams {
+        match &self.source {
+            SourceUri::Test(t) => SourceStreams {
+                video: Some(StreamCodec {
+                    codec: "raw".into(),
+                    description: "test pattern".into(),
+                }),
+                audio: (t.audio != TestAudio::None).then(|| StreamCodec {
+                    codec: "raw".into(),
+                    description: "test tone".into(),
+                }),
+            },
+            SourceUri::Uri { .. } => {
+                let pending = self.shared.pending.lock();
+                let find = |pred: fn(&gst::CapsRef) -> bool| {
+                    pending
+                        .iter()
+                        .filter_map(|p| p.caps.as_ref())
+                        .find(|c| pred(c))
+                        .and_then(|c| codec_of(c))
+                };
+                SourceStreams {
+                    video: find(is_video),
+                    audio: find(is_audio),
+                }
+            }
+        }
+    }
+
+    /// Builds the branches for `mode`, the muxer and the appsink, releases
+    /// the source pads and (for test sources) starts the pipeline. Must run
+    /// off the async runtime.
+    pub fn commit(&self, mode: Mode, profile: &Profile) -> Result<gst_app::AppSink, MediaError> {
+        let live = self.source.is_live();
+        let mux = match self.format {
+            Format::Mp4 => {
+                let m = make("mp4mux")?;
+                m.set_property("fragment-duration", FRAGMENT_DURATION_MS);
+                m.set_property("streamable", true);
+                m
+            }
+            Format::Ts => {
+                let m = make("mpegtsmux")?;
+                m.set_property("alignment", 7i32);
+                m
+            }
+        };
+        let appsink = gst_app::AppSink::builder()
+            .name("sink")
+            .max_buffers(APPSINK_MAX_BUFFERS)
+            .drop(false)
+            .sync(false)
+            .async_(false)
+            .enable_last_sample(false)
+            .build();
+        let sh = self.shared.clone();
+        let sh_eos = self.shared.clone();
+        appsink.set_callbacks(
+            gst_app::AppSinkCallbacks::builder()
+                .new_sample(move |_| {
+                    sh.last_sample_ms.store(now_ms(), Ordering::Relaxed);
+                    sh.waker.wake();
+                    sh.notify.notify_waiters();
+                    Ok(gst::FlowSuccess::Ok)
+                })
+                .eos(move |_| {
+                    sh_eos.eos.store(true, Ordering::Release);
+                    sh_eos.waker.wake();
+                    sh_eos.notify.notify_waiters();
+                })
+                .build(),
+        );
+        self.pipeline.add_many([&mux, appsink.upcast_ref()])?;
+        mux.link(&appsink)?;
+
+        match &self.source {
+            SourceUri::Test(t) => {
+                self.build_test(t, profile, &mux, live)?;
+                self.pipeline.set_state(gst::State::Playing)?;
+            }
+            SourceUri::Uri { .. } => {
+                mux.sync_state_with_parent()?;
+                appsink.sync_state_with_parent()?;
+                self.link_pending(mode, profile, &mux, live)?;
+            }
+        }
+        Ok(appsink)
+    }
+
+    fn build_test(
+        &self,
+        t: &TestSource,
+        profile: &Profile,
+        mux: &gst::Element,
+        live: bool,
+    ) -> Result<(), MediaError> {
+        let vsrc = make("videotestsrc")?;
+        vsrc.set_property("is-live", true);
+        vsrc.set_property_from_str("pattern", &t.pattern);
+        let mut caps = gst::Caps::builder("video/x-raw")
+            .field("format", "I420")
+            .field("width", t.width as i32)
+            .field("height", t.height as i32)
+            .field("framerate", gst::Fraction::new(t.rate.0, t.rate.1))
+            .field("pixel-aspect-ratio", gst::Fraction::new(1, 1));
+        if t.interlaced {
+            caps = caps.field("interlace-mode", "interleaved");
+        }
+        let vcaps = capsfilter(caps.build())?;
+        self.pipeline.add_many([&vsrc, &vcaps])?;
+        vsrc.link(&vcaps)?;
+        let head = video_transcode_chain(
+            &self.pipeline,
+            profile,
+            self.format,
+            mux,
+            live,
+            &self.shared,
+        )?;
+        vcaps.link(&head)?;
+        if t.audio != TestAudio::None {
+            let asrc = make("audiotestsrc")?;
+            asrc.set_property("is-live", true);
+            asrc.set_property_from_str(
+                "wave",
+                if t.audio == TestAudio::Tone {
+                    "sine"
+                } else {
+                    "silence"
+                },
+            );
+            asrc.set_property("freq", t.freq);
+            asrc.set_property("volume", 0.3f64);
+            asrc.set_property("samplesperbuffer", 1024i32);
+            self.pipeline.add(&asrc)?;
+            let head = audio_transcode_chain(&self.pipeline, profile, self.format, mux, live)?;
+            asrc.link(&head)?;
+        }
+        Ok(())
+    }
+
+    fn link_pending(
+        &self,
+        mode: Mode,
+        profile: &Profile,
+        mux: &gst::Element,
+        live: bool,
+    ) -> Result<(), MediaError> {
+        let pending: Vec<PendingPad> = std::mem::take(&mut *self.shared.pending.lock());
+        let mut have_video = false;
+        let mut have_audio = false;
+        let mut result = Ok(());
+        for p in pending.iter() {
+            let caps = p.caps.clone().or_else(|| p.pad.current_caps());
+            let kind = caps
+                .as_ref()
+                .map(|c| (is_video(c), is_audio(c)))
+                .unwrap_or((false, false));
+            let linked = match kind {
+                (true, _) if !have_video => {
+                    have_video = true;
+                    self.link_branch(&p.pad, true, mode, profile, mux, live)
+                }
+                (_, true) if !have_audio => {
+                    have_audio = true;
+                    self.link_branch(&p.pad, false, mode, profile, mux, live)
+                }
+                _ => self.discard(&p.pad),
+            };
+            if result.is_ok() {
+                result = linked;
+            }
+        }
+        // Release every probe even when a link failed, so nothing stays blocked.
+        for mut p in pending {
+            if let Some(id) = p.probe.take() {
+                p.pad.remove_probe(id);
+            }
+        }
+        result
+    }
+
+    fn discard(&self, pad: &gst::Pad) -> Result<(), MediaError> {
+        let sink = make("fakesink")?;
+        sink.set_property("sync", false);
+        sink.set_property("async", false);
+        self.pipeline.add(&sink)?;
+        sink.sync_state_with_parent()?;
+        pad.link(&sink.static_pad("sink").expect("fakesink sink pad"))
+            .map_err(|e| MediaError::SourceFailed(format!("cannot discard stream: {e:?}")))?;
+        Ok(())
+    }
+
+    fn link_branch(
+        &self,
+        pad: &gst::Pad,
+        video: bool,
+        mode: Mode,
+        profile: &Profile,
+        mux: &gst::Element,
+        live: bool,
+    ) -> Result<(), MediaError> {
+        let p = &self.pipeline;
+        let q = queue(3_000_000_000, false)?;
+        p.add(&q)?;
+        let head: gst::Element = match (mode, video) {
+            (Mode::Remux, true) => {
+                let parse = make("h264parse")?;
+                if self.format == Format::Ts {
+                    parse.set_property("config-interval", -1i32);
+                }
+                let out = capsfilter(h264_output_caps(self.format, None))?;
+                p.add_many([&parse, &out])?;
+                gst::Element::link_many([&q, &parse, &out])?;
+                add_keyframe_gate(&parse.static_pad("src").expect("src pad"));
+                count_output(&out.static_pad("src").expect("src pad"), &self.shared);
+                out.link(mux)?;
+                for e in [&parse, &out] {
+                    e.sync_state_with_parent()?;
+                }
+                q.clone()
+            }
+            (Mode::Remux, false) => {
+                let parse = make("aacparse")?;
+                let out = capsfilter(aac_output_caps(self.format))?;
+                p.add_many([&parse, &out])?;
+                gst::Element::link_many([&q, &parse, &out])?;
+                out.link(mux)?;
+                for e in [&parse, &out] {
+                    e.sync_state_with_parent()?;
+                }
+                q.clone()
+            }
+            (Mode::Transcode, _) => {
+                let dec = make("decodebin")?;
+                p.add(&dec)?;
+                q.link(&dec)?;
+                let chain_head = if video {
+                    video_transcode_chain(p, profile, self.format, mux, live, &self.shared)?
+                } else {
+                    audio_transcode_chain(p, profile, self.format, mux, live)?
+                };
+                let weak_head = chain_head.downgrade();
+                dec.connect_pad_added(move |dec, pad| {
+                    let Some(head) = weak_head.upgrade() else {
+                        return;
+                    };
+                    let sink = head.static_pad("sink").expect("chain sink pad");
+                    if sink.is_linked() {
+                        return;
+                    }
+                    if let Err(e) = pad.link(&sink) {
+                        gst::element_error!(
+                            dec,
+                            gst::CoreError::Negotiation,
+                            ("cannot link decoder output: {:?}", e)
+                        );
+                    }
+                });
+                dec.sync_state_with_parent()?;
+                q.clone()
+            }
+        };
+        head.sync_state_with_parent()?;
+        pad.link(&head.static_pad("sink").expect("queue sink pad"))
+            .map_err(|e| MediaError::SourceFailed(format!("cannot link source stream: {e:?}")))?;
+        Ok(())
+    }
+}
+
+fn h264_output_caps(format: Format, profile: Option<&str>) -> gst::Caps {
+    let mut b = gst::Caps::builder("video/x-h264")
+        .field(
+            "stream-format",
+            if format == Format::Ts {
+                "byte-stream"
+            } else {
+                "avc"
+            },
+        )
+        .field("alignment", "au");
+    if let Some(p) = profile {
+        b = b.field("profile", p);
+    }
+    b.build()
+}
+
+fn aac_output_caps(format: Format) -> gst::Caps {
+    gst::Caps::builder("audio/mpeg")
+        .field("mpegversion", 4i32)
+        .field(
+            "stream-format",
+            if format == Format::Ts { "adts" } else { "raw" },
+        )
+        .build()
+}
+
+/// Drops video until the first keyframe so output always starts decodable.
+fn add_keyframe_gate(pad: &gst::Pad) {
+    let seen = AtomicBool::new(false);
+    pad.add_probe(gst::PadProbeType::BUFFER, move |_, info| {
+        if seen.load(Ordering::Relaxed) {
+            return gst::PadProbeReturn::Ok;
+        }
+        match info.buffer() {
+            Some(b) if !b.flags().contains(gst::BufferFlags::DELTA_UNIT) => {
+                seen.store(true, Ordering::Relaxed);
+                gst::PadProbeReturn::Ok
+            }
+            Some(_) => gst::PadProbeReturn::Drop,
+            None => gst::PadProbeReturn::Ok,
+        }
+    });
+}
+
+/// Counts frames and media time on the encoded video going into the muxer.
+fn count_output(pad: &gst::Pad, shared: &Arc<Shared>) {
+    let sh = Arc::downgrade(shared);
+    pad.add_probe(gst::PadProbeType::BUFFER, move |_, info| {
+        if let (Some(sh), Some(b)) = (sh.upgrade(), info.buffer()) {
+            sh.frames.fetch_add(1, Ordering::Relaxed);
+            sh.note_pts(b.pts());
+        }
+        gst::PadProbeReturn::Ok
+    });
+}
+
+/// Raw video -> profile-sized H.264 into `mux`. Returns the chain's first element.
+fn video_transcode_chain(
+    p: &gst::Pipeline,
+    profile: &Profile,
+    format: Format,
+    mux: &gst::Element,
+    live: bool,
+    shared: &Arc<Shared>,
+) -> Result<gst::Element, MediaError> {
+    let deint = make("deinterlace")?;
+    let scale = make("videoscale")?;
+    let rate = make("videorate")?;
+    rate.set_property("drop-only", true);
+    let convert = make("videoconvert")?;
+    let size = capsfilter(
+        gst::Caps::builder("video/x-raw")
+            .field("format", "I420")
+            .field("pixel-aspect-ratio", gst::Fraction::new(1, 1))
+            .build(),
+    )?;
+    let q = queue(LEAKY_QUEUE_NS, live)?;
+    let enc = make("x264enc")?;
+    enc.set_property("bitrate", profile.video_bitrate);
+    enc.set_property_from_str("speed-preset", &profile.preset);
+    enc.set_property_from_str("tune", "zerolatency");
+    enc.set_property("vbv-buf-capacity", profile.vbv_buffer_ms);
+    enc.set_property("bframes", 0u32);
+    enc.set_property(
+        "key-int-max",
+        profile.keyframe_interval(profile.max_framerate as i32, 1),
+    );
+    enc.set_property(
+        "option-string",
+        format!("level={}:scenecut=0", profile.level),
+    );
+    let enc_caps = capsfilter(
+        gst::Caps::builder("video/x-h264")
+            .field("profile", "constrained-baseline")
+            .build(),
+    )?;
+    let parse = make("h264parse")?;
+    if format == Format::Ts {
+        parse.set_property("config-interval", -1i32);
+    }
+    let out = capsfilter(h264_output_caps(format, None))?;
+    let chain = [
+        &deint, &scale, &rate, &convert, &size, &q, &enc, &enc_caps, &parse, &out,
+    ];
+    p.add_many(chain)?;
+    gst::Element::link_many(chain)?;
+    out.link(mux)?;
+    count_output(&out.static_pad("src").expect("src pad"), shared);
+
+    // Fix the output geometry from the first caps the chain sees; later
+    // changes are letterboxed by videoscale into the same size.
+    let weak_size = size.downgrade();
+    let weak_enc = enc.downgrade();
+    let profile = profile.clone();
+    let fixed = AtomicBool::new(false);
+    deint
+        .static_pad("sink")
+        .expect("deinterlace sink pad")
+        .add_probe(gst::PadProbeType::EVENT_DOWNSTREAM, move |_, info| {
+            let Some(gst::EventView::Caps(ev)) = info.event().map(|e| e.view()) else {
+                return gst::PadProbeReturn::Ok;
+            };
+            if fixed.swap(true, Ordering::Relaxed) {
+                return gst::PadProbeReturn::Ok;
+            }
+            let Some(s) = ev.caps().structure(0) else {
+                return gst::PadProbeReturn::Ok;
+            };
+            let w = s.get::<i32>("width").unwrap_or(0).max(0) as u32;
+            let h = s.get::<i32>("height").unwrap_or(0).max(0) as u32;
+            let par = s
+                .get::<gst::Fraction>("pixel-aspect-ratio")
+                .map(|f| (f.numer(), f.denom()))
+                .unwrap_or((1, 1));
+            let fr = s
+                .get::<gst::Fraction>("framerate")
+                .map(|f| (f.numer(), f.denom()))
+                .unwrap_or((0, 1));
+            let (ow, oh) = profile.output_size(w, h, par);
+            let (fn_, fd) = profile.output_framerate(fr.0, fr.1);
+            if let Some(size) = weak_size.upgrade() {
+                size.set_property(
+                    "caps",
+                    gst::Caps::builder("video/x-raw")
+                        .field("format", "I420")
+                        .field("width", ow as i32)
+                        .field("height", oh as i32)
+                        .field("framerate", gst::Fraction::new(fn_, fd))
+                        .field("pixel-aspect-ratio", gst::Fraction::new(1, 1))
+                        .build(),
+                );
+            }
+            if let Some(enc) = weak_enc.upgrade() {
+                enc.set_property("key-int-max", profile.keyframe_interval(fn_, fd));
+            }
+            gst::PadProbeReturn::Ok
+        });
+    for e in chain {
+        e.sync_state_with_parent()?;
+    }
+    Ok(deint)
+}
+
+/// Raw audio -> AAC-LC 48 kHz stereo into `mux`. Returns the chain's first element.
+fn audio_transcode_chain(
+    p: &gst::Pipeline,
+    profile: &Profile,
+    format: Format,
+    mux: &gst::Element,
+    live: bool,
+) -> Result<gst::Element, MediaError> {
+    let convert = make("audioconvert")?;
+    let resample = make("audioresample")?;
+    let caps = capsfilter(
+        gst::Caps::builder("audio/x-raw")
+            .field("rate", AUDIO_RATE as i32)
+            .field("channels", AUDIO_CHANNELS as i32)
+            .build(),
+    )?;
+    let q = queue(LEAKY_QUEUE_NS, live)?;
+    let enc = make("avenc_aac")?;
+    enc.set_property("bitrate", (profile.audio_bitrate as i32) * 1000);
+    let parse = make("aacparse")?;
+    let out = capsfilter(aac_output_caps(format))?;
+    let chain = [&convert, &resample, &caps, &q, &enc, &parse, &out];
+    p.add_many(chain)?;
+    gst::Element::link_many(chain)?;
+    out.link(mux)?;
+    for e in chain {
+        e.sync_state_with_parent()?;
+    }
+    Ok(convert)
+}

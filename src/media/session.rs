@@ -1,0 +1,471 @@
+//! A running media session: the pipeline, its teardown, and the body stream
+//! that carries its output to a client.
+//!
+//! Ending is exactly-once: [`MediaSession::end`] records one [`EndReason`];
+//! every later attempt is a no-op. Teardown (state NULL) always runs on a
+//! blocking thread, never on a tokio worker or a streaming thread, and the
+//! `on_teardown` hooks (freeing the pool slot, bookkeeping) run only after
+//! the pipeline has reached NULL. [`SessionBody`] ends the session as
+//! `client_disconnect` when it is dropped before the session ended.
+
+use std::collections::BTreeMap;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+use bytes::{Bytes, BytesMut};
+use futures::{Stream, StreamExt};
+use gst::prelude::*;
+use parking_lot::Mutex;
+
+use super::pipeline::{self, Opened, Shared};
+use super::source::SourceUri;
+use super::{EndReason, Format, MediaError, Mode, SourceStreams};
+use crate::profiles::Profile;
+use crate::redact;
+
+/// How many bytes one body chunk gathers from queued samples at most.
+const MAX_CHUNK: usize = 256 * 1024;
+/// After the last new source pad, how long to wait for more before deciding.
+const PAD_SETTLE: Duration = Duration::from_millis(400);
+
+/// Called once, after the pipeline reached NULL, with the end reason.
+pub type TeardownHook = Box<dyn FnOnce(EndReason) + Send>;
+
+/// Live pipelines, for leak checks and `/metrics`.
+static LIVE_PIPELINES: AtomicU64 = AtomicU64::new(0);
+
+/// Pipelines built and not yet torn down to NULL.
+pub fn live_pipelines() -> u64 {
+    LIVE_PIPELINES.load(Ordering::SeqCst)
+}
+
+pub struct MediaSession {
+    pipeline: Mutex<Option<gst::Pipeline>>,
+    opened: Mutex<Option<Opened>>,
+    appsink: Mutex<Option<gst_app::AppSink>>,
+    pub shared: Arc<Shared>,
+    reason: OnceLock<EndReason>,
+    /// Set once the first byte was handed to the client.
+    started: AtomicBool,
+    /// First error from the bus (credential-free), if any.
+    error: Mutex<Option<String>>,
+    hooks: Mutex<Vec<TeardownHook>>,
+    torn_down: AtomicBool,
+    pub bytes_sent: AtomicU64,
+    pub started_at: Instant,
+}
+
+impl MediaSession {
+    /// Opens the source part of a pipeline off the runtime and starts
+    /// watching its bus.
+    pub async fn open(
+        name: String,
+        source: SourceUri,
+        headers: BTreeMap<String, String>,
+        format: Format,
+    ) -> Result<Arc<MediaSession>, MediaError> {
+        LIVE_PIPELINES.fetch_add(1, Ordering::SeqCst);
+        let opened =
+            tokio::task::spawn_blocking(move || pipeline::open(&name, &source, &headers, format))
+                .await
+                .map_err(|e| MediaError::SourceFailed(format!("pipeline set-up panicked: {e}")));
+        let opened = match opened.and_then(|r| r) {
+            Ok(o) => o,
+            Err(e) => {
+                LIVE_PIPELINES.fetch_sub(1, Ordering::SeqCst);
+                return Err(e);
+            }
+        };
+        let session = Arc::new(MediaSession {
+            pipeline: Mutex::new(Some(opened.pipeline.clone())),
+            shared: opened.shared.clone(),
+            opened: Mutex::new(Some(opened)),
+            appsink: Mutex::new(None),
+            reason: OnceLock::new(),
+            started: AtomicBool::new(false),
+            error: Mutex::new(None),
+            hooks: Mutex::new(Vec::new()),
+            torn_down: AtomicBool::new(false),
+            bytes_sent: AtomicU64::new(0),
+            started_at: Instant::now(),
+        });
+        session.watch_bus();
+        Ok(session)
+    }
+
+    /// Registers a hook run after teardown (immediately if already torn down).
+    pub fn on_teardown(&self, hook: TeardownHook) {
+        let mut hooks = self.hooks.lock();
+        if self.torn_down.load(Ordering::Acquire) {
+            drop(hooks);
+            hook(self.reason().unwrap_or(EndReason::SourceError));
+        } else {
+            hooks.push(hook);
+        }
+    }
+
+    fn watch_bus(self: &Arc<Self>) {
+        let Some(bus) = self.pipeline.lock().as_ref().and_then(|p| p.bus()) else {
+            return;
+        };
+        let weak = Arc::downgrade(self);
+        let shared = self.shared.clone();
+        let mut messages = bus.stream();
+        tokio::spawn(async move {
+            loop {
+                let msg = tokio::select! {
+                    m = messages.next() => m,
+                    _ = tokio::time::sleep(Duration::from_millis(500)) => {
+                        // Re-check periodically so the task ends with its session.
+                        match weak.upgrade() {
+                            Some(s) if !s.torn_down.load(Ordering::Acquire) => continue,
+                            _ => break,
+                        }
+                    }
+                };
+                let Some(msg) = msg else { break };
+                let Some(session) = weak.upgrade() else { break };
+                if let gst::MessageView::Error(err) = msg.view() {
+                    let src = err
+                        .src()
+                        .map(|s| s.path_string().to_string())
+                        .unwrap_or_default();
+                    let text = describe_error(&err.error(), err.debug().as_deref());
+                    tracing::warn!(element = %src, error = %text, "pipeline error");
+                    session.error.lock().get_or_insert(text);
+                    if session.started.load(Ordering::Acquire) {
+                        session.end(EndReason::SourceError);
+                    }
+                    shared.notify.notify_waiters();
+                    shared.waker.wake();
+                }
+                if session.torn_down.load(Ordering::Acquire) {
+                    break;
+                }
+            }
+        });
+    }
+
+    /// The first pipeline error, if one was posted.
+    pub fn error(&self) -> Option<String> {
+        self.error.lock().clone()
+    }
+
+    /// Waits until the source's streams are known (or it fails).
+    pub async fn streams(&self) -> Result<SourceStreams, MediaError> {
+        let mut settle_from: Option<(usize, Instant)> = None;
+        loop {
+            let notified = self.shared.notify.notified();
+            if let Some(e) = self.error() {
+                return Err(MediaError::SourceFailed(e));
+            }
+            if let Some(r) = self.reason() {
+                return Err(MediaError::Ended(r));
+            }
+            {
+                let opened = self.opened.lock();
+                let Some(o) = opened.as_ref() else {
+                    return Err(MediaError::Ended(EndReason::SourceError));
+                };
+                if o.streams_known() {
+                    return Ok(o.streams());
+                }
+                if o.any_stream() {
+                    let n =
+                        o.streams().video.is_some() as usize + o.streams().audio.is_some() as usize;
+                    match settle_from {
+                        Some((seen, at)) if seen == n => {
+                            if at.elapsed() >= PAD_SETTLE {
+                                return Ok(o.streams());
+                            }
+                        }
+                        _ => settle_from = Some((n, Instant::now())),
+                    }
+                }
+            }
+            tokio::select! {
+                _ = notified => {}
+                _ = tokio::time::sleep(Duration::from_millis(50)) => {}
+            }
+        }
+    }
+
+    /// Builds the output side for `mode` (off the runtime) and starts it.
+    pub async fn commit(self: &Arc<Self>, mode: Mode, profile: Profile) -> Result<(), MediaError> {
+        let this = self.clone();
+        let appsink = tokio::task::spawn_blocking(move || {
+            let opened = this.opened.lock();
+            match opened.as_ref() {
+                Some(o) if this.reason().is_none() => o.commit(mode, &profile),
+                _ => Err(MediaError::Ended(
+                    this.reason().unwrap_or(EndReason::SourceError),
+                )),
+            }
+        })
+        .await
+        .map_err(|e| MediaError::SourceFailed(format!("pipeline set-up panicked: {e}")))??;
+        *self.appsink.lock() = Some(appsink);
+        Ok(())
+    }
+
+    /// Waits for the first output bytes; returns them to be sent first.
+    pub async fn first_bytes(self: &Arc<Self>) -> Result<Bytes, MediaError> {
+        loop {
+            let notified = self.shared.notify.notified();
+            if let Some(r) = self.reason() {
+                return Err(MediaError::Ended(r));
+            }
+            if let Some(bytes) = self.pull_available() {
+                self.started.store(true, Ordering::Release);
+                return Ok(bytes);
+            }
+            if let Some(e) = self.error() {
+                return Err(MediaError::SourceFailed(e));
+            }
+            if self.shared.eos.load(Ordering::Acquire) {
+                return Err(MediaError::SourceFailed(
+                    "the source ended before producing any media".into(),
+                ));
+            }
+            tokio::select! {
+                _ = notified => {}
+                _ = tokio::time::sleep(Duration::from_millis(50)) => {}
+            }
+        }
+    }
+
+    /// Pulls every queued sample (up to [`MAX_CHUNK`]) without blocking.
+    fn pull_available(&self) -> Option<Bytes> {
+        let appsink = self.appsink.lock().clone()?;
+        let mut first: Option<Bytes> = None;
+        let mut chunk: Option<BytesMut> = None;
+        while chunk.as_ref().map_or(0, |c| c.len()) + first.as_ref().map_or(0, |f| f.len())
+            < MAX_CHUNK
+        {
+            let Some(sample) = appsink.try_pull_sample(gst::ClockTime::ZERO) else {
+                break;
+            };
+            let mut push = |data: &[u8]| match (&mut first, &mut chunk) {
+                (None, _) => first = Some(Bytes::copy_from_slice(data)),
+                (Some(f), None) => {
+                    let mut c = BytesMut::with_capacity(MAX_CHUNK.min(f.len() + data.len() * 8));
+                    c.extend_from_slice(f);
+                    c.extend_from_slice(data);
+                    chunk = Some(c);
+                }
+                (Some(_), Some(c)) => c.extend_from_slice(data),
+            };
+            if let Some(list) = sample.buffer_list() {
+                for b in list.iter() {
+                    if let Ok(map) = b.map_readable() {
+                        push(map.as_slice());
+                    }
+                }
+            } else if let Some(b) = sample.buffer() {
+                if let Ok(map) = b.map_readable() {
+                    push(map.as_slice());
+                }
+            }
+        }
+        let out = match chunk {
+            Some(c) => Some(c.freeze()),
+            None => first,
+        }?;
+        self.bytes_sent
+            .fetch_add(out.len() as u64, Ordering::Relaxed);
+        Some(out)
+    }
+
+    pub fn reason(&self) -> Option<EndReason> {
+        self.reason.get().copied()
+    }
+
+    pub fn is_started(&self) -> bool {
+        self.started.load(Ordering::Acquire)
+    }
+
+    /// Ends the session for `reason` and tears the pipeline down. Returns
+    /// whether this call was the one that ended it.
+    pub fn end(&self, reason: EndReason) -> bool {
+        let first = self.reason.set(reason).is_ok();
+        if first {
+            self.shared.waker.wake();
+            self.shared.notify.notify_waiters();
+        }
+        self.teardown();
+        first
+    }
+
+    /// Ends the session by letting the pipeline finish: EOS is sent so the
+    /// client receives a complete stream; after `grace` it is forced down.
+    pub async fn drain(self: &Arc<Self>, reason: EndReason, grace: Duration) {
+        if self.reason.set(reason).is_err() {
+            return;
+        }
+        let pipeline = self.pipeline.lock().clone();
+        let committed = self.appsink.lock().is_some();
+        if let (Some(p), true) = (pipeline, committed) {
+            let deadline = Instant::now() + grace;
+            tokio::task::spawn_blocking(move || {
+                p.send_event(gst::event::Eos::new());
+            });
+            // The body stream ends when it has delivered everything up to EOS.
+            while Instant::now() < deadline && !self.torn_down.load(Ordering::Acquire) {
+                let notified = self.shared.notify.notified();
+                if self.shared.eos.load(Ordering::Acquire) && self.appsink_empty() {
+                    break;
+                }
+                tokio::select! {
+                    _ = notified => {}
+                    _ = tokio::time::sleep(Duration::from_millis(20)) => {}
+                }
+            }
+            // Give the body a moment to hand over the final chunk.
+            let flush_deadline = Instant::now() + Duration::from_millis(500).min(grace);
+            while Instant::now() < flush_deadline && !self.torn_down.load(Ordering::Acquire) {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        }
+        self.shared.waker.wake();
+        self.shared.notify.notify_waiters();
+        self.teardown();
+    }
+
+    fn appsink_empty(&self) -> bool {
+        self.appsink.lock().as_ref().is_none_or(|s| s.is_eos())
+    }
+
+    /// Seconds since the last sample reached the appsink.
+    pub fn idle_ms(&self) -> u64 {
+        pipeline::now_ms().saturating_sub(self.shared.last_sample_ms.load(Ordering::Relaxed))
+    }
+
+    /// Sets the pipeline to NULL on a blocking thread, once, then runs hooks.
+    fn teardown(&self) {
+        let Some(pipeline) = self.pipeline.lock().take() else {
+            return;
+        };
+        let opened = self.opened.lock().take();
+        let appsink = self.appsink.lock().take();
+        let hooks: Vec<TeardownHook> = std::mem::take(&mut *self.hooks.lock());
+        let reason = self.reason().unwrap_or(EndReason::SourceError);
+        let shared = self.shared.clone();
+        let job = move || {
+            let t0 = Instant::now();
+            if let Err(e) = pipeline.set_state(gst::State::Null) {
+                tracing::warn!(error = %e, "pipeline did not reach NULL cleanly");
+            }
+            drop(appsink);
+            drop(opened);
+            drop(pipeline);
+            LIVE_PIPELINES.fetch_sub(1, Ordering::SeqCst);
+            tracing::debug!(
+                ms = t0.elapsed().as_millis() as u64,
+                reason = reason.as_str(),
+                "pipeline torn down"
+            );
+            for hook in hooks {
+                hook(reason);
+            }
+            shared.waker.wake();
+            shared.notify.notify_waiters();
+            crate::memory::trim();
+        };
+        // Mark first so hooks registered from now on run immediately.
+        self.torn_down.store(true, Ordering::Release);
+        match tokio::runtime::Handle::try_current() {
+            Ok(h) => {
+                h.spawn_blocking(job);
+            }
+            Err(_) => {
+                std::thread::spawn(job);
+            }
+        }
+    }
+
+    pub fn is_torn_down(&self) -> bool {
+        self.torn_down.load(Ordering::Acquire)
+    }
+
+    /// A weak handle to the pipeline, for leak checks.
+    pub fn pipeline_weak(&self) -> Option<gst::glib::WeakRef<gst::Pipeline>> {
+        self.pipeline.lock().as_ref().map(|p| p.downgrade())
+    }
+}
+
+impl Drop for MediaSession {
+    fn drop(&mut self) {
+        // Last line of defence: never drop a pipeline that is not NULL.
+        self.end(EndReason::SourceError);
+    }
+}
+
+fn describe_error(err: &gst::glib::Error, debug: Option<&str>) -> String {
+    let mut text = err.message().to_string();
+    if let Some(d) = debug {
+        // The last line of GStreamer's debug text is usually the useful reason.
+        if let Some(reason) = d.lines().map(str::trim).rfind(|l| !l.is_empty()) {
+            let reason: String = reason.chars().take(300).collect();
+            if !text.contains(&reason) {
+                text = format!("{text} ({reason})");
+            }
+        }
+    }
+    redact::redact_text(&text)
+}
+
+/// The HTTP body of a session: its bytes, with backpressure from not being
+/// polled. Dropping it before the session ended ends it as `client_disconnect`.
+pub struct SessionBody {
+    session: Arc<MediaSession>,
+    first: Option<Bytes>,
+}
+
+impl SessionBody {
+    pub fn new(session: Arc<MediaSession>, first: Bytes) -> Self {
+        Self {
+            session,
+            first: Some(first),
+        }
+    }
+}
+
+impl Stream for SessionBody {
+    type Item = Result<Bytes, std::io::Error>;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        if let Some(first) = self.first.take() {
+            return Poll::Ready(Some(Ok(first)));
+        }
+        let s = &self.session;
+        // Register before checking so a wake between check and return is not lost.
+        s.shared.waker.register(cx.waker());
+        if let Some(bytes) = s.pull_available() {
+            return Poll::Ready(Some(Ok(bytes)));
+        }
+        if s.shared.eos.load(Ordering::Acquire) {
+            // Everything up to EOS was delivered: a clean end.
+            s.end(EndReason::SourceEos);
+            return Poll::Ready(None);
+        }
+        match s.reason() {
+            None => Poll::Pending,
+            Some(EndReason::SourceError) => Poll::Ready(Some(Err(std::io::Error::other(
+                s.error().unwrap_or_else(|| "source failed".into()),
+            )))),
+            Some(_) if s.is_torn_down() => Poll::Ready(None),
+            // Draining (shutdown): keep delivering until EOS or teardown.
+            Some(EndReason::Shutdown) => Poll::Pending,
+            Some(_) => Poll::Ready(None),
+        }
+    }
+}
+
+impl Drop for SessionBody {
+    fn drop(&mut self) {
+        self.session.end(EndReason::ClientDisconnect);
+    }
+}

@@ -1,0 +1,414 @@
+//! Admission (SPEC §7): the bounded pipeline pool with one FIFO wait queue,
+//! and per-client session counts. A [`Permit`] is a running slot; a
+//! [`ClientSlot`] is one of a client's sessions. Both are RAII: dropping
+//! them frees the slot exactly once, so concurrent end paths can never
+//! double-free. A freed slot goes to the oldest waiter for that mode.
+//!
+//! Knows nothing of GStreamer or HTTP.
+
+use std::collections::{HashMap, VecDeque};
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::time::Instant;
+
+use parking_lot::Mutex;
+use serde::Serialize;
+use tokio::sync::oneshot;
+
+use crate::media::Mode;
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum AdmitError {
+    #[error("the wait queue is full ({0} requests waiting)")]
+    QueueFull(usize),
+    #[error("no pipeline slot became free within the start timeout")]
+    PoolFull,
+    #[error("this client already holds {0} sessions")]
+    TooManySessions(usize),
+}
+
+/// A request waiting for a slot, as status shows it.
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct QueueEntry {
+    pub stream_id: String,
+    pub quality: String,
+    #[serde(rename = "clientIP")]
+    pub client_ip: String,
+    pub waiting_ms: u64,
+}
+
+struct Waiter {
+    id: u64,
+    mode: Mode,
+    tx: oneshot::Sender<()>,
+    stream_id: String,
+    quality: String,
+    client_ip: IpAddr,
+    since: Instant,
+}
+
+#[derive(Default)]
+struct State {
+    transcodes: usize,
+    remuxes: usize,
+    queue: VecDeque<Waiter>,
+    next_id: u64,
+    clients: HashMap<IpAddr, usize>,
+}
+
+impl State {
+    fn running(&mut self, mode: Mode) -> &mut usize {
+        match mode {
+            Mode::Transcode => &mut self.transcodes,
+            Mode::Remux => &mut self.remuxes,
+        }
+    }
+}
+
+pub struct Pool {
+    max_transcodes: usize,
+    max_remux: usize,
+    max_queued: usize,
+    max_per_client: usize,
+    state: Mutex<State>,
+}
+
+/// Snapshot of the pool for status and metrics.
+#[derive(Debug, Clone)]
+pub struct PoolSnapshot {
+    pub transcodes: usize,
+    pub remuxes: usize,
+    pub max_transcodes: usize,
+    pub max_remux: usize,
+    pub max_queued: usize,
+    pub queue: Vec<QueueEntry>,
+}
+
+impl Pool {
+    pub fn new(
+        max_transcodes: usize,
+        max_remux: usize,
+        max_queued: usize,
+        max_per_client: usize,
+    ) -> Arc<Self> {
+        Arc::new(Self {
+            max_transcodes,
+            max_remux,
+            max_queued,
+            max_per_client,
+            state: Mutex::new(State::default()),
+        })
+    }
+
+    fn limit(&self, mode: Mode) -> usize {
+        match mode {
+            Mode::Transcode => self.max_transcodes,
+            Mode::Remux => self.max_remux,
+        }
+    }
+
+    /// Takes one of `ip`'s session slots, or refuses with `TooManySessions`.
+    pub fn enter_client(self: &Arc<Self>, ip: IpAddr) -> Result<ClientSlot, AdmitError> {
+        let mut st = self.state.lock();
+        let n = st.clients.entry(ip).or_insert(0);
+        if *n >= self.max_per_client {
+            return Err(AdmitError::TooManySessions(*n));
+        }
+        *n += 1;
+        Ok(ClientSlot {
+            pool: self.clone(),
+            ip,
+        })
+    }
+
+    /// Waits in FIFO order for a `mode` slot until `deadline`. Dropping the
+    /// returned future (client hung up) leaves the queue at once.
+    /// `on_queued` runs if the request has to wait.
+    pub async fn acquire(
+        self: &Arc<Self>,
+        mode: Mode,
+        stream_id: &str,
+        quality: &str,
+        client_ip: IpAddr,
+        deadline: tokio::time::Instant,
+        on_queued: impl FnOnce(usize),
+    ) -> Result<Permit, AdmitError> {
+        let (rx, id) = {
+            let mut st = self.state.lock();
+            let ahead = st.queue.iter().any(|w| w.mode == mode);
+            let limit = self.limit(mode);
+            if !ahead && *st.running(mode) < limit {
+                *st.running(mode) += 1;
+                return Ok(Permit {
+                    pool: self.clone(),
+                    mode,
+                });
+            }
+            if st.queue.len() >= self.max_queued {
+                return Err(AdmitError::QueueFull(st.queue.len()));
+            }
+            let (tx, rx) = oneshot::channel();
+            st.next_id += 1;
+            let id = st.next_id;
+            st.queue.push_back(Waiter {
+                id,
+                mode,
+                tx,
+                stream_id: stream_id.to_string(),
+                quality: quality.to_string(),
+                client_ip,
+                since: Instant::now(),
+            });
+            let position = st.queue.len();
+            drop(st);
+            on_queued(position);
+            (rx, id)
+        };
+        let mut guard = WaitGuard {
+            pool: self.clone(),
+            id,
+            mode,
+            rx: Some(rx),
+        };
+        let rx = guard.rx.as_mut().expect("receiver present");
+        match tokio::time::timeout_at(deadline, rx).await {
+            Ok(Ok(())) => {
+                guard.rx = None;
+                Ok(Permit {
+                    pool: self.clone(),
+                    mode,
+                })
+            }
+            // Sender dropped without a grant cannot happen while queued; treat as full.
+            Ok(Err(_)) => Err(AdmitError::PoolFull),
+            Err(_) => Err(AdmitError::PoolFull),
+        }
+    }
+
+    fn release(&self, mode: Mode) {
+        let mut st = self.state.lock();
+        *st.running(mode) -= 1;
+        // Hand the slot to the oldest live waiter for this mode.
+        while let Some(pos) = st.queue.iter().position(|w| w.mode == mode) {
+            let w = st.queue.remove(pos).expect("position is valid");
+            *st.running(mode) += 1;
+            if w.tx.send(()).is_ok() {
+                return;
+            }
+            *st.running(mode) -= 1;
+        }
+    }
+
+    pub fn snapshot(&self) -> PoolSnapshot {
+        let st = self.state.lock();
+        PoolSnapshot {
+            transcodes: st.transcodes,
+            remuxes: st.remuxes,
+            max_transcodes: self.max_transcodes,
+            max_remux: self.max_remux,
+            max_queued: self.max_queued,
+            queue: st
+                .queue
+                .iter()
+                .map(|w| QueueEntry {
+                    stream_id: w.stream_id.clone(),
+                    quality: w.quality.clone(),
+                    client_ip: w.client_ip.to_string(),
+                    waiting_ms: w.since.elapsed().as_millis() as u64,
+                })
+                .collect(),
+        }
+    }
+
+    /// Sessions currently held by `ip`.
+    pub fn client_sessions(&self, ip: IpAddr) -> usize {
+        self.state.lock().clients.get(&ip).copied().unwrap_or(0)
+    }
+}
+
+/// A running pipeline slot; dropping it frees the slot.
+#[must_use]
+pub struct Permit {
+    pool: Arc<Pool>,
+    mode: Mode,
+}
+
+impl Permit {
+    pub fn mode(&self) -> Mode {
+        self.mode
+    }
+}
+
+impl Drop for Permit {
+    fn drop(&mut self) {
+        self.pool.release(self.mode);
+    }
+}
+
+/// One of a client's sessions; dropping it frees it.
+#[must_use]
+pub struct ClientSlot {
+    pool: Arc<Pool>,
+    ip: IpAddr,
+}
+
+impl Drop for ClientSlot {
+    fn drop(&mut self) {
+        let mut st = self.pool.state.lock();
+        if let Some(n) = st.clients.get_mut(&self.ip) {
+            *n -= 1;
+            if *n == 0 {
+                st.clients.remove(&self.ip);
+            }
+        }
+    }
+}
+
+/// Removes an abandoned waiter, or returns a slot granted to nobody.
+struct WaitGuard {
+    pool: Arc<Pool>,
+    id: u64,
+    mode: Mode,
+    rx: Option<oneshot::Receiver<()>>,
+}
+
+impl Drop for WaitGuard {
+    fn drop(&mut self) {
+        let Some(mut rx) = self.rx.take() else { return };
+        let mut st = self.pool.state.lock();
+        if let Some(pos) = st.queue.iter().position(|w| w.id == self.id) {
+            st.queue.remove(pos);
+            return;
+        }
+        drop(st);
+        // Granted under the lock before we gave up: pass the slot on.
+        if rx.try_recv().is_ok() {
+            self.pool.release(self.mode);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    fn ip(n: u8) -> IpAddr {
+        IpAddr::from([127, 0, 0, n])
+    }
+
+    fn later(ms: u64) -> tokio::time::Instant {
+        tokio::time::Instant::now() + Duration::from_millis(ms)
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn third_request_waits_and_gets_the_freed_slot_fifo() {
+        let pool = Pool::new(2, 5, 10, 10);
+        let a = pool
+            .acquire(Mode::Transcode, "s", "medium", ip(1), later(10), |_| {})
+            .await
+            .unwrap();
+        let _b = pool
+            .acquire(Mode::Transcode, "s", "medium", ip(1), later(10), |_| {})
+            .await
+            .unwrap();
+        let p1 = pool.clone();
+        let first = tokio::spawn(async move {
+            p1.acquire(Mode::Transcode, "first", "m", ip(2), later(60_000), |_| {})
+                .await
+                .map(|_| "first")
+        });
+        tokio::time::sleep(Duration::from_millis(1)).await;
+        let p2 = pool.clone();
+        let second = tokio::spawn(async move {
+            p2.acquire(Mode::Transcode, "second", "m", ip(3), later(60_000), |_| {})
+                .await
+                .map(|_| "second")
+        });
+        tokio::time::sleep(Duration::from_millis(1)).await;
+        assert_eq!(pool.snapshot().queue.len(), 2);
+        assert_eq!(pool.snapshot().queue[0].stream_id, "first");
+        // Remux has its own bound and is not blocked by transcode waiters.
+        let _r = pool
+            .acquire(Mode::Remux, "r", "m", ip(4), later(10), |_| {})
+            .await
+            .unwrap();
+        drop(a);
+        // The freed slot went to the oldest waiter; the younger one still waits.
+        let queue = pool.snapshot().queue;
+        assert_eq!(queue.len(), 1);
+        assert_eq!(queue[0].stream_id, "second");
+        assert_eq!(pool.snapshot().transcodes, 2);
+        assert_eq!(first.await.unwrap(), Ok("first"));
+        second.abort();
+        let _ = second.await;
+        assert!(pool.snapshot().queue.is_empty());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn full_queue_and_timeouts_are_refused() {
+        let pool = Pool::new(1, 1, 1, 10);
+        let _a = pool
+            .acquire(Mode::Transcode, "s", "m", ip(1), later(10), |_| {})
+            .await
+            .unwrap();
+        let p = pool.clone();
+        let waiter = tokio::spawn(async move {
+            p.acquire(Mode::Transcode, "s", "m", ip(1), later(500), |_| {})
+                .await
+                .err()
+        });
+        tokio::time::sleep(Duration::from_millis(1)).await;
+        let full = pool
+            .acquire(Mode::Transcode, "s", "m", ip(1), later(500), |_| {})
+            .await
+            .err();
+        assert_eq!(full, Some(AdmitError::QueueFull(1)));
+        assert_eq!(waiter.await.unwrap(), Some(AdmitError::PoolFull));
+        assert!(pool.snapshot().queue.is_empty());
+        assert_eq!(pool.snapshot().transcodes, 1);
+    }
+
+    #[tokio::test]
+    async fn per_client_limit_and_release() {
+        let pool = Pool::new(1, 1, 1, 2);
+        let a = pool.enter_client(ip(9)).unwrap();
+        let _b = pool.enter_client(ip(9)).unwrap();
+        assert_eq!(
+            pool.enter_client(ip(9)).err(),
+            Some(AdmitError::TooManySessions(2))
+        );
+        assert!(pool.enter_client(ip(8)).is_ok());
+        drop(a);
+        assert!(pool.enter_client(ip(9)).is_ok());
+    }
+
+    #[tokio::test]
+    async fn many_concurrent_releases_never_double_free() {
+        let pool = Pool::new(4, 4, 200, 1000);
+        let mut tasks = Vec::new();
+        for i in 0..200u32 {
+            let p = pool.clone();
+            tasks.push(tokio::spawn(async move {
+                let permit = p
+                    .acquire(
+                        Mode::Transcode,
+                        "s",
+                        "m",
+                        ip((i % 200) as u8),
+                        later(30_000),
+                        |_| {},
+                    )
+                    .await;
+                tokio::task::yield_now().await;
+                drop(permit);
+            }));
+        }
+        for t in tasks {
+            t.await.unwrap();
+        }
+        let snap = pool.snapshot();
+        assert_eq!((snap.transcodes, snap.queue.len()), (0, 0));
+    }
+}

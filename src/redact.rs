@@ -1,0 +1,235 @@
+//! Credential redaction: the one function every log line, error message,
+//! status field, metric label and catalog read goes through before a source
+//! URL leaves the process (SPEC §8). IPTV URLs carry paid credentials in
+//! userinfo, in query values and in Xtream-style paths.
+
+/// Replacement for anything secret.
+pub const MASK: &str = "***";
+
+/// Query parameter names whose values are secrets (matched case-insensitively,
+/// also as a suffix such as `api_key`, `access_token`, `x-amz-signature`).
+const SECRET_PARAMS: &[&str] = &[
+    "password",
+    "passwd",
+    "pass",
+    "pwd",
+    "token",
+    "key",
+    "auth",
+    "sig",
+    "signature",
+    "secret",
+    "session",
+    "sessionid",
+    "apikey",
+    "credential",
+    "credentials",
+    "hash",
+];
+
+/// Path prefixes of Xtream Codes style URLs: `/<kind>/<user>/<pass>/<id>`.
+const XTREAM_KINDS: &[&str] = &["live", "movie", "series", "timeshift", "play"];
+
+fn is_secret_param(name: &str) -> bool {
+    let lower = name.to_ascii_lowercase();
+    let lower = lower.trim_matches(|c: char| !c.is_ascii_alphanumeric());
+    SECRET_PARAMS.iter().any(|s| {
+        lower == *s
+            || lower.ends_with(&format!("_{s}"))
+            || lower.ends_with(&format!("-{s}"))
+            || lower.ends_with(&format!(".{s}"))
+            || (s.len() >= 4 && lower.ends_with(s))
+    })
+}
+
+/// Returns `url` with userinfo, secret query values and Xtream credentials
+/// masked. Works on anything URL-shaped, including text that does not parse.
+pub fn redact_url(url: &str) -> String {
+    // Split off the fragment; it is never a credential carrier we keep.
+    let (main, fragment) = match url.find('#') {
+        Some(i) => (&url[..i], Some(&url[i..])),
+        None => (url, None),
+    };
+    let (before_query, query) = match main.find('?') {
+        Some(i) => (&main[..i], Some(&main[i + 1..])),
+        None => (main, None),
+    };
+    let mut out = String::with_capacity(url.len());
+    match before_query.find("://") {
+        Some(scheme_end) => {
+            let scheme = &before_query[..scheme_end + 3];
+            let rest = &before_query[scheme_end + 3..];
+            let (authority, path) = match rest.find('/') {
+                Some(i) => (&rest[..i], &rest[i..]),
+                None => (rest, ""),
+            };
+            out.push_str(scheme);
+            match authority.rfind('@') {
+                Some(at) => {
+                    out.push_str(MASK);
+                    out.push_str(&authority[at..]);
+                }
+                None => out.push_str(authority),
+            }
+            out.push_str(&redact_path(path));
+        }
+        None => out.push_str(&redact_path(before_query)),
+    }
+    if let Some(q) = query {
+        out.push('?');
+        let parts: Vec<String> = q
+            .split('&')
+            .map(|pair| match pair.split_once('=') {
+                Some((k, v)) if is_secret_param(k) && !v.is_empty() => format!("{k}={MASK}"),
+                _ => pair.to_string(),
+            })
+            .collect();
+        out.push_str(&parts.join("&"));
+    }
+    if let Some(f) = fragment {
+        out.push_str(f);
+    }
+    out
+}
+
+/// Masks Xtream credentials: `/live/<user>/<pass>/<id>.<ext>` and the short
+/// form `/<user>/<pass>/<id>` where `<id>` is numeric (optionally with an
+/// extension), as IPTV panels serve them.
+fn redact_path(path: &str) -> String {
+    let segs: Vec<&str> = path.split('/').collect();
+    // segs[0] is "" for an absolute path.
+    let mut out: Vec<String> = segs.iter().map(|s| s.to_string()).collect();
+    let is_stream_id = |s: &str| {
+        let stem = s.split('.').next().unwrap_or("");
+        !stem.is_empty() && stem.bytes().all(|b| b.is_ascii_digit())
+    };
+    let n = segs.len();
+    for i in 0..n {
+        if XTREAM_KINDS.contains(&segs[i].to_ascii_lowercase().as_str())
+            && i + 3 < n
+            && !segs[i + 1].is_empty()
+            && !segs[i + 2].is_empty()
+        {
+            out[i + 1] = MASK.into();
+            out[i + 2] = MASK.into();
+            return out.join("/");
+        }
+    }
+    // Short form: exactly /<user>/<pass>/<numeric id>[.ext] at the end.
+    if n >= 4 && segs[0].is_empty() && is_stream_id(segs[n - 1]) {
+        let (u, p) = (segs[n - 3], segs[n - 2]);
+        if !u.is_empty() && !p.is_empty() && n == 4 {
+            out[n - 3] = MASK.into();
+            out[n - 2] = MASK.into();
+        }
+    }
+    out.join("/")
+}
+
+/// Redacts every URL-looking token inside free text (GStreamer error
+/// messages quote the URI they failed on).
+pub fn redact_text(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text;
+    while let Some(pos) = rest.find("://") {
+        // Walk back to the start of the scheme.
+        let start = rest[..pos]
+            .rfind(|c: char| !(c.is_ascii_alphanumeric() || c == '+' || c == '-' || c == '.'))
+            .map(|i| i + 1)
+            .unwrap_or(0);
+        let end = rest[pos..]
+            .find(|c: char| c.is_whitespace() || c == '"' || c == '\'' || c == '<' || c == '>')
+            .map(|i| pos + i)
+            .unwrap_or(rest.len());
+        out.push_str(&rest[..start]);
+        out.push_str(&redact_url(&rest[start..end]));
+        rest = &rest[end..];
+    }
+    out.push_str(rest);
+    out
+}
+
+/// Whether `url` holds anything [`redact_url`] would mask.
+pub fn has_credentials(url: &str) -> bool {
+    redact_url(url) != url
+}
+
+/// Header names whose values are secrets in stream `headers`.
+pub fn is_secret_header(name: &str) -> bool {
+    let lower = name.to_ascii_lowercase();
+    lower == "cookie"
+        || lower == "authorization"
+        || lower == "proxy-authorization"
+        || lower.contains("token")
+        || lower.contains("key")
+        || lower.contains("auth")
+        || lower.contains("secret")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn userinfo_is_masked() {
+        assert_eq!(
+            redact_url("http://bob:hunter2@iptv.example.com:8080/stream.ts"),
+            "http://***@iptv.example.com:8080/stream.ts"
+        );
+        assert_eq!(
+            redact_url("rtsp://admin@cam.local/live"),
+            "rtsp://***@cam.local/live"
+        );
+    }
+
+    #[test]
+    fn secret_query_values_are_masked() {
+        assert_eq!(
+            redact_url("https://x.test/get.php?username=bob&password=hunter2&type=m3u"),
+            "https://x.test/get.php?username=bob&password=***&type=m3u"
+        );
+        assert_eq!(
+            redact_url("https://cdn.test/a.m3u8?token=abc&sig=def&api_key=k&x=1#frag"),
+            "https://cdn.test/a.m3u8?token=***&sig=***&api_key=***&x=1#frag"
+        );
+        assert_eq!(
+            redact_url("http://x.test/p?PWD=1&auth=2&pass=3"),
+            "http://x.test/p?PWD=***&auth=***&pass=***"
+        );
+    }
+
+    #[test]
+    fn xtream_paths_are_masked() {
+        assert_eq!(
+            redact_url("http://panel.test:8080/live/bob/hunter2/1234.ts"),
+            "http://panel.test:8080/live/***/***/1234.ts"
+        );
+        assert_eq!(
+            redact_url("http://panel.test/bob/hunter2/1234"),
+            "http://panel.test/***/***/1234"
+        );
+        assert_eq!(
+            redact_url("http://panel.test/movie/u/p/99.mkv"),
+            "http://panel.test/movie/***/***/99.mkv"
+        );
+        // Ordinary paths stay readable.
+        assert_eq!(
+            redact_url("http://cdn.test/hls/channel1/index.m3u8"),
+            "http://cdn.test/hls/channel1/index.m3u8"
+        );
+        assert_eq!(
+            redact_url("test://smpte?size=1920x1080&rate=30"),
+            "test://smpte?size=1920x1080&rate=30"
+        );
+    }
+
+    #[test]
+    fn text_with_urls_is_masked() {
+        let msg =
+            "Could not open resource for reading: http://bob:pw@h.test/live/bob/pw/1.ts (refused)";
+        let red = redact_text(msg);
+        assert!(!red.contains("pw"), "{red}");
+        assert!(red.contains("(refused)"));
+        assert_eq!(redact_text("no urls here"), "no urls here");
+    }
+}

@@ -1,0 +1,173 @@
+//! Shared support for integration tests: a real sluice server on
+//! 127.0.0.1:0 in its own temp data dir, media made on the spot, and an
+//! independent decoder (ffprobe) to judge outputs.
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use sluice::config::Settings;
+use sluice::Server;
+
+pub struct TestServer {
+    pub server: Option<Server>,
+    pub base: String,
+    pub dir: tempfile::TempDir,
+}
+
+impl TestServer {
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{}", self.base, path)
+    }
+
+    pub fn state(&self) -> &std::sync::Arc<sluice::AppState> {
+        &self.server.as_ref().expect("server running").state
+    }
+
+    pub fn media_dir(&self) -> PathBuf {
+        self.dir.path().join("media")
+    }
+
+    pub async fn stop(mut self) {
+        if let Some(s) = self.server.take() {
+            s.shutdown().await;
+        }
+    }
+}
+
+/// Settings for a test: temp data dir, a media dir, port 0, short timeouts.
+pub fn settings(dir: &Path) -> Settings {
+    let mut s = Settings::for_data_dir(dir.join("data"));
+    s.port = 0;
+    s.host = "127.0.0.1".parse().unwrap();
+    s.profiles = dir.join("no-such-profiles.toml");
+    let media = dir.join("media");
+    std::fs::create_dir_all(&media).unwrap();
+    s.media_dir = Some(media);
+    s.start_timeout_ms = 20_000;
+    s
+}
+
+/// Starts a server; `tweak` adjusts the settings first.
+pub async fn start_with(tweak: impl FnOnce(&mut Settings)) -> TestServer {
+    init_tracing();
+    let dir = tempfile::tempdir().unwrap();
+    let mut s = settings(dir.path());
+    tweak(&mut s);
+    let server = Server::start(s).await.expect("server starts");
+    let base = format!("http://{}", server.addr);
+    TestServer { server: Some(server), base, dir }
+}
+
+pub async fn start() -> TestServer {
+    start_with(|_| {}).await
+}
+
+fn init_tracing() {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(std::env::var("SLUICE_TEST_LOG").unwrap_or_else(|_| "warn".into()))
+        .with_test_writer()
+        .try_init();
+}
+
+pub fn client() -> reqwest::Client {
+    reqwest::Client::builder()
+        .timeout(Duration::from_secs(60))
+        .build()
+        .unwrap()
+}
+
+/// Reads a streaming response for `dur` (or `max_bytes`), then hangs up.
+pub async fn read_for(resp: reqwest::Response, dur: Duration, max_bytes: usize) -> Vec<u8> {
+    use futures::StreamExt;
+    let mut out = Vec::new();
+    let mut stream = resp.bytes_stream();
+    let deadline = tokio::time::Instant::now() + dur;
+    loop {
+        match tokio::time::timeout_at(deadline, stream.next()).await {
+            Ok(Some(Ok(chunk))) => {
+                out.extend_from_slice(&chunk);
+                if out.len() >= max_bytes {
+                    break;
+                }
+            }
+            _ => break,
+        }
+    }
+    out
+}
+
+/// Creates a catalog stream through the API (as loopback admin).
+pub async fn add_stream(ts: &TestServer, id: &str, url: &str) {
+    let r = client()
+        .post(ts.url("/api/streams"))
+        .json(&serde_json::json!({"id": id, "name": id, "url": url}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 201, "creating {id}: {}", r.text().await.unwrap_or_default());
+}
+
+/// ffprobe's view of a file: streams and format, as JSON.
+pub fn ffprobe(path: &Path) -> serde_json::Value {
+    let out = Command::new("ffprobe")
+        .args(["-v", "error", "-print_format", "json", "-show_streams", "-show_format"])
+        .arg(path)
+        .output()
+        .expect("ffprobe runs (apt install ffmpeg)");
+    assert!(out.status.success(), "ffprobe failed on {}: {}", path.display(), String::from_utf8_lossy(&out.stderr));
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+/// Decodes every frame with ffmpeg; returns (video frames decoded, error text).
+pub fn decode_all(path: &Path) -> (u64, String) {
+    let out = Command::new("ffprobe")
+        .args(["-v", "error", "-count_frames", "-select_streams", "v:0", "-show_entries", "stream=nb_read_frames", "-of", "csv=p=0"])
+        .arg(path)
+        .output()
+        .expect("ffprobe runs");
+    let frames = String::from_utf8_lossy(&out.stdout).trim().trim_end_matches(',').parse().unwrap_or(0);
+    (frames, String::from_utf8_lossy(&out.stderr).to_string())
+}
+
+pub fn stream_of<'a>(probe: &'a serde_json::Value, kind: &str) -> Option<&'a serde_json::Value> {
+    probe["streams"].as_array()?.iter().find(|s| s["codec_type"] == kind)
+}
+
+/// Writes a media file with ffmpeg from lavfi test sources.
+pub fn make_media(path: &Path, seconds: u32, video_args: &[&str], audio_args: &[&str], extra: &[&str]) {
+    let mut cmd = Command::new("ffmpeg");
+    cmd.args(["-y", "-v", "error", "-f", "lavfi", "-i"])
+        .arg(format!("testsrc2=size=1280x720:rate=25:duration={seconds}"))
+        .args(["-f", "lavfi", "-i"])
+        .arg(format!("sine=frequency=440:sample_rate=48000:duration={seconds}"))
+        .args(video_args)
+        .args(audio_args)
+        .args(extra)
+        .arg(path);
+    let out = cmd.output().expect("ffmpeg runs (apt install ffmpeg)");
+    assert!(out.status.success(), "ffmpeg failed: {}", String::from_utf8_lossy(&out.stderr));
+}
+
+/// Polls `cond` until it holds or `timeout` passes.
+pub async fn eventually(timeout: Duration, mut cond: impl FnMut() -> bool) -> bool {
+    let start = Instant::now();
+    while start.elapsed() < timeout {
+        if cond() {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    cond()
+}
+
+/// Threads of this process (for leak checks).
+pub fn thread_count() -> usize {
+    std::fs::read_dir("/proc/self/task").map(|d| d.count()).unwrap_or(0)
+}
+
+/// Open file descriptors of this process (for leak checks).
+pub fn fd_count() -> usize {
+    std::fs::read_dir("/proc/self/fd").map(|d| d.count()).unwrap_or(0)
+}
