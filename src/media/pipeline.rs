@@ -42,6 +42,8 @@ pub const APPSINK_MAX_BUFFERS: u32 = 256;
 /// Live sources: at most this much raw media waits for the encoder before
 /// frames are dropped rather than the source stalling.
 const LEAKY_QUEUE_NS: u64 = 1_000_000_000;
+/// Media each source stream may buffer while the mode is being chosen.
+const PREDECISION_QUEUE_NS: u64 = 3_000_000_000;
 
 /// State shared between streaming-thread callbacks and the async side.
 /// Holds no strong reference to the pipeline or its elements.
@@ -96,10 +98,20 @@ impl Shared {
         }
     }
 
+    /// Every source pad is exposed and each has shown its caps.
     fn all_pads_known(&self) -> bool {
-        self.source_done.load(Ordering::Acquire)
-            && self.parsers_open.load(Ordering::Acquire) == 0
-            && !self.pending.lock().is_empty()
+        if !self.source_done.load(Ordering::Acquire)
+            || self.parsers_open.load(Ordering::Acquire) != 0
+        {
+            return false;
+        }
+        let mut pending = self.pending.lock();
+        for p in pending.iter_mut() {
+            if p.caps.is_none() {
+                p.caps = p.pad.current_caps();
+            }
+        }
+        !pending.is_empty() && pending.iter().all(|p| p.caps.is_some())
     }
 }
 
@@ -236,19 +248,60 @@ fn attach_parsebin(
     let parsebin = make("parsebin")?;
     shared.parsers_open.fetch_add(1, Ordering::AcqRel);
     let sh = shared.clone();
-    parsebin.connect_pad_added(move |_, pad| {
-        let probe = pad.add_probe(gst::PadProbeType::BLOCK_DOWNSTREAM, |_, _| {
-            gst::PadProbeReturn::Ok
-        });
-        let caps = pad.current_caps().or_else(|| {
-            pad.sticky_event::<gst::event::Caps>(0)
-                .map(|e| e.caps_owned())
-        });
+    let weak_pipeline = pipeline.downgrade();
+    parsebin.connect_pad_added(move |parsebin, pad| {
+        let Some(pipeline) = weak_pipeline.upgrade() else {
+            return;
+        };
+        // Each stream gets its own queue at once, so a demuxer feeding
+        // several streams from one thread never waits on a held stream.
+        // The queue's output is held at its first buffer: stream-start,
+        // caps and segment pass (they stay sticky on the unlinked pad), so
+        // the caps are known when the mode is chosen.
+        let q = match queue(PREDECISION_QUEUE_NS, false) {
+            Ok(q) => q,
+            Err(e) => {
+                gst::element_error!(parsebin, gst::CoreError::MissingPlugin, ("{}", e));
+                return;
+            }
+        };
+        if pipeline.add(&q).is_err() || q.sync_state_with_parent().is_err() {
+            gst::element_error!(
+                parsebin,
+                gst::CoreError::StateChange,
+                ("cannot add a stream queue")
+            );
+            return;
+        }
+        let held = q.static_pad("src").expect("queue src pad");
+        let weak = Arc::downgrade(&sh);
+        let probe = held.add_probe(
+            gst::PadProbeType::BLOCK | gst::PadProbeType::BUFFER | gst::PadProbeType::BUFFER_LIST,
+            move |pad, _| {
+                if let Some(sh) = weak.upgrade() {
+                    let caps = pad.current_caps();
+                    if let Some(p) = sh.pending.lock().iter_mut().find(|p| &p.pad == pad) {
+                        if p.caps.is_none() {
+                            p.caps = caps;
+                        }
+                    }
+                    sh.notify.notify_waiters();
+                }
+                gst::PadProbeReturn::Ok
+            },
+        );
         sh.pending.lock().push(PendingPad {
-            pad: pad.clone(),
+            pad: held.clone(),
             probe,
-            caps,
+            caps: None,
         });
+        if let Err(e) = pad.link(&q.static_pad("sink").expect("queue sink pad")) {
+            gst::element_error!(
+                parsebin,
+                gst::CoreError::Negotiation,
+                ("cannot queue a source stream: {:?}", e)
+            );
+        }
         sh.notify.notify_waiters();
     });
     let sh = shared.clone();
@@ -327,7 +380,8 @@ impl Opened {
 
     /// Whether at least one source pad has appeared.
     pub fn any_stream(&self) -> bool {
-        matches!(self.source, SourceUri::Test(_)) || !self.shared.pending.lock().is_empty()
+        matches!(self.source, SourceUri::Test(_))
+            || self.shared.pending.lock().iter().any(|p| p.caps.is_some())
     }
 
     /// The streams found so far: the first video and first audio pad.
@@ -534,8 +588,6 @@ impl Opened {
         live: bool,
     ) -> Result<(), MediaError> {
         let p = &self.pipeline;
-        let q = queue(3_000_000_000, false)?;
-        p.add(&q)?;
         let head: gst::Element = match (mode, video) {
             (Mode::Remux, true) => {
                 let parse = make("h264parse")?;
@@ -544,30 +596,29 @@ impl Opened {
                 }
                 let out = capsfilter(h264_output_caps(self.format, None))?;
                 p.add_many([&parse, &out])?;
-                gst::Element::link_many([&q, &parse, &out])?;
+                gst::Element::link_many([&parse, &out])?;
                 add_keyframe_gate(&parse.static_pad("src").expect("src pad"));
                 count_output(&out.static_pad("src").expect("src pad"), &self.shared);
                 out.link(mux)?;
-                for e in [&parse, &out] {
+                for e in [&out, &parse] {
                     e.sync_state_with_parent()?;
                 }
-                q.clone()
+                parse
             }
             (Mode::Remux, false) => {
                 let parse = make("aacparse")?;
                 let out = capsfilter(aac_output_caps(self.format))?;
                 p.add_many([&parse, &out])?;
-                gst::Element::link_many([&q, &parse, &out])?;
+                gst::Element::link_many([&parse, &out])?;
                 out.link(mux)?;
-                for e in [&parse, &out] {
+                for e in [&out, &parse] {
                     e.sync_state_with_parent()?;
                 }
-                q.clone()
+                parse
             }
             (Mode::Transcode, _) => {
                 let dec = make("decodebin")?;
                 p.add(&dec)?;
-                q.link(&dec)?;
                 let chain_head = if video {
                     video_transcode_chain(p, profile, self.format, mux, live, &self.shared)?
                 } else {
@@ -591,11 +642,11 @@ impl Opened {
                     }
                 });
                 dec.sync_state_with_parent()?;
-                q.clone()
+                dec
             }
         };
         head.sync_state_with_parent()?;
-        pad.link(&head.static_pad("sink").expect("queue sink pad"))
+        pad.link(&head.static_pad("sink").expect("branch sink pad"))
             .map_err(|e| MediaError::SourceFailed(format!("cannot link source stream: {e:?}")))?;
         Ok(())
     }
