@@ -115,6 +115,7 @@ pub async fn start(
     let source = SourceUri::parse(&stream.url, state.catalog.media_dir())
         .map_err(|e| PreviewError::SourceFailed(e.to_string()))?;
     let is_test = matches!(source, SourceUri::Test(_));
+    let source_uri = source.clone();
     let mode =
         match req.transcode {
             ModeRequest::Transcode => Some(Mode::Transcode),
@@ -205,7 +206,7 @@ pub async fn start(
     let result = tokio::time::timeout_at(deadline, startup).await;
     let (chosen, _streams) = match result {
         Ok(Ok(v)) => v,
-        Ok(Err(e)) => return Err(fail(&media, e, timeout_ms)),
+        Ok(Err(e)) => return Err(fail(&media, e, timeout_ms, &source_uri).await),
         Err(_) => {
             media.end(EndReason::StartTimeout);
             return Err(PreviewError::StartTimeout(timeout_ms));
@@ -240,7 +241,7 @@ pub async fn start(
     .await;
     let first = match committed {
         Ok(Ok(b)) => b,
-        Ok(Err(e)) => return Err(fail(&media, e, timeout_ms)),
+        Ok(Err(e)) => return Err(fail(&media, e, timeout_ms, &source_uri).await),
         Err(_) => {
             media.end(EndReason::StartTimeout);
             return Err(PreviewError::StartTimeout(timeout_ms));
@@ -267,7 +268,7 @@ pub async fn start(
 }
 
 /// Ends a session that failed to start and maps the failure.
-fn fail(media: &Arc<MediaSession>, e: MediaError, timeout_ms: u64) -> PreviewError {
+async fn fail(media: &Arc<MediaSession>, e: MediaError, timeout_ms: u64, source: &SourceUri) -> PreviewError {
     match e {
         MediaError::Incompatible(m) => {
             media.end(EndReason::SourceError);
@@ -285,6 +286,17 @@ fn fail(media: &Arc<MediaSession>, e: MediaError, timeout_ms: u64) -> PreviewErr
                     .error()
                     .unwrap_or_else(|| format!("session ended: {}", r.as_str())),
             )
+        }
+        MediaError::SourceFailed(msg) => {
+            media.end(EndReason::SourceError);
+            let why = match source {
+                SourceUri::Uri { uri, .. } => crate::media::diagnose::explain(uri).await,
+                SourceUri::Test(_) => None,
+            };
+            PreviewError::SourceFailed(match why {
+                Some(why) => format!("{why} ({msg})"),
+                None => msg,
+            })
         }
         other => {
             media.end(EndReason::SourceError);

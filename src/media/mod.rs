@@ -7,6 +7,7 @@
 //! It never knows about HTTP, warp, the pool or the catalog: callers hand it
 //! a [`source::SourceUri`] and get back bytes, counters and an end reason.
 
+pub mod diagnose;
 pub mod elements;
 pub mod pipeline;
 pub mod session;
