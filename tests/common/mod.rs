@@ -171,3 +171,106 @@ pub fn thread_count() -> usize {
 pub fn fd_count() -> usize {
     std::fs::read_dir("/proc/self/fd").map(|d| d.count()).unwrap_or(0)
 }
+
+/// The real `sluice` binary running on 127.0.0.1 (port 0), its stderr
+/// (JSON log lines) collected as it comes. Killed with SIGKILL on drop.
+pub struct BinServer {
+    pub child: std::process::Child,
+    pub addr: std::net::SocketAddr,
+    pub base: String,
+    pub stderr: std::sync::Arc<std::sync::Mutex<String>>,
+}
+
+impl BinServer {
+    /// Starts the binary with `--data-dir data_dir`, extra `args` and `envs`;
+    /// waits (60 s at most) for its "sluice listening" line.
+    pub fn start(data_dir: &Path, args: &[&str], envs: &[(&str, &str)]) -> BinServer {
+        use std::io::BufRead;
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_sluice"));
+        cmd.args(["--host", "127.0.0.1", "--port", "0", "--data-dir"])
+            .arg(data_dir)
+            .args(["--profiles"])
+            .arg(data_dir.join("no-such-profiles.toml"))
+            .args(args)
+            .env("LOG_FORMAT", "json")
+            .envs(envs.iter().copied())
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped());
+        let mut child = cmd.spawn().expect("the sluice binary starts");
+        let stderr = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
+        let (tx, rx) = std::sync::mpsc::channel::<std::net::SocketAddr>();
+        let pipe = child.stderr.take().unwrap();
+        let sink = stderr.clone();
+        std::thread::spawn(move || {
+            for line in std::io::BufReader::new(pipe).lines().map_while(Result::ok) {
+                if let Ok(v) = serde_json::from_str::<serde_json::Value>(&line) {
+                    if v["message"] == "sluice listening" {
+                        if let Some(a) = v["addr"].as_str().and_then(|a| a.parse().ok()) {
+                            let _ = tx.send(a);
+                        }
+                    }
+                }
+                let mut s = sink.lock().unwrap();
+                s.push_str(&line);
+                s.push('\n');
+            }
+        });
+        let addr = match rx.recv_timeout(Duration::from_secs(60)) {
+            Ok(a) => a,
+            Err(_) => {
+                let _ = child.kill();
+                panic!("sluice did not start: {}", stderr.lock().unwrap());
+            }
+        };
+        BinServer { child, addr, base: format!("http://{addr}"), stderr }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{}", self.base, path)
+    }
+
+    pub fn stderr_text(&self) -> String {
+        self.stderr.lock().unwrap().clone()
+    }
+
+    /// Resident memory of the server process, in bytes.
+    pub fn rss_bytes(&self) -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id())).unwrap_or_default();
+        status
+            .lines()
+            .find(|l| l.starts_with("VmRSS:"))
+            .and_then(|l| l.split_whitespace().nth(1))
+            .and_then(|kb| kb.parse::<u64>().ok())
+            .map(|kb| kb * 1024)
+            .unwrap_or(0)
+    }
+
+    /// SIGKILL, then reap.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// SIGTERM, then wait (30 s at most) for a clean exit; returns whether it exited 0.
+    pub fn terminate(&mut self) -> bool {
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
+        let start = Instant::now();
+        while start.elapsed() < Duration::from_secs(30) {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                // Let the stderr reader drain the last lines.
+                std::thread::sleep(Duration::from_millis(200));
+                return status.success();
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        self.kill();
+        false
+    }
+}
+
+impl Drop for BinServer {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
