@@ -25,6 +25,9 @@ pub const DEFAULT_STALL_TIMEOUT_MS: u64 = 15_000;
 pub const DEFAULT_MEMORY_WARNING: &str = "512MB";
 pub const DEFAULT_MEMORY_CRITICAL: &str = "1GB";
 pub const DEFAULT_SHUTDOWN_GRACE_MS: u64 = 10_000;
+pub const DEFAULT_RATE_LIMIT_PREVIEW: &str = "60/min";
+pub const DEFAULT_RATE_LIMIT_ADMIN: &str = "30/15min";
+pub const DEFAULT_RATE_LIMIT_API: &str = "300/min";
 
 /// Bounds for the per-request `timeout` query parameter (SPEC §6).
 pub const MIN_REQUEST_TIMEOUT_MS: u64 = 100;
@@ -144,6 +147,26 @@ pub struct Settings {
     #[arg(long = "shutdown-grace", env = "SHUTDOWN_GRACE", value_name = "SHUTDOWN_GRACE",
           default_value_t = DEFAULT_SHUTDOWN_GRACE_MS)]
     pub shutdown_grace_ms: u64,
+
+    /// Origins allowed by CORS: a comma list, `https://*.example.com` for subdomains, `*` for any (unset: no CORS headers).
+    #[arg(long = "cors-origin", env = "CORS_ORIGIN", value_name = "CORS_ORIGIN",
+          value_parser = crate::http::cors::CorsOrigins::parse)]
+    pub cors_origin: Option<crate::http::cors::CorsOrigins>,
+
+    /// Preview requests per client: N/min, N/15min, N/s, N/h, or off.
+    #[arg(long = "rate-limit-preview", env = "RATE_LIMIT_PREVIEW", value_name = "RATE_LIMIT_PREVIEW",
+          default_value = DEFAULT_RATE_LIMIT_PREVIEW, value_parser = crate::http::ratelimit::Rate::parse)]
+    pub rate_limit_preview: crate::http::ratelimit::Rate,
+
+    /// Mutating (admin) requests per client: N/min, N/15min, N/s, N/h, or off.
+    #[arg(long = "rate-limit-admin", env = "RATE_LIMIT_ADMIN", value_name = "RATE_LIMIT_ADMIN",
+          default_value = DEFAULT_RATE_LIMIT_ADMIN, value_parser = crate::http::ratelimit::Rate::parse)]
+    pub rate_limit_admin: crate::http::ratelimit::Rate,
+
+    /// Other API requests per client: N/min, N/15min, N/s, N/h, or off.
+    #[arg(long = "rate-limit-api", env = "RATE_LIMIT_API", value_name = "RATE_LIMIT_API",
+          default_value = DEFAULT_RATE_LIMIT_API, value_parser = crate::http::ratelimit::Rate::parse)]
+    pub rate_limit_api: crate::http::ratelimit::Rate,
 }
 
 impl Settings {
@@ -271,6 +294,22 @@ mod tests {
         let text = err.to_string();
         assert!(text.contains("MEMORY_WARNING_THRESHOLD"), "{text}");
         assert!(text.contains("512MB"), "{text}");
+    }
+
+    #[test]
+    fn bad_rate_limits_and_origins_name_the_variable() {
+        for (flag, var) in [
+            ("--rate-limit-preview", "RATE_LIMIT_PREVIEW"),
+            ("--rate-limit-admin", "RATE_LIMIT_ADMIN"),
+            ("--rate-limit-api", "RATE_LIMIT_API"),
+            ("--cors-origin", "CORS_ORIGIN"),
+        ] {
+            let err = Settings::try_parse_from(["sluice", flag, "lots"]).unwrap_err();
+            assert!(err.to_string().contains(var), "{err}");
+        }
+        let s = Settings::for_data_dir("/tmp/x");
+        assert_eq!(s.rate_limit_admin.to_string(), "30/900s");
+        assert!(s.cors_origin.is_none());
     }
 
     #[test]

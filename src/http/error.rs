@@ -20,6 +20,8 @@ pub struct ApiError {
     pub message: String,
     /// Seconds, for 429 and 503.
     pub retry_after: Option<u64>,
+    /// Extra response headers (e.g. `X-RateLimit-*` on a 429).
+    pub headers: Vec<(&'static str, String)>,
 }
 
 impl warp::reject::Reject for ApiError {}
@@ -37,6 +39,7 @@ impl ApiError {
             code,
             message: message.into(),
             retry_after: None,
+            headers: Vec::new(),
         }
     }
 
@@ -74,6 +77,11 @@ impl Reply for ApiError {
         );
         if let Some(s) = self.retry_after {
             h.insert(http::header::RETRY_AFTER, http::HeaderValue::from(s));
+        }
+        for (name, value) in &self.headers {
+            if let Ok(v) = http::HeaderValue::from_str(value) {
+                h.insert(*name, v);
+            }
         }
         res
     }

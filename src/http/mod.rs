@@ -3,9 +3,12 @@
 //! JSON replies. It never touches GStreamer.
 
 pub mod catalog;
+pub mod cors;
 pub mod error;
 pub mod health;
+pub mod limits;
 pub mod preview;
+pub mod ratelimit;
 pub mod status;
 
 use std::collections::HashMap;
@@ -139,8 +142,7 @@ pub fn json_body<T: serde::de::DeserializeOwned + Send>(
     limit: u64,
 ) -> impl Filter<Extract = (T,), Error = Rejection> + Clone {
     warp::header::optional::<String>("content-type")
-        .and(warp::body::content_length_limit(limit))
-        .and(warp::body::bytes())
+        .and(limits::body(limit))
         .and_then(|ct: Option<String>, body: Bytes| async move {
             if let Some(ct) = ct {
                 let mime = ct
@@ -174,9 +176,21 @@ pub fn routes(
         .unify()
         .or(health::routes(state.clone()))
         .unify();
-    api.recover(error::recover)
-        .unify()
-        .map(|r: warp::reply::Response| r)
+    // Rate limits come first (a refused request does no work); their
+    // headers go on every limited answer, errors included. CORS wraps it all.
+    let limited = ratelimit::filter(state.clone())
+        .and(api.recover(error::recover).unify())
+        .map(
+            |grant: Option<ratelimit::Grant>, mut res: warp::reply::Response| {
+                if let Some(g) = grant {
+                    g.apply(&mut res);
+                }
+                res
+            },
+        )
+        .recover(error::recover)
+        .unify();
+    cors::wrap(state.settings.cors_origin.clone(), limited)
 }
 
 pub fn json<T: serde::Serialize>(value: &T, status: http::StatusCode) -> warp::reply::Response {
@@ -203,6 +217,7 @@ pub async fn serve<F>(
         + 'static,
 {
     let svc = warp::service(filter);
+    let connections = Arc::new(limits::Connections::default());
     tokio::pin!(stop);
     loop {
         let (tcp, peer) = tokio::select! {
@@ -216,14 +231,19 @@ pub async fn serve<F>(
                 }
             }
         };
+        let Some(admitted) = connections.try_acquire(peer.ip()) else {
+            tracing::debug!(%peer, "connection refused: too many open connections");
+            tokio::spawn(limits::refuse(tcp));
+            continue;
+        };
         let _ = tcp.set_nodelay(true);
         let svc = svc.clone();
         tokio::spawn(async move {
+            let _admitted = admitted;
             let service = hyper::service::service_fn(
                 move |mut req: hyper::Request<hyper::body::Incoming>| {
                     req.extensions_mut().insert(PeerAddr(peer));
-                    let mut svc = svc.clone();
-                    async move { tower_service::Service::call(&mut svc, req).await }
+                    limits::call_with_deadline(svc.clone(), req)
                 },
             );
             let conn = hyper::server::conn::http1::Builder::new()

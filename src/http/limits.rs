@@ -1,0 +1,298 @@
+//! Request limits (SPEC §8): body sizes, per-request deadlines and
+//! connection caps, so that large, slow or half-sent requests cannot tie the
+//! server up.
+//!
+//! - Bodies: [`body`] reads at most a given number of bytes, with or without
+//!   `Content-Length` (chunked uploads are counted as they arrive), and
+//!   refuses more with 413 `payload_too_large`. Catalog writes use
+//!   [`super::MAX_CATALOG_BODY`] (1 MiB), M3U imports [`MAX_IMPORT_BODY`]
+//!   (50 MiB).
+//! - Deadlines: every non-streaming request (handler and body upload alike)
+//!   must complete within [`REQUEST_TIMEOUT`] (imports: [`IMPORT_TIMEOUT`],
+//!   50 MiB need time), else the client gets 408 `request_timeout` and the
+//!   connection is closed. The handler itself runs on to completion in its
+//!   own task, so a catalog write is never cut in half. Preview bodies and
+//!   the events feed stream for as long as the client wants and have no
+//!   deadline (the preview start has its own `timeout`).
+//! - Connections: at most [`MAX_CONNECTIONS`] open, [`MAX_CONNECTIONS_PER_IP`]
+//!   from one TCP peer; the rest get a bare 503 JSON answer and are closed.
+//!   The request head is bounded in size and time by the hyper settings in
+//!   [`super::serve`].
+
+use std::collections::HashMap;
+use std::convert::Infallible;
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::{Buf, Bytes, BytesMut};
+use futures::StreamExt;
+use http::{HeaderValue, Method, StatusCode};
+use parking_lot::Mutex;
+use tokio::io::AsyncWriteExt;
+use warp::reply::Response;
+use warp::{Filter, Rejection, Reply};
+
+use super::error::ApiError;
+
+/// Largest M3U import body (`POST /api/streams/import`).
+pub const MAX_IMPORT_BODY: u64 = 50 * 1024 * 1024;
+/// Deadline of a non-streaming request, body upload included.
+pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+/// Deadline of an M3U import (up to 50 MiB of body, or a playlist fetch).
+pub const IMPORT_TIMEOUT: Duration = Duration::from_secs(60);
+/// Open connections at most.
+pub const MAX_CONNECTIONS: usize = 2048;
+/// Open connections from one TCP peer at most.
+pub const MAX_CONNECTIONS_PER_IP: usize = 256;
+
+fn human_size(bytes: u64) -> String {
+    if bytes >= 1024 * 1024 && bytes % (1024 * 1024) == 0 {
+        format!("{} MiB", bytes / (1024 * 1024))
+    } else if bytes >= 1024 && bytes % 1024 == 0 {
+        format!("{} KiB", bytes / 1024)
+    } else {
+        format!("{bytes} bytes")
+    }
+}
+
+fn too_large(limit: u64) -> Rejection {
+    warp::reject::custom(ApiError::new(
+        StatusCode::PAYLOAD_TOO_LARGE,
+        "payload_too_large",
+        format!(
+            "the request body is larger than {} (the limit for this route)",
+            human_size(limit)
+        ),
+    ))
+}
+
+/// The request body, at most `limit` bytes; 413 JSON beyond that, whether
+/// announced by `Content-Length` or found while reading a chunked body.
+pub fn body(limit: u64) -> impl Filter<Extract = (Bytes,), Error = Rejection> + Clone {
+    warp::header::optional::<u64>("content-length")
+        .and(warp::body::stream())
+        .and_then(move |length: Option<u64>, stream| collect(stream, length, limit))
+}
+
+async fn collect<S, B>(stream: S, length: Option<u64>, limit: u64) -> Result<Bytes, Rejection>
+where
+    S: futures::Stream<Item = Result<B, warp::Error>>,
+    B: Buf,
+{
+    if length.is_some_and(|n| n > limit) {
+        return Err(too_large(limit));
+    }
+    let mut stream = std::pin::pin!(stream);
+    let mut buf = BytesMut::with_capacity(length.unwrap_or(0) as usize);
+    while let Some(chunk) = stream.next().await {
+        let mut chunk = chunk.map_err(|e| {
+            warp::reject::custom(ApiError::bad_request(format!(
+                "the request body could not be read: {e}"
+            )))
+        })?;
+        if buf.len() as u64 + chunk.remaining() as u64 > limit {
+            return Err(too_large(limit));
+        }
+        while chunk.has_remaining() {
+            let part = chunk.chunk();
+            let n = part.len();
+            buf.extend_from_slice(part);
+            chunk.advance(n);
+        }
+    }
+    Ok(buf.freeze())
+}
+
+/// How long a request may take: `None` for streaming routes.
+pub fn deadline_for(method: &Method, path: &str) -> Option<Duration> {
+    let streaming = path.starts_with("/streams/preview/")
+        || path == "/api/streams/transcoding/events"
+        || path == "/metrics/stream";
+    if streaming {
+        None
+    } else if *method == Method::POST && path == "/api/streams/import" {
+        Some(IMPORT_TIMEOUT)
+    } else {
+        Some(REQUEST_TIMEOUT)
+    }
+}
+
+fn timeout_response(limit: Duration) -> Response {
+    let mut res = ApiError::new(
+        StatusCode::REQUEST_TIMEOUT,
+        "request_timeout",
+        format!(
+            "the request was not completed within {} s (a slow or unfinished upload, \
+             or the server is overloaded); try again",
+            limit.as_secs()
+        ),
+    )
+    .into_response();
+    res.headers_mut()
+        .insert(http::header::CONNECTION, HeaderValue::from_static("close"));
+    res
+}
+
+/// Calls the service under the route's deadline. The call runs in its own
+/// task: on timeout the client is answered at once and the handler is left
+/// to finish (and its answer dropped), so no write is abandoned half-way.
+pub async fn call_with_deadline<S, B>(
+    mut svc: S,
+    req: http::Request<B>,
+) -> Result<Response, Infallible>
+where
+    S: tower_service::Service<http::Request<B>, Response = Response, Error = Infallible>,
+    S::Future: Send + 'static,
+{
+    let Some(limit) = deadline_for(req.method(), req.uri().path()) else {
+        return svc.call(req).await;
+    };
+    let task = tokio::spawn(svc.call(req));
+    match tokio::time::timeout(limit, task).await {
+        Ok(Ok(res)) => res,
+        Ok(Err(e)) => {
+            tracing::error!(error = %e, "request handler failed");
+            Ok(ApiError::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "internal",
+                "the request failed inside the server",
+            )
+            .into_response())
+        }
+        Err(_) => {
+            tracing::info!(limit_s = limit.as_secs(), "request timed out");
+            Ok(timeout_response(limit))
+        }
+    }
+}
+
+#[derive(Default)]
+struct Counts {
+    total: usize,
+    per_ip: HashMap<IpAddr, usize>,
+}
+
+/// Open connections, in total and per TCP peer.
+pub struct Connections {
+    max_total: usize,
+    max_per_ip: usize,
+    counts: Mutex<Counts>,
+}
+
+/// One admitted connection; dropping it frees the slot.
+#[must_use]
+pub struct ConnectionGuard {
+    owner: Arc<Connections>,
+    ip: IpAddr,
+}
+
+impl Drop for ConnectionGuard {
+    fn drop(&mut self) {
+        let mut c = self.owner.counts.lock();
+        c.total = c.total.saturating_sub(1);
+        if let Some(n) = c.per_ip.get_mut(&self.ip) {
+            *n -= 1;
+            if *n == 0 {
+                c.per_ip.remove(&self.ip);
+            }
+        }
+    }
+}
+
+impl Default for Connections {
+    fn default() -> Self {
+        Self::new(MAX_CONNECTIONS, MAX_CONNECTIONS_PER_IP)
+    }
+}
+
+impl Connections {
+    pub fn new(max_total: usize, max_per_ip: usize) -> Self {
+        Self {
+            max_total,
+            max_per_ip,
+            counts: Mutex::new(Counts::default()),
+        }
+    }
+
+    /// Admits a connection from `ip`, or `None` when a cap is reached.
+    pub fn try_acquire(self: &Arc<Self>, ip: IpAddr) -> Option<ConnectionGuard> {
+        let ip = ip.to_canonical();
+        let mut c = self.counts.lock();
+        let from_ip = c.per_ip.get(&ip).copied().unwrap_or(0);
+        if c.total >= self.max_total || from_ip >= self.max_per_ip {
+            return None;
+        }
+        c.total += 1;
+        c.per_ip.insert(ip, from_ip + 1);
+        Some(ConnectionGuard {
+            owner: self.clone(),
+            ip,
+        })
+    }
+
+    pub fn open(&self) -> usize {
+        self.counts.lock().total
+    }
+}
+
+/// Answers a connection over the caps with 503 JSON and closes it.
+pub async fn refuse(mut tcp: tokio::net::TcpStream) {
+    let body = r#"{"error":"too_many_connections","message":"too many open connections; try again shortly"}"#;
+    let head = format!(
+        "HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/json\r\n\
+         cache-control: no-store\r\nretry-after: 1\r\nconnection: close\r\n\
+         content-length: {}\r\n\r\n",
+        body.len()
+    );
+    let write = async {
+        tcp.write_all(head.as_bytes()).await?;
+        tcp.write_all(body.as_bytes()).await?;
+        tcp.shutdown().await
+    };
+    let _ = tokio::time::timeout(Duration::from_secs(2), write).await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn streaming_routes_have_no_deadline() {
+        assert_eq!(deadline_for(&Method::GET, "/streams/preview/x"), None);
+        assert_eq!(
+            deadline_for(&Method::GET, "/api/streams/transcoding/events"),
+            None
+        );
+        assert_eq!(
+            deadline_for(&Method::GET, "/api/streams"),
+            Some(REQUEST_TIMEOUT)
+        );
+        assert_eq!(
+            deadline_for(&Method::POST, "/api/streams/import"),
+            Some(IMPORT_TIMEOUT)
+        );
+    }
+
+    #[test]
+    fn connection_caps_hold_and_free_on_drop() {
+        let c = Arc::new(Connections::new(3, 2));
+        let a: IpAddr = "192.0.2.1".parse().unwrap();
+        let b: IpAddr = "192.0.2.2".parse().unwrap();
+        let g1 = c.try_acquire(a).unwrap();
+        let _g2 = c.try_acquire(a).unwrap();
+        assert!(c.try_acquire(a).is_none(), "per-IP cap");
+        let _g3 = c.try_acquire(b).unwrap();
+        assert!(c.try_acquire(b).is_none(), "total cap");
+        drop(g1);
+        assert_eq!(c.open(), 2);
+        assert!(c.try_acquire(a).is_some());
+    }
+
+    #[test]
+    fn sizes_are_named_for_humans() {
+        assert_eq!(human_size(MAX_IMPORT_BODY), "50 MiB");
+        assert_eq!(human_size(super::super::MAX_CATALOG_BODY), "1 MiB");
+        assert_eq!(human_size(1000), "1000 bytes");
+    }
+}
