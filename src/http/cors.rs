@@ -206,7 +206,9 @@ pub fn preflight(origins: &CorsOrigins, headers: &HeaderMap) -> Option<Response>
     }
     h.insert(
         http::header::VARY,
-        HeaderValue::from_static("Origin, Access-Control-Request-Method, Access-Control-Request-Headers"),
+        HeaderValue::from_static(
+            "Origin, Access-Control-Request-Method, Access-Control-Request-Headers",
+        ),
     );
     Some(res)
 }
@@ -345,7 +347,10 @@ mod tests {
             .to_str()
             .unwrap()
             .contains("X-Admin-Key"));
-        h.insert("origin", HeaderValue::from_static("https://example.com.evil.test"));
+        h.insert(
+            "origin",
+            HeaderValue::from_static("https://example.com.evil.test"),
+        );
         assert!(preflight(&c, &h).is_none());
     }
 }

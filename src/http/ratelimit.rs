@@ -383,7 +383,16 @@ mod tests {
         );
         assert_eq!(Rate::parse("100/h"), Ok(min(100, 60)));
         assert_eq!(Rate::parse("off"), Ok(Rate::Off));
-        for bad in ["", "60", "0/min", "x/min", "60/fortnight", "60/0min", "-1/min", "60/min/2"] {
+        for bad in [
+            "",
+            "60",
+            "0/min",
+            "x/min",
+            "60/fortnight",
+            "60/0min",
+            "-1/min",
+            "60/min/2",
+        ] {
             assert!(Rate::parse(bad).is_err(), "{bad} should be refused");
         }
     }
