@@ -132,12 +132,28 @@ pub struct TranscodingHealth {
     pub queued: usize,
 }
 
+/// `services.memory`: one status like every other service, plus the
+/// threshold level (`ok`, `warning`, `critical`) the sample falls in.
 #[derive(Debug, Serialize)]
 #[serde(rename_all = "camelCase")]
 pub struct MemoryHealth {
     pub status: Status,
-    #[serde(flatten)]
-    pub report: MemoryReport,
+    pub level: MemoryStatus,
+    pub rss_bytes: u64,
+    pub warning_bytes: u64,
+    pub critical_bytes: u64,
+}
+
+impl MemoryHealth {
+    fn new(status: Status, report: MemoryReport) -> Self {
+        Self {
+            status,
+            level: report.status,
+            rss_bytes: report.rss_bytes,
+            warning_bytes: report.warning_bytes,
+            critical_bytes: report.critical_bytes,
+        }
+    }
 }
 
 #[derive(Debug, Serialize)]
@@ -248,10 +264,7 @@ pub fn report(state: &AppState) -> HealthReport {
                 max_concurrent: pool.max_transcodes,
                 queued: pool.queue.len(),
             },
-            memory: MemoryHealth {
-                status: mem_status,
-                report: mem,
-            },
+            memory: MemoryHealth::new(mem_status, mem),
             cpu: CpuHealth {
                 usage_percent: (state.memory.cpu_percent() * 10.0).round() / 10.0,
             },

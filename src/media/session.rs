@@ -42,6 +42,63 @@ pub fn live_pipelines() -> u64 {
     LIVE_PIPELINES.load(Ordering::SeqCst)
 }
 
+/// Media bytes handed to clients by every session, for `/metrics`.
+static BYTES_SENT: AtomicU64 = AtomicU64::new(0);
+/// GStreamer error domains, as counted in [`pipeline_errors`].
+const ERROR_KINDS: [&str; 5] = ["core", "library", "resource", "stream", "other"];
+static ERRORS: [AtomicU64; 5] = [const { AtomicU64::new(0) }; 5];
+/// Where a failing pipeline's graph is dumped (DOT) when debug logging is on.
+static DOT_DIR: std::sync::RwLock<Option<std::path::PathBuf>> = std::sync::RwLock::new(None);
+
+/// Bytes sent to clients by all sessions so far.
+pub fn bytes_sent_total() -> u64 {
+    BYTES_SENT.load(Ordering::Relaxed)
+}
+
+/// Failed pipelines so far, by the error domain of their first error.
+pub fn pipeline_errors() -> [(&'static str, u64); 5] {
+    std::array::from_fn(|i| (ERROR_KINDS[i], ERRORS[i].load(Ordering::Relaxed)))
+}
+
+/// Sets the directory for DOT dumps of failing pipelines (debug level only).
+pub fn set_dot_dump_dir(dir: Option<std::path::PathBuf>) {
+    if let Ok(mut d) = DOT_DIR.write() {
+        *d = dir;
+    }
+}
+
+fn count_error(err: &gst::glib::Error) {
+    let i = if err.is::<gst::CoreError>() {
+        0
+    } else if err.is::<gst::LibraryError>() {
+        1
+    } else if err.is::<gst::ResourceError>() {
+        2
+    } else if err.is::<gst::StreamError>() {
+        3
+    } else {
+        4
+    };
+    ERRORS[i].fetch_add(1, Ordering::Relaxed);
+}
+
+/// Writes the pipeline graph to `<dot dir>/<pipeline>-<ms>.dot` off the runtime.
+fn dump_dot(pipeline: gst::Pipeline) {
+    let Some(dir) = DOT_DIR.read().ok().and_then(|d| d.clone()) else {
+        return;
+    };
+    tokio::task::spawn_blocking(move || {
+        let dot = pipeline.debug_to_dot_data(gst::DebugGraphDetails::all());
+        let path = dir.join(format!("{}-{}.dot", pipeline.name(), pipeline::now_ms()));
+        let written = std::fs::create_dir_all(&dir)
+            .and_then(|_| std::fs::write(&path, redact::redact_text(dot.as_str())));
+        match written {
+            Ok(()) => tracing::debug!(path = %path.display(), "pipeline graph dumped"),
+            Err(e) => tracing::warn!(path = %path.display(), error = %e, "could not dump the pipeline graph"),
+        }
+    });
+}
+
 pub struct MediaSession {
     pipeline: Mutex<Option<gst::Pipeline>>,
     opened: Mutex<Option<Opened>>,
@@ -135,6 +192,14 @@ impl MediaSession {
                         .unwrap_or_default();
                     let text = describe_error(&err.error(), err.debug().as_deref());
                     tracing::warn!(element = %src, error = %text, "pipeline error");
+                    if session.error.lock().is_none() {
+                        count_error(&err.error());
+                        if tracing::enabled!(tracing::Level::DEBUG) {
+                            if let Some(p) = session.pipeline.lock().clone() {
+                                dump_dot(p);
+                            }
+                        }
+                    }
                     session.error.lock().get_or_insert(text);
                     if session.started.load(Ordering::Acquire) {
                         session.end(EndReason::SourceError);
@@ -276,6 +341,7 @@ impl MediaSession {
         }?;
         self.bytes_sent
             .fetch_add(out.len() as u64, Ordering::Relaxed);
+        BYTES_SENT.fetch_add(out.len() as u64, Ordering::Relaxed);
         Some(out)
     }
 
