@@ -2,8 +2,11 @@
 # Installs the Debian packages of the given roles from packaging/debian-packages.txt
 # that are not installed yet. As root it runs apt-get; otherwise it prints the
 # exact command to run and fails if something is missing.
+# `install-deps.sh --list ROLE...` only prints the selected package names.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+list_only=0
+if [[ "${1:-}" == "--list" ]]; then list_only=1; shift; fi
 roles=("$@")
 [ ${#roles[@]} -gt 0 ] || roles=(build runtime)
 want=()
@@ -16,6 +19,10 @@ while read -r pkg pkg_roles _; do
     done
   done
 done < packaging/debian-packages.txt
+if [[ $list_only -eq 1 ]]; then
+  [ ${#want[@]} -eq 0 ] || printf '%s\n' "${want[@]}"
+  exit 0
+fi
 missing=()
 for p in "${want[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

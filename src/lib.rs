@@ -10,6 +10,7 @@ pub mod catalog;
 pub mod config;
 pub mod health;
 pub mod http;
+pub mod m3u;
 pub mod media;
 pub mod memory;
 pub mod metrics;

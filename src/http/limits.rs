@@ -22,12 +22,16 @@
 use std::collections::HashMap;
 use std::convert::Infallible;
 use std::net::IpAddr;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::{Buf, Bytes, BytesMut};
 use futures::StreamExt;
 use http::{HeaderValue, Method, StatusCode};
+use hyper::body::{Body, Frame, SizeHint};
 use parking_lot::Mutex;
 use tokio::io::AsyncWriteExt;
 use warp::reply::Response;
@@ -134,22 +138,67 @@ fn timeout_response(limit: Duration) -> Response {
     res
 }
 
-/// Calls the service under the route's deadline. The call runs in its own
-/// task: on timeout the client is answered at once and the handler is left
-/// to finish (and its answer dropped), so no write is abandoned half-way.
+/// A request body that records when it has been read to the end, so a
+/// timed-out request can tell "still uploading" from "handler at work".
+pub struct TrackedBody<B> {
+    inner: B,
+    done: Arc<AtomicBool>,
+}
+
+impl<B: Body + Unpin> Body for TrackedBody<B> {
+    type Data = B::Data;
+    type Error = B::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Self::Data>, Self::Error>>> {
+        let this = self.get_mut();
+        let polled = Pin::new(&mut this.inner).poll_frame(cx);
+        if matches!(polled, Poll::Ready(None) | Poll::Ready(Some(Err(_)))) {
+            this.done.store(true, Ordering::Release);
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+/// Calls the service under the route's deadline, in its own task. On
+/// timeout the client is answered at once and the connection closed. A
+/// handler still waiting for its body is stopped (nothing has happened
+/// yet); one whose body has fully arrived is left to finish and its answer
+/// dropped, so a catalog write is never abandoned half-way.
 pub async fn call_with_deadline<S, B>(
     mut svc: S,
     req: http::Request<B>,
 ) -> Result<Response, Infallible>
 where
-    S: tower_service::Service<http::Request<B>, Response = Response, Error = Infallible>,
+    S: tower_service::Service<
+        http::Request<TrackedBody<B>>,
+        Response = Response,
+        Error = Infallible,
+    >,
     S::Future: Send + 'static,
+    B: Body + Unpin,
 {
-    let Some(limit) = deadline_for(req.method(), req.uri().path()) else {
+    let limit = deadline_for(req.method(), req.uri().path());
+    let done = Arc::new(AtomicBool::new(req.body().is_end_stream()));
+    let req = req.map(|inner| TrackedBody {
+        inner,
+        done: done.clone(),
+    });
+    let Some(limit) = limit else {
         return svc.call(req).await;
     };
-    let task = tokio::spawn(svc.call(req));
-    match tokio::time::timeout(limit, task).await {
+    let mut task = tokio::spawn(svc.call(req));
+    match tokio::time::timeout(limit, &mut task).await {
         Ok(Ok(res)) => res,
         Ok(Err(e)) => {
             tracing::error!(error = %e, "request handler failed");
@@ -161,7 +210,11 @@ where
             .into_response())
         }
         Err(_) => {
-            tracing::info!(limit_s = limit.as_secs(), "request timed out");
+            let uploading = !done.load(Ordering::Acquire);
+            if uploading {
+                task.abort();
+            }
+            tracing::info!(limit_s = limit.as_secs(), uploading, "request timed out");
             Ok(timeout_response(limit))
         }
     }

@@ -6,10 +6,12 @@ pub mod catalog;
 pub mod cors;
 pub mod error;
 pub mod health;
+pub mod import;
 pub mod limits;
 pub mod preview;
 pub mod ratelimit;
 pub mod status;
+pub mod validate;
 
 use std::collections::HashMap;
 use std::convert::Infallible;
@@ -173,6 +175,10 @@ pub fn routes(
         .or(status::routes(state.clone()))
         .unify()
         .or(catalog::routes(state.clone()))
+        .unify()
+        .or(import::routes(state.clone()))
+        .unify()
+        .or(validate::routes(state.clone()))
         .unify()
         .or(health::routes(state.clone()))
         .unify();

@@ -10,6 +10,7 @@
 pub mod diagnose;
 pub mod elements;
 pub mod pipeline;
+pub mod probe;
 pub mod session;
 pub mod source;
 

@@ -1,0 +1,337 @@
+{
+  description = "sluice: in-process GStreamer transcoding server for IPTV and live previews";
+
+  # nixos-unstable: Cargo.toml asks for rust-version 1.92, newer than the
+  # rustc of the last stable NixOS release.
+  inputs.nixpkgs.url = "github:NixOS/nixpkgs/nixos-unstable";
+
+  outputs = { self, nixpkgs }:
+    let
+      inherit (nixpkgs) lib;
+      systems = [ "x86_64-linux" "aarch64-linux" ];
+      forAllSystems = f: lib.genAttrs systems (system: f nixpkgs.legacyPackages.${system});
+      cargoToml = lib.importTOML ./Cargo.toml;
+
+      # GStreamer core and the plugin sets that provide every element in
+      # REQUIRED_ELEMENTS (src/media/elements.rs): x264enc is in ugly,
+      # avenc_aac/avdec_* in libav, h264parse/mpegtsmux/hlsdemux in bad.
+      gstPlugins = pkgs: with pkgs.gst_all_1; [
+        gstreamer
+        gst-plugins-base
+        gst-plugins-good
+        gst-plugins-bad
+        gst-plugins-ugly
+        gst-libav
+      ];
+      gstPluginPath = pkgs: lib.makeSearchPathOutput "lib" "lib/gstreamer-1.0" (gstPlugins pkgs);
+      # TLS for https:// and HLS sources (souphttpsrc goes through GIO).
+      gioModules = pkgs: "${pkgs.glib-networking}/lib/gio/modules";
+
+      sluiceFor = pkgs: pkgs.rustPlatform.buildRustPackage {
+        pname = "sluice";
+        inherit (cargoToml.package) version;
+
+        # Local state and build output never go into the store.
+        src = lib.cleanSourceWith {
+          src = lib.cleanSource ./.;
+          filter = path: _type:
+            !(dirOf path == toString ./. && lib.elem (baseNameOf path) [ "target" "data" "bench-results" ]);
+        };
+        cargoLock.lockFile = ./Cargo.lock;
+
+        nativeBuildInputs = [ pkgs.pkg-config pkgs.makeWrapper ];
+        buildInputs = gstPlugins pkgs ++ [ pkgs.glib ];
+
+        # The test suite needs ffmpeg, a network-less loopback server and the
+        # Debian tools of tests/packaging.rs: it runs under `make test`, and
+        # checks.<system>.nixos below exercises this package as a service.
+        doCheck = false;
+
+        postInstall = ''
+          install -Dm644 pipelines/profiles.toml "$out/share/sluice/profiles.toml"
+          wrapProgram "$out/bin/sluice" \
+            --prefix GST_PLUGIN_SYSTEM_PATH_1_0 : "${gstPluginPath pkgs}" \
+            --prefix GIO_EXTRA_MODULES : "${gioModules pkgs}" \
+            --set-default SLUICE_PROFILES "$out/share/sluice/profiles.toml"
+        '';
+
+        meta = {
+          inherit (cargoToml.package) description;
+          license = with lib.licenses; [ mit asl20 ];
+          mainProgram = "sluice";
+          platforms = lib.platforms.linux;
+        };
+      };
+    in
+    {
+      packages = forAllSystems (pkgs: {
+        default = sluiceFor pkgs;
+        sluice = self.packages.${pkgs.stdenv.hostPlatform.system}.default;
+      });
+
+      # `nix run` serves the offline demo catalog on http://127.0.0.1:3000/.
+      # The catalog lives in ./data of the current directory (SLUICE_DATA_DIR).
+      apps = forAllSystems (pkgs: {
+        default = {
+          type = "app";
+          program = lib.getExe self.packages.${pkgs.stdenv.hostPlatform.system}.default;
+          meta.description = "Serve sluice (demo catalog in ./data) on http://127.0.0.1:3000/";
+        };
+      });
+
+      devShells = forAllSystems (pkgs: {
+        default = pkgs.mkShell {
+          inputsFrom = [ self.packages.${pkgs.stdenv.hostPlatform.system}.default ];
+          packages = [
+            pkgs.cargo
+            pkgs.rustc
+            pkgs.clippy
+            pkgs.rustfmt
+            pkgs.rust-analyzer
+            (lib.getBin pkgs.gst_all_1.gstreamer) # gst-inspect-1.0, gst-launch-1.0
+            pkgs.ffmpeg # ffprobe and test media for the integration tests
+            pkgs.curl
+          ];
+          GST_PLUGIN_SYSTEM_PATH_1_0 = gstPluginPath pkgs;
+          GIO_EXTRA_MODULES = gioModules pkgs;
+        };
+      });
+
+      nixosModules.default = { config, lib, pkgs, ... }:
+        let
+          cfg = config.services.sluice;
+          # SPEC §3 variables that `settings` may set.
+          settingNames = [
+            "SLUICE_PROFILES"
+            "MAX_CONCURRENT_TRANSCODES"
+            "MAX_CONCURRENT_REMUX"
+            "MAX_QUEUED_REQUESTS"
+            "MAX_SESSIONS_PER_CLIENT"
+            "TRANSCODE_TIMEOUT"
+            "TRANSCODE_QUALITY_PROFILE"
+            "STALL_TIMEOUT"
+            "MEMORY_WARNING_THRESHOLD"
+            "MEMORY_CRITICAL_THRESHOLD"
+            "CORS_ORIGIN"
+            "TRUST_PROXY"
+            "LOG_LEVEL"
+            "LOG_FORMAT"
+            "SHUTDOWN_GRACE"
+            "RATE_LIMIT_PREVIEW"
+            "RATE_LIMIT_ADMIN"
+            "RATE_LIMIT_API"
+          ];
+          # SPEC §3 variables with an option of their own.
+          ownOptions = {
+            PORT = "services.sluice.port";
+            HOST = "services.sluice.host";
+            SLUICE_DATA_DIR = "services.sluice.dataDir";
+            SLUICE_MEDIA_DIR = "services.sluice.mediaDir";
+            ADMIN_API_KEY = "services.sluice.environmentFile (a setting would be world-readable in the Nix store)";
+          };
+          unknownSettings = lib.filter
+            (name: !(lib.elem name settingNames) && !(ownOptions ? ${name}))
+            (lib.attrNames cfg.settings);
+          toEnv = value: if lib.isBool value then lib.boolToString value else toString value;
+          mediaUnderHome = cfg.mediaDir != null
+            && (lib.hasPrefix "/home/" cfg.mediaDir || lib.hasPrefix "/root/" cfg.mediaDir);
+          lowPort = cfg.port < 1024;
+        in
+        {
+          options.services.sluice = {
+            enable = lib.mkEnableOption "sluice, the in-process GStreamer live transcoding server";
+
+            package = lib.mkOption {
+              type = lib.types.package;
+              default = self.packages.${pkgs.stdenv.hostPlatform.system}.default;
+              defaultText = lib.literalExpression "sluice.packages.\${pkgs.stdenv.hostPlatform.system}.default";
+              description = "The sluice package (its wrapper already points GStreamer at the plugins).";
+            };
+
+            port = lib.mkOption {
+              type = lib.types.port;
+              default = 3000;
+              description = "TCP port to listen on (PORT).";
+            };
+
+            host = lib.mkOption {
+              type = lib.types.str;
+              default = "127.0.0.1";
+              example = "0.0.0.0";
+              description = "Address to listen on (HOST); 0.0.0.0 serves the whole network.";
+            };
+
+            dataDir = lib.mkOption {
+              type = lib.types.str;
+              default = "/var/lib/sluice";
+              description = ''
+                Catalog and state (SLUICE_DATA_DIR). Must be below /var/lib: the
+                unit runs as a DynamicUser and systemd creates it as its StateDirectory.
+              '';
+            };
+
+            mediaDir = lib.mkOption {
+              type = lib.types.nullOr lib.types.str;
+              default = null;
+              example = "/srv/media";
+              description = "The only directory file:// sources may read (SLUICE_MEDIA_DIR); null refuses file://.";
+            };
+
+            openFirewall = lib.mkOption {
+              type = lib.types.bool;
+              default = false;
+              description = "Open `port` in the firewall (also set `host` to listen beyond loopback).";
+            };
+
+            environmentFile = lib.mkOption {
+              type = lib.types.nullOr lib.types.path;
+              default = null;
+              example = "/run/secrets/sluice.env";
+              description = ''
+                File with `ADMIN_API_KEY=...` (and any other secret variables),
+                read by systemd at start so the key never enters the Nix store.
+              '';
+            };
+
+            settings = lib.mkOption {
+              type = lib.types.submodule {
+                freeformType = with lib.types; attrsOf (oneOf [ str int bool ]);
+                options.SHUTDOWN_GRACE = lib.mkOption {
+                  type = lib.types.ints.unsigned;
+                  default = 10000;
+                  description = "Milliseconds to drain sessions on stop; the unit's stop timeout is derived from it.";
+                };
+              };
+              default = { };
+              example = lib.literalExpression ''
+                {
+                  MAX_CONCURRENT_TRANSCODES = 2;
+                  TRANSCODE_QUALITY_PROFILE = "low";
+                  MEMORY_CRITICAL_THRESHOLD = "1GB";
+                  LOG_FORMAT = "json";
+                  TRUST_PROXY = true;
+                }
+              '';
+              description = ''
+                Environment variables of SPEC §3, passed to the service as they are
+                (booleans as true/false): ${lib.concatStringsSep ", " settingNames}.
+              '';
+            };
+          };
+
+          config = lib.mkIf cfg.enable {
+            assertions = [
+              {
+                assertion = lib.hasPrefix "/var/lib/" cfg.dataDir;
+                message = "services.sluice.dataDir must be below /var/lib/ (DynamicUser with StateDirectory), got ${cfg.dataDir}.";
+              }
+              {
+                assertion = unknownSettings == [ ];
+                message = "services.sluice.settings: unknown variable(s) ${lib.concatStringsSep ", " unknownSettings}; accepted: ${lib.concatStringsSep ", " settingNames}.";
+              }
+            ] ++ lib.mapAttrsToList
+              (name: instead: {
+                assertion = !(cfg.settings ? ${name});
+                message = "services.sluice.settings.${name}: use ${instead} instead.";
+              })
+              ownOptions;
+
+            networking.firewall.allowedTCPPorts = lib.mkIf cfg.openFirewall [ cfg.port ];
+
+            systemd.services.sluice = {
+              description = "sluice live transcoding server";
+              wantedBy = [ "multi-user.target" ];
+              wants = [ "network-online.target" ];
+              after = [ "network-online.target" ];
+
+              environment = {
+                PORT = toString cfg.port;
+                HOST = cfg.host;
+                SLUICE_DATA_DIR = cfg.dataDir;
+                # GStreamer's plugin registry cache (CacheDirectory below).
+                XDG_CACHE_HOME = "/var/cache/sluice";
+              }
+              // lib.optionalAttrs (cfg.mediaDir != null) { SLUICE_MEDIA_DIR = cfg.mediaDir; }
+              // lib.mapAttrs (_: toEnv) cfg.settings;
+
+              serviceConfig = {
+                ExecStart = lib.getExe cfg.package;
+                EnvironmentFile = lib.mkIf (cfg.environmentFile != null) cfg.environmentFile;
+                Restart = "on-failure";
+                RestartSec = 5;
+                # SIGTERM drains for SHUTDOWN_GRACE; give it that plus a margin.
+                TimeoutStopSec = cfg.settings.SHUTDOWN_GRACE / 1000 + 15;
+
+                DynamicUser = true;
+                StateDirectory = lib.removePrefix "/var/lib/" cfg.dataDir;
+                StateDirectoryMode = "0700";
+                CacheDirectory = "sluice";
+                WorkingDirectory = cfg.dataDir;
+                UMask = "0077";
+
+                NoNewPrivileges = true;
+                ProtectSystem = "strict";
+                ProtectHome = if mediaUnderHome then "read-only" else true;
+                PrivateTmp = true;
+                # No /dev/dri yet: hardware encoding would need DeviceAllow here.
+                PrivateDevices = true;
+                ProtectKernelTunables = true;
+                ProtectKernelModules = true;
+                ProtectKernelLogs = true;
+                ProtectControlGroups = true;
+                ProtectClock = true;
+                ProtectHostname = true;
+                ProtectProc = "invisible";
+                RestrictNamespaces = true;
+                RestrictRealtime = true;
+                RestrictSUIDSGID = true;
+                LockPersonality = true;
+                RemoveIPC = true;
+                # AF_NETLINK: GIO's network monitor, used by souphttpsrc.
+                RestrictAddressFamilies = [ "AF_INET" "AF_INET6" "AF_UNIX" "AF_NETLINK" ];
+                SystemCallArchitectures = "native";
+                SystemCallFilter = [ "@system-service" "~@privileged" ];
+                CapabilityBoundingSet = if lowPort then "CAP_NET_BIND_SERVICE" else "";
+                AmbientCapabilities = lib.mkIf lowPort "CAP_NET_BIND_SERVICE";
+                # MemoryDenyWriteExecute is left off on purpose: ORC, which
+                # GStreamer's converters and scalers use, JIT-compiles its
+                # inner loops into writable+executable memory.
+              };
+            };
+          };
+        };
+
+      checks = forAllSystems (pkgs: {
+        package = self.packages.${pkgs.stdenv.hostPlatform.system}.default;
+
+        # The module on a VM: the hardened unit starts, every required
+        # GStreamer element loads (/ready), and a real transcode produces fMP4.
+        nixos = pkgs.testers.runNixOSTest {
+          name = "sluice";
+          nodes.machine = { pkgs, ... }: {
+            imports = [ self.nixosModules.default ];
+            services.sluice.enable = true;
+            environment.systemPackages = [ pkgs.curl ];
+            virtualisation.memorySize = 2048;
+            virtualisation.cores = 2;
+          };
+          testScript = ''
+            machine.wait_for_unit("sluice.service")
+            machine.wait_for_open_port(3000)
+            machine.succeed("curl -fsS http://127.0.0.1:3000/live")
+            machine.wait_until_succeeds("curl -fsS http://127.0.0.1:3000/ready", timeout=60)
+            machine.succeed("test -s /var/lib/sluice/streams.json")
+            # A live source never ends: curl stops after 30 s (exit 28).
+            machine.succeed(
+                "curl -sS --max-time 30 -o /tmp/preview.mp4 "
+                "'http://127.0.0.1:3000/streams/preview/demo-smpte?quality=low' || [ $? -eq 28 ]"
+            )
+            machine.succeed("[ $(stat -c %s /tmp/preview.mp4) -gt 10000 ]")
+            machine.succeed("head -c 16 /tmp/preview.mp4 | grep -q ftyp")
+            machine.succeed("systemctl stop sluice.service")
+            machine.succeed("test -s /var/lib/sluice/streams.json")
+          '';
+        };
+      });
+    };
+}

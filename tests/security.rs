@@ -1,0 +1,638 @@
+//! Security over real HTTP (SPEC §8): admin key, rate limits, CORS, body
+//! limits and deadlines, JSON for every rejection, the source allowlist, and
+//! credentials that never leave the process (logs, reads, status, events,
+//! errors, metrics) — the last one against the real binary and its stderr.
+
+mod common;
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::time::Duration;
+
+use reqwest::{Method, StatusCode};
+use serde_json::{json, Value};
+use sluice::http::cors::CorsOrigins;
+use sluice::http::ratelimit::Rate;
+
+async fn json_error(resp: reqwest::Response, status: u16, code: &str) -> Value {
+    assert_eq!(resp.status().as_u16(), status, "status");
+    let ct = resp
+        .headers()
+        .get("content-type")
+        .map(|v| v.to_str().unwrap().to_string());
+    assert_eq!(ct.as_deref(), Some("application/json"));
+    let body: Value = resp.json().await.expect("a JSON body");
+    assert_eq!(body["error"], code, "{body}");
+    assert!(
+        body["message"].as_str().is_some_and(|m| !m.is_empty()),
+        "{body}"
+    );
+    body
+}
+
+fn header(resp: &reqwest::Response, name: &str) -> Option<String> {
+    resp.headers()
+        .get(name)
+        .map(|v| v.to_str().unwrap().to_string())
+}
+
+#[tokio::test]
+async fn admin_key_guards_every_write() {
+    let ts = common::start_with(|s| s.admin_api_key = Some("k3y-for-tests".into())).await;
+    let c = common::client();
+    let body = json!({"id": "a", "name": "A", "url": "test://smpte"});
+    let r = c
+        .post(ts.url("/api/streams"))
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    json_error(r, 401, "unauthorized").await;
+    let r = c
+        .post(ts.url("/api/streams"))
+        .header("x-admin-key", "wrong")
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    json_error(r, 401, "unauthorized").await;
+    let r = c
+        .post(ts.url("/api/streams"))
+        .header("x-admin-key", "k3y-for-tests")
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 201);
+    let r = c
+        .delete(ts.url("/api/streams/a"))
+        .header("authorization", "Bearer k3y-for-tests")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 204);
+    let r = c
+        .delete(ts.url("/api/streams/transcoding/sessions/nope"))
+        .send()
+        .await
+        .unwrap();
+    json_error(r, 401, "unauthorized").await;
+    ts.stop().await;
+}
+
+#[tokio::test]
+async fn rate_limits_refuse_with_429_and_headers() {
+    let ts = common::start_with(|s| {
+        s.trust_proxy = true;
+        s.rate_limit_api = Rate::parse("3/min").unwrap();
+        s.rate_limit_admin = Rate::parse("2/15min").unwrap();
+        s.rate_limit_preview = Rate::parse("1/min").unwrap();
+    })
+    .await;
+    let c = common::client();
+    let get = |ip: &'static str| {
+        c.get(ts.url("/api/streams"))
+            .header("x-forwarded-for", ip)
+            .send()
+    };
+    for left in [2, 1, 0] {
+        let r = get("198.51.100.1").await.unwrap();
+        assert_eq!(r.status(), 200);
+        assert_eq!(header(&r, "x-ratelimit-limit").as_deref(), Some("3"));
+        assert_eq!(header(&r, "x-ratelimit-remaining"), Some(left.to_string()));
+        assert!(header(&r, "x-ratelimit-reset").is_some());
+    }
+    let r = get("198.51.100.1").await.unwrap();
+    let retry: u64 = header(&r, "retry-after").unwrap().parse().unwrap();
+    assert!((1..=20).contains(&retry), "{retry}");
+    assert_eq!(header(&r, "x-ratelimit-remaining").as_deref(), Some("0"));
+    assert_eq!(header(&r, "x-ratelimit-limit").as_deref(), Some("3"));
+    json_error(r, 429, "rate_limited").await;
+    // Another client has its own bucket.
+    assert_eq!(get("198.51.100.2").await.unwrap().status(), 200);
+
+    // Health, status, events and metrics are never limited.
+    for path in [
+        "/live",
+        "/ready",
+        "/health",
+        "/api/health",
+        "/api/health/live",
+        "/api/streams/transcoding/status",
+    ] {
+        for _ in 0..10 {
+            let r = c
+                .get(ts.url(path))
+                .header("x-forwarded-for", "198.51.100.1")
+                .send()
+                .await
+                .unwrap();
+            assert_ne!(r.status(), 429, "{path}");
+            assert!(header(&r, "x-ratelimit-limit").is_none(), "{path}");
+        }
+    }
+    let events = c
+        .get(ts.url("/api/streams/transcoding/events"))
+        .header("x-forwarded-for", "198.51.100.1")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(events.status(), 200);
+    drop(events);
+
+    // Mutations draw from their own, stricter bucket (a loopback forwarded
+    // address keeps the admin rights that no configured key implies).
+    let post = |id: &str| {
+        c.post(ts.url("/api/streams"))
+            .header("x-forwarded-for", "127.0.0.1")
+            .json(&json!({"id": id, "name": id, "url": "test://smpte"}))
+            .send()
+    };
+    assert_eq!(post("r1").await.unwrap().status(), 201);
+    assert_eq!(post("r2").await.unwrap().status(), 201);
+    json_error(post("r3").await.unwrap(), 429, "rate_limited").await;
+
+    // Preview: one per minute here; a 404 still draws a token.
+    let pv = || {
+        c.get(ts.url("/streams/preview/no-such-stream"))
+            .header("x-forwarded-for", "198.51.100.3")
+            .send()
+    };
+    json_error(pv().await.unwrap(), 404, "stream_not_found").await;
+    json_error(pv().await.unwrap(), 429, "rate_limited").await;
+    ts.stop().await;
+}
+
+#[tokio::test]
+async fn cors_is_silent_when_unset() {
+    let ts = common::start().await;
+    let c = common::client();
+    let r = c
+        .get(ts.url("/api/streams"))
+        .header("origin", "https://tv.example.com")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert!(
+        !r.headers()
+            .keys()
+            .any(|k| k.as_str().starts_with("access-control-")),
+        "{:?}",
+        r.headers()
+    );
+    let r = c
+        .request(Method::OPTIONS, ts.url("/api/streams"))
+        .header("origin", "https://tv.example.com")
+        .header("access-control-request-method", "POST")
+        .send()
+        .await
+        .unwrap();
+    assert!(header(&r, "access-control-allow-origin").is_none());
+    json_error(r, 405, "method_not_allowed").await;
+    ts.stop().await;
+}
+
+#[tokio::test]
+async fn cors_allows_listed_origins_and_wildcard_subdomains_only() {
+    let ts = common::start_with(|s| {
+        s.cors_origin =
+            Some(CorsOrigins::parse("https://*.example.com, http://localhost:5173").unwrap())
+    })
+    .await;
+    let c = common::client();
+    let preflight = |origin: &'static str| {
+        c.request(Method::OPTIONS, ts.url("/api/streams"))
+            .header("origin", origin)
+            .header("access-control-request-method", "POST")
+            .header(
+                "access-control-request-headers",
+                "x-admin-key, content-type",
+            )
+            .send()
+    };
+    for origin in ["https://tv.example.com", "http://localhost:5173"] {
+        let r = preflight(origin).await.unwrap();
+        assert_eq!(r.status(), 204, "{origin}");
+        assert_eq!(
+            header(&r, "access-control-allow-origin").as_deref(),
+            Some(origin)
+        );
+        let methods = header(&r, "access-control-allow-methods").unwrap();
+        assert!(
+            methods.contains("POST") && methods.contains("DELETE"),
+            "{methods}"
+        );
+        let allowed = header(&r, "access-control-allow-headers")
+            .unwrap()
+            .to_lowercase();
+        for h in [
+            "x-admin-key",
+            "authorization",
+            "content-type",
+            "x-request-id",
+        ] {
+            assert!(allowed.contains(h), "{allowed}");
+        }
+        let max_age: u64 = header(&r, "access-control-max-age")
+            .unwrap()
+            .parse()
+            .unwrap();
+        assert!(max_age >= 600);
+        assert!(header(&r, "vary").unwrap().contains("Origin"));
+    }
+    for origin in [
+        "https://example.com",
+        "https://example.com.evil.test",
+        "https://evilexample.com",
+        "http://tv.example.com",
+        "null",
+    ] {
+        let r = preflight(origin).await.unwrap();
+        assert!(
+            header(&r, "access-control-allow-origin").is_none(),
+            "{origin}"
+        );
+        assert_ne!(r.status(), 204, "{origin}");
+    }
+    let r = c
+        .get(ts.url("/api/streams"))
+        .header("origin", "https://a.b.example.com")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        header(&r, "access-control-allow-origin").as_deref(),
+        Some("https://a.b.example.com")
+    );
+    let expose = header(&r, "access-control-expose-headers").unwrap();
+    for h in [
+        "X-Session-Id",
+        "X-Sluice-Mode",
+        "X-Sluice-Quality",
+        "X-Request-Id",
+        "Retry-After",
+        "X-RateLimit-Remaining",
+    ] {
+        assert!(expose.contains(h), "{expose}");
+    }
+    assert!(r
+        .headers()
+        .get_all("vary")
+        .iter()
+        .any(|v| v.to_str().unwrap().contains("Origin")));
+    let r = c
+        .get(ts.url("/api/streams"))
+        .header("origin", "https://example.com.evil.test")
+        .send()
+        .await
+        .unwrap();
+    assert!(header(&r, "access-control-allow-origin").is_none());
+    assert!(header(&r, "access-control-expose-headers").is_none());
+    // Errors are readable cross-origin too.
+    let r = c
+        .get(ts.url("/no/such/route"))
+        .header("origin", "https://tv.example.com")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        header(&r, "access-control-allow-origin").as_deref(),
+        Some("https://tv.example.com")
+    );
+    json_error(r, 404, "not_found").await;
+    ts.stop().await;
+}
+
+#[tokio::test]
+async fn every_rejection_is_json() {
+    let ts = common::start().await;
+    let c = common::client();
+    let r = c.get(ts.url("/no/such/route")).send().await.unwrap();
+    json_error(r, 404, "not_found").await;
+    let r = c.patch(ts.url("/api/streams")).send().await.unwrap();
+    json_error(r, 405, "method_not_allowed").await;
+    let r = c
+        .request(Method::OPTIONS, ts.url("/api/streams"))
+        .send()
+        .await
+        .unwrap();
+    json_error(r, 405, "method_not_allowed").await;
+    let odd = Method::from_bytes(b"BREW").unwrap();
+    let r = c.request(odd, ts.url("/api/streams")).send().await.unwrap();
+    json_error(r, 405, "method_not_allowed").await;
+    // HEAD has no body, but the status and type are those of the error.
+    let r = c.head(ts.url("/api/streams")).send().await.unwrap();
+    assert_eq!(r.status(), 405);
+    assert_eq!(
+        header(&r, "content-type").as_deref(),
+        Some("application/json")
+    );
+    let r = c.head(ts.url("/nothing-here")).send().await.unwrap();
+    assert_eq!(r.status(), 404);
+    let r = c
+        .get(ts.url("/streams/preview/demo-smpte?timeout=soon"))
+        .send()
+        .await
+        .unwrap();
+    json_error(r, 400, "bad_request").await;
+    let r = c
+        .get(ts.url("/streams/preview/demo-smpte?format=avi"))
+        .send()
+        .await
+        .unwrap();
+    json_error(r, 400, "bad_request").await;
+    let r = c
+        .post(ts.url("/api/streams"))
+        .header("content-type", "application/json")
+        .body("{\"name\": ")
+        .send()
+        .await
+        .unwrap();
+    json_error(r, 400, "bad_request").await;
+    let r = c
+        .post(ts.url("/api/streams"))
+        .header("content-type", "application/json")
+        .body(vec![0xff, 0xfe, b'{'])
+        .send()
+        .await
+        .unwrap();
+    json_error(r, 400, "bad_request").await;
+    let r = c
+        .post(ts.url("/api/streams"))
+        .header("content-type", "text/plain")
+        .body("{}")
+        .send()
+        .await
+        .unwrap();
+    json_error(r, 415, "unsupported_media_type").await;
+    let big = vec![b' '; 1024 * 1024 + 1];
+    let r = c
+        .post(ts.url("/api/streams"))
+        .header("content-type", "application/json")
+        .body(big.clone())
+        .send()
+        .await
+        .unwrap();
+    let body = json_error(r, 413, "payload_too_large").await;
+    assert!(
+        body["message"].as_str().unwrap().contains("1 MiB"),
+        "{body}"
+    );
+    // The same without Content-Length (chunked): counted while it arrives.
+    let chunks: Vec<Result<Vec<u8>, std::io::Error>> =
+        big.chunks(64 * 1024).map(|c| Ok(c.to_vec())).collect();
+    let r = c
+        .post(ts.url("/api/streams"))
+        .header("content-type", "application/json")
+        .body(reqwest::Body::wrap_stream(futures::stream::iter(chunks)))
+        .send()
+        .await
+        .unwrap();
+    json_error(r, 413, "payload_too_large").await;
+    // A small chunked body is fine.
+    let small = br#"{"id":"chunky","name":"Chunky","url":"test://ball"}"#.to_vec();
+    let r = c
+        .post(ts.url("/api/streams"))
+        .header("content-type", "application/json")
+        .body(reqwest::Body::wrap_stream(futures::stream::iter(vec![
+            Ok::<_, std::io::Error>(small),
+        ])))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 201);
+    ts.stop().await;
+}
+
+/// Writes `request` on a raw connection and returns what comes back until
+/// the server closes or `wait` passes.
+fn raw_exchange(addr: std::net::SocketAddr, request: &[u8], wait: Duration) -> String {
+    let mut s = TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(wait)).unwrap();
+    s.write_all(request).unwrap();
+    let mut out = Vec::new();
+    let _ = s.read_to_end(&mut out);
+    String::from_utf8_lossy(&out).to_string()
+}
+
+#[tokio::test]
+async fn a_half_sent_body_times_out_with_408() {
+    let ts = common::start().await;
+    let addr = ts.server.as_ref().unwrap().addr;
+    let started = std::time::Instant::now();
+    let reply = tokio::task::spawn_blocking(move || {
+        raw_exchange(
+            addr,
+            b"POST /api/streams HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 200\r\n\r\n{\"name\":",
+            Duration::from_secs(60),
+        )
+    })
+    .await
+    .unwrap();
+    assert!(reply.starts_with("HTTP/1.1 408"), "{reply}");
+    assert!(reply.contains("\"request_timeout\""), "{reply}");
+    // Answered at the 10 s deadline, and the connection closed by the
+    // server then (not by the 60 s read timeout of this client).
+    let took = started.elapsed();
+    assert!(took >= Duration::from_secs(9), "{took:?}");
+    assert!(took < Duration::from_secs(45), "connection left open: {took:?}");
+    // The server still answers.
+    let r = common::client().get(ts.url("/live")).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    ts.stop().await;
+}
+
+#[tokio::test]
+async fn source_allowlist_refuses_bad_urls_with_the_reason() {
+    let ts = common::start().await;
+    let c = common::client();
+    let outside = ts.dir.path().join("outside.ts");
+    std::fs::write(&outside, b"not media").unwrap();
+    let inside = ts.media_dir().join("clip.ts");
+    std::fs::write(&inside, b"not media either").unwrap();
+    let link = ts.media_dir().join("escape.ts");
+    std::os::unix::fs::symlink(&outside, &link).unwrap();
+    let long = format!("http://example.test/{}", "a".repeat(5000));
+    let dotdot = format!("file://{}/../outside.ts", ts.media_dir().display());
+    let cases: Vec<(String, &str)> = vec![
+        ("ftp://example.test/x.ts".into(), "scheme"),
+        ("javascript:alert(1)".into(), "scheme"),
+        ("gopher://example.test/".into(), "scheme"),
+        ("http://example.test/a b.ts".into(), "spaces or control"),
+        ("http://example.test/a\u{7}.ts".into(), "spaces or control"),
+        (
+            "http://example.test/\r\nX-Evil: 1".into(),
+            "spaces or control",
+        ),
+        ("http://example.test/a\u{0}b".into(), "spaces or control"),
+        (long, "longer than"),
+        (format!("file://{}", outside.display()), "outside"),
+        (dotdot, "outside"),
+        (format!("file://{}", link.display()), "outside"),
+        ("file:///etc/passwd".into(), "outside"),
+    ];
+    for (i, (url, reason)) in cases.iter().enumerate() {
+        let r = c
+            .post(ts.url("/api/streams"))
+            .json(&json!({"id": format!("bad{i}"), "name": "bad", "url": url}))
+            .send()
+            .await
+            .unwrap();
+        let body = json_error(r, 400, "bad_request").await;
+        let msg = body["message"].as_str().unwrap();
+        assert!(msg.contains(reason), "{url:?}: {msg}");
+    }
+    // Updates are vetted the same way.
+    let r = c
+        .put(ts.url("/api/streams/demo-smpte"))
+        .json(&json!({"url": "ftp://example.test/x"}))
+        .send()
+        .await
+        .unwrap();
+    json_error(r, 400, "bad_request").await;
+    let r = c
+        .post(ts.url("/api/streams"))
+        .json(&json!({"id": "ok", "name": "ok", "url": format!("file://{}", inside.display())}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 201);
+    ts.stop().await;
+}
+
+/// A port on 127.0.0.1 nobody listens on.
+fn closed_port() -> u16 {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    l.local_addr().unwrap().port()
+}
+
+const SECRETS: &[&str] = &["S3cretPw0rd", "Tok3nValue", "xtr3amPass", "C00kieVal"];
+
+fn assert_clean(what: &str, text: &str) {
+    for s in SECRETS {
+        assert!(!text.contains(s), "{what} leaks {s}: {text}");
+    }
+}
+
+#[tokio::test]
+async fn credentials_never_leave_the_process() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut srv = common::BinServer::start(
+        &dir.path().join("data"),
+        &[],
+        &[("LOG_LEVEL", "debug"), ("TRUST_PROXY", "true")],
+    );
+    let c = common::client();
+    let port = closed_port();
+    let streams = [
+        (
+            "userinfo",
+            format!("http://alice:S3cretPw0rd@127.0.0.1:{port}/live.ts"),
+        ),
+        (
+            "query",
+            format!("http://127.0.0.1:{port}/get.php?username=alice&token=Tok3nValue"),
+        ),
+        (
+            "xtream",
+            format!("http://127.0.0.1:{port}/live/alice/xtr3amPass/1234.ts"),
+        ),
+        (
+            "short",
+            format!("http://127.0.0.1:{port}/alice/xtr3amPass/99"),
+        ),
+    ];
+    for (id, url) in &streams {
+        let r = c
+            .post(srv.url("/api/streams"))
+            .json(
+                &json!({"id": id, "name": id, "url": url, "headers": {"Cookie": "sid=C00kieVal"}}),
+            )
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 201);
+    }
+    // The admin (loopback, no key configured) sees the real URL: the secret is there to leak.
+    let admin = c
+        .get(srv.url("/api/streams/userinfo"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(admin.contains("S3cretPw0rd"), "{admin}");
+
+    let events = c
+        .get(srv.url("/api/streams/transcoding/events"))
+        .send()
+        .await
+        .unwrap();
+    for (id, _) in &streams {
+        let r = c
+            .get(srv.url(&format!("/streams/preview/{id}?timeout=15000")))
+            .send()
+            .await
+            .unwrap();
+        let status = r.status();
+        let body = r.text().await.unwrap();
+        assert_eq!(status, StatusCode::BAD_GATEWAY, "{id}: {body}");
+        assert!(body.contains("source_failed"), "{body}");
+        assert_clean("preview error", &body);
+    }
+    let feed = common::read_for(events, Duration::from_secs(2), 1 << 20).await;
+    let feed = String::from_utf8_lossy(&feed);
+    assert!(feed.contains("event:"), "{feed}");
+    assert_clean("events", &feed);
+
+    let outsider = |path: &str| {
+        c.get(srv.url(path))
+            .header("x-forwarded-for", "203.0.113.9")
+            .send()
+    };
+    let list = outsider("/api/streams")
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(list.contains("userinfo") && list.contains("***"), "{list}");
+    assert_clean("catalog list", &list);
+    for (id, _) in &streams {
+        let one = outsider(&format!("/api/streams/{id}"))
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        assert_clean("catalog read", &one);
+    }
+    let status = outsider("/api/streams/transcoding/status")
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert_clean("status", &status);
+    let metrics = outsider("/metrics").await.unwrap().text().await.unwrap();
+    assert_clean("metrics", &metrics);
+    let health = outsider("/health").await.unwrap().text().await.unwrap();
+    assert_clean("health", &health);
+    // A bad update's error message does not echo the URL either.
+    let r = c
+        .put(srv.url("/api/streams/userinfo"))
+        .json(&json!({"url": "ftp://bob:S3cretPw0rd@example.test/x"}))
+        .send()
+        .await
+        .unwrap();
+    let body = r.text().await.unwrap();
+    assert_clean("validation error", &body);
+
+    assert!(srv.terminate(), "clean exit");
+    let logs = srv.stderr_text();
+    assert!(logs.contains("stream created"), "{logs}");
+    assert!(logs.lines().count() > 10, "{logs}");
+    assert_clean("server logs", &logs);
+}
