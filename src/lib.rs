@@ -10,6 +10,7 @@ pub mod catalog;
 pub mod config;
 pub mod health;
 pub mod http;
+pub mod logging;
 pub mod m3u;
 pub mod media;
 pub mod memory;
@@ -24,7 +25,7 @@ pub mod shutdown;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use config::{LogFormat, Settings};
+use config::Settings;
 
 /// Everything a request handler may read: settings and running state.
 pub struct AppState {
@@ -100,6 +101,7 @@ pub fn build_state(settings: Settings) -> Result<Arc<AppState>, StartError> {
     registry.spawn_stall_watchdog(settings.stall_timeout());
     let memory = memory::MemoryMonitor::new(settings.memory_warning, settings.memory_critical);
     memory.spawn_sampler();
+    media::session::set_dot_dump_dir(Some(settings.data_dir.join("pipeline-dumps")));
     let health = health::HealthCache::new(&settings.data_dir);
     health.spawn_refresher(settings.data_dir.clone());
     let missing = health.checks().missing_elements;
@@ -153,29 +155,15 @@ impl Server {
         })
     }
 
-    /// Graceful shutdown: stop accepting, drain sessions, flush the catalog.
+    /// Graceful shutdown: stop accepting, flush the catalog, drain sessions.
     pub async fn shutdown(self) {
-        self.state.shutdown.begin();
-        let _ = self.serving.await;
-        shutdown::drain(&self.state, self.state.settings.shutdown_grace()).await;
+        shutdown::run(&self.state, self.serving).await;
     }
 }
 
 /// Sets up logging as configured (`LOG_LEVEL`, `LOG_FORMAT`).
 pub fn init_logging(settings: &Settings) {
-    let filter = tracing_subscriber::EnvFilter::try_new(&settings.log_level)
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    let _ = match settings.log_format {
-        LogFormat::Json => builder
-            .json()
-            .flatten_event(true)
-            .with_current_span(true)
-            .try_init(),
-        LogFormat::Pretty => builder.try_init(),
-    };
+    logging::init(settings);
 }
 
 /// Runs the server until SIGTERM/SIGINT, then shuts down gracefully; a
@@ -189,6 +177,7 @@ pub async fn run(settings: Settings) -> Result<(), StartError> {
         tracing::warn!("second signal: exiting at once");
         std::process::exit(1);
     });
+    shutdown::exit_at(server.state.settings.shutdown_grace());
     server.shutdown().await;
     tracing::info!("shutdown complete");
     Ok(())

@@ -8,6 +8,8 @@ pub mod error;
 pub mod health;
 pub mod import;
 pub mod limits;
+pub mod log;
+pub mod metrics;
 pub mod preview;
 pub mod ratelimit;
 pub mod status;
@@ -181,6 +183,8 @@ pub fn routes(
         .or(validate::routes(state.clone()))
         .unify()
         .or(health::routes(state.clone()))
+        .unify()
+        .or(metrics::routes(state.clone()))
         .unify();
     // Rate limits come first (a refused request does no work); their
     // headers go on every limited answer, errors included. CORS wraps it all.
@@ -196,7 +200,11 @@ pub fn routes(
         )
         .recover(error::recover)
         .unify();
-    cors::wrap(state.settings.cors_origin.clone(), limited)
+    // Request id, access log and request metrics see every answer.
+    log::wrap(
+        state.clone(),
+        cors::wrap(state.settings.cors_origin.clone(), limited),
+    )
 }
 
 pub fn json<T: serde::Serialize>(value: &T, status: http::StatusCode) -> warp::reply::Response {
@@ -223,6 +231,8 @@ pub async fn serve<F>(
         + 'static,
 {
     let svc = warp::service(filter);
+    // On stop, open connections finish their current response, then close.
+    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
     let connections = Arc::new(limits::Connections::default());
     tokio::pin!(stop);
     loop {
@@ -244,6 +254,7 @@ pub async fn serve<F>(
         };
         let _ = tcp.set_nodelay(true);
         let svc = svc.clone();
+        let watcher = graceful.watcher();
         tokio::spawn(async move {
             let _admitted = admitted;
             let service = hyper::service::service_fn(
@@ -257,10 +268,12 @@ pub async fn serve<F>(
                 .header_read_timeout(HEADER_READ_TIMEOUT)
                 .max_buf_size(MAX_HEADER_BYTES)
                 .serve_connection(TokioIo::new(tcp), service);
+            let conn = watcher.watch(conn);
             if let Err(e) = conn.await {
                 tracing::debug!(error = %e, "connection ended with an error");
             }
         });
     }
     drop(listener);
+    graceful.shutdown().await;
 }
