@@ -389,10 +389,161 @@ impl Catalog {
         .await
     }
 
+    /// Upserts many streams (an M3U import) in one durable write. An entry
+    /// updates the stream with the same `tvgId` and URL, else the same
+    /// `tvgId`, else the same URL (each existing stream matched at most once
+    /// per import, so channels sharing an EPG id stay apart); otherwise it
+    /// creates a stream whose id comes from its `tvgId` or name. Invalid
+    /// entries and repeats of an earlier entry are skipped and reported by
+    /// line; the rest still lands.
+    pub async fn import(&self, entries: Vec<ImportEntry>) -> Result<ImportOutcome, CatalogError> {
+        let media_dir = self.media_dir.clone();
+        self.mutate(move |streams| Ok(apply_import(streams, entries, media_dir.as_deref())))
+            .await
+    }
+
     /// Writes the current catalog to disk again (used at shutdown).
     pub async fn flush(&self) -> Result<(), CatalogError> {
         self.mutate(|_| Ok(())).await
     }
+}
+
+/// One stream offered by a playlist import.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct ImportEntry {
+    /// Playlist line the entry came from, for error reports.
+    pub line: usize,
+    pub name: String,
+    pub url: String,
+    pub tvg_id: Option<String>,
+    pub group: Option<String>,
+    pub logo: Option<String>,
+    /// Overlaid on the stream's headers (others the operator set are kept).
+    pub headers: BTreeMap<String, String>,
+}
+
+/// Why one playlist line was not imported.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ImportError {
+    pub line: usize,
+    pub message: String,
+}
+
+/// What an import did: `skipped` counts the entries listed in `errors`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct ImportOutcome {
+    pub imported: usize,
+    pub updated: usize,
+    pub skipped: usize,
+    pub errors: Vec<ImportError>,
+}
+
+impl ImportOutcome {
+    /// Records an entry that was not applied.
+    pub fn skip(&mut self, line: usize, message: impl Into<String>) {
+        self.skipped += 1;
+        self.errors.push(ImportError {
+            line,
+            message: message.into(),
+        });
+    }
+}
+
+/// The import's matching and merging, on the catalog copy `mutate` hands out.
+fn apply_import(
+    streams: &mut Vec<Stream>,
+    entries: Vec<ImportEntry>,
+    media_dir: Option<&Path>,
+) -> ImportOutcome {
+    use std::collections::{HashMap, HashSet};
+    let now = now_rfc3339();
+    let mut out = ImportOutcome::default();
+    let mut by_pair: HashMap<(String, String), Vec<usize>> = HashMap::new();
+    let mut by_tvg: HashMap<String, Vec<usize>> = HashMap::new();
+    let mut by_url: HashMap<String, Vec<usize>> = HashMap::new();
+    for (i, s) in streams.iter().enumerate() {
+        let tvg = s.tvg_id.clone().unwrap_or_default();
+        by_pair
+            .entry((tvg.clone(), s.url.clone()))
+            .or_default()
+            .push(i);
+        if !tvg.is_empty() {
+            by_tvg.entry(tvg).or_default().push(i);
+        }
+        by_url.entry(s.url.clone()).or_default().push(i);
+    }
+    let mut claimed = vec![false; streams.len()];
+    let mut ids: HashSet<String> = streams.iter().map(|s| s.id.clone()).collect();
+    let mut seen: HashMap<(String, String), usize> = HashMap::new();
+    for e in entries {
+        let tvg = e.tvg_id.clone().unwrap_or_default();
+        let key = (tvg.clone(), e.url.clone());
+        if let Some(first) = seen.get(&key) {
+            out.skip(e.line, format!("same tvg-id and URL as line {first}"));
+            continue;
+        }
+        let free =
+            |list: Option<&Vec<usize>>| list.and_then(|l| l.iter().copied().find(|&i| !claimed[i]));
+        let found = free(by_pair.get(&key))
+            .or_else(|| (!tvg.is_empty()).then(|| free(by_tvg.get(&tvg))).flatten())
+            .or_else(|| free(by_url.get(&e.url)));
+        let mut next = match found {
+            Some(i) => streams[i].clone(),
+            None => Stream {
+                id: String::new(),
+                name: String::new(),
+                url: String::new(),
+                backup_urls: vec![],
+                group: None,
+                logo: None,
+                tvg_id: None,
+                headers: BTreeMap::new(),
+                enabled: true,
+                created_at: now.clone(),
+                updated_at: now.clone(),
+            },
+        };
+        next.name = e.name;
+        next.url = e.url;
+        next.tvg_id = e.tvg_id.or(next.tvg_id);
+        next.group = e.group.or(next.group);
+        next.logo = e.logo.or(next.logo);
+        next.headers.extend(e.headers);
+        if found.is_none() {
+            let base = slugify(next.tvg_id.as_deref().unwrap_or(&next.name));
+            next.id = (1..)
+                .map(|n| {
+                    if n == 1 {
+                        base.clone()
+                    } else {
+                        format!("{base}-{n}")
+                    }
+                })
+                .find(|c| !ids.contains(c))
+                .expect("an unused id exists");
+        }
+        if let Err(err) = validate(&next, media_dir) {
+            out.skip(e.line, err.to_string());
+            continue;
+        }
+        seen.insert(key, e.line);
+        match found {
+            Some(i) => {
+                claimed[i] = true;
+                if streams[i] != next {
+                    next.updated_at = now.clone();
+                    streams[i] = next;
+                }
+                out.updated += 1;
+            }
+            None => {
+                ids.insert(next.id.clone());
+                streams.push(next);
+                out.imported += 1;
+            }
+        }
+    }
+    out
 }
 
 fn unique_id(streams: &[Stream], base: &str) -> String {
@@ -545,6 +696,49 @@ mod tests {
             reopened.get("news-hd").unwrap().redacted().url,
             "http://***@example.test/live.ts"
         );
+    }
+
+    #[tokio::test]
+    async fn import_matches_on_tvg_id_then_url_and_never_duplicates() {
+        let dir = tempfile::tempdir().unwrap();
+        let (cat, _) = Catalog::open(dir.path(), None).unwrap();
+        let demo = cat.len();
+        let e = |line, tvg: Option<&str>, name: &str, url: &str| ImportEntry {
+            line,
+            name: name.into(),
+            url: url.into(),
+            tvg_id: tvg.map(Into::into),
+            ..Default::default()
+        };
+        let first = vec![
+            e(2, Some("One.uk"), "One HD", "http://h/1?token=a"),
+            e(4, Some("One.uk"), "One SD", "http://h/1sd?token=a"),
+            e(6, None, "Radio", "http://h/radio"),
+            e(8, None, "Bad", "ftp://h/x"),
+            e(10, None, "Radio again", "http://h/radio"),
+        ];
+        let out = cat.import(first).await.unwrap();
+        assert_eq!((out.imported, out.updated, out.skipped), (3, 0, 2));
+        assert_eq!(out.errors[0].line, 8);
+        assert!(out.errors[0].message.contains("ftp"), "{:?}", out.errors);
+        assert!(out.errors[1].message.contains("line 6"), "{:?}", out.errors);
+        assert_eq!(cat.get("one-uk").unwrap().name, "One HD");
+        assert_eq!(cat.get("one-uk-2").unwrap().name, "One SD");
+        assert_eq!(cat.get("radio").unwrap().url, "http://h/radio");
+        // Tokens rotated: matched by tvg-id in order; the radio by URL.
+        let again = vec![
+            e(2, Some("One.uk"), "One HD", "http://h/1?token=b"),
+            e(4, Some("One.uk"), "One SD", "http://h/1sd?token=b"),
+            e(6, None, "Radio 1", "http://h/radio"),
+        ];
+        let out = cat.import(again).await.unwrap();
+        assert_eq!((out.imported, out.updated, out.skipped), (0, 3, 0));
+        assert_eq!(cat.len(), demo + 3);
+        assert_eq!(cat.get("one-uk").unwrap().url, "http://h/1?token=b");
+        assert_eq!(cat.get("one-uk-2").unwrap().url, "http://h/1sd?token=b");
+        assert_eq!(cat.get("radio").unwrap().name, "Radio 1");
+        let (reopened, _) = Catalog::open(dir.path(), None).unwrap();
+        assert_eq!(reopened.snapshot(), cat.snapshot());
     }
 
     #[test]
