@@ -1,0 +1,194 @@
+//! deploy/kubernetes.yaml (probes, drain, data, secret) and flake.nix
+//! (parses, wraps the plugins, its NixOS module knows every setting).
+
+use std::collections::BTreeMap;
+use std::process::Command;
+
+use clap::CommandFactory;
+use serde::Deserialize;
+use serde_norway::Value;
+use sluice::config::Settings;
+
+use crate::support::{have, quantity, read, run, scalar, settings_from_env};
+
+#[test]
+fn the_kubernetes_manifest_probes_drains_and_keeps_its_data() {
+    let docs: Vec<Value> = serde_norway::Deserializer::from_str(&read("deploy/kubernetes.yaml"))
+        .map(|d| Value::deserialize(d).expect("kubernetes.yaml is YAML"))
+        .collect();
+    let kind = |k: &str| {
+        docs.iter()
+            .find(|d| d["kind"].as_str() == Some(k))
+            .unwrap_or_else(|| panic!("no {k}"))
+    };
+    let (deploy, service, pvc) = (
+        kind("Deployment"),
+        kind("Service"),
+        kind("PersistentVolumeClaim"),
+    );
+    let pod = &deploy["spec"]["template"]["spec"];
+    let c = &pod["containers"][0];
+
+    let mut env = BTreeMap::new();
+    for e in c["env"].as_sequence().expect("env") {
+        let name = e["name"].as_str().unwrap().to_string();
+        match scalar(&e["value"]) {
+            Some(v) => {
+                env.insert(name, v);
+            }
+            None => assert_eq!(
+                e["valueFrom"]["secretKeyRef"]["key"]
+                    .as_str()
+                    .map(|_| name.as_str()),
+                Some("ADMIN_API_KEY")
+            ),
+        }
+    }
+    let settings = settings_from_env("deploy/kubernetes.yaml", &env);
+    let grace = pod["terminationGracePeriodSeconds"]
+        .as_u64()
+        .expect("terminationGracePeriodSeconds");
+    assert!(
+        grace * 1000 > settings.shutdown_grace_ms,
+        "terminationGracePeriodSeconds must exceed SHUTDOWN_GRACE"
+    );
+    let limit = quantity(
+        c["resources"]["limits"]["memory"]
+            .as_str()
+            .expect("memory limit"),
+    );
+    assert!(
+        limit > settings.memory_critical,
+        "memory limit must sit above MEMORY_CRITICAL_THRESHOLD"
+    );
+    assert!(
+        c["resources"]["requests"]["memory"].is_string()
+            && c["resources"]["requests"]["cpu"].is_string()
+    );
+
+    let port = c["ports"][0].clone();
+    assert_eq!(port["containerPort"].as_u64(), Some(settings.port.into()));
+    for (probe, path) in [("livenessProbe", "/live"), ("readinessProbe", "/ready")] {
+        assert_eq!(c[probe]["httpGet"]["path"].as_str(), Some(path), "{probe}");
+        assert_eq!(c[probe]["httpGet"]["port"], port["name"], "{probe} port");
+    }
+    let mount = c["volumeMounts"]
+        .as_sequence()
+        .unwrap()
+        .iter()
+        .find(|m| m["mountPath"].as_str() == settings.data_dir.to_str())
+        .expect("data dir mount");
+    let volume = pod["volumes"]
+        .as_sequence()
+        .unwrap()
+        .iter()
+        .find(|v| v["name"] == mount["name"])
+        .expect("data volume");
+    assert_eq!(
+        volume["persistentVolumeClaim"]["claimName"],
+        pvc["metadata"]["name"]
+    );
+
+    let labels = deploy["spec"]["template"]["metadata"]["labels"]
+        .as_mapping()
+        .unwrap();
+    for (k, v) in service["spec"]["selector"].as_mapping().expect("selector") {
+        assert_eq!(
+            labels.get(k),
+            Some(v),
+            "Service selector does not match the pods"
+        );
+    }
+    assert_eq!(service["spec"]["ports"][0]["targetPort"], port["name"]);
+    let uid = read("Dockerfile")
+        .lines()
+        .find_map(|l| {
+            l.strip_prefix("USER ")
+                .map(|u| u.split(':').next().unwrap_or(u).to_string())
+        })
+        .unwrap();
+    assert_eq!(
+        pod["securityContext"]["runAsUser"]
+            .as_u64()
+            .map(|u| u.to_string()),
+        Some(uid)
+    );
+    let image = c["image"].as_str().unwrap();
+    assert!(
+        image.ends_with(&format!(":{}", env!("CARGO_PKG_VERSION"))),
+        "image tag {image} is not the crate version"
+    );
+}
+
+#[test]
+fn the_flake_parses_wraps_the_plugins_and_knows_every_setting() {
+    let flake = read("flake.nix");
+    for needle in [
+        "cargoLock.lockFile = ./Cargo.lock",
+        "GST_PLUGIN_SYSTEM_PATH_1_0",
+        "lib.makeSearchPathOutput \"lib\" \"lib/gstreamer-1.0\"",
+        "pipelines/profiles.toml \"$out/share/sluice/profiles.toml\"",
+        "DynamicUser = true",
+        "ProtectSystem = \"strict\"",
+        "NoNewPrivileges = true",
+        "Restart = \"on-failure\"",
+    ] {
+        assert!(flake.contains(needle), "flake.nix lacks {needle}");
+    }
+    let plugins = flake
+        .split("gstPlugins = pkgs:")
+        .nth(1)
+        .and_then(|s| s.split("];").next())
+        .expect("gstPlugins");
+    for p in [
+        "gstreamer",
+        "gst-plugins-base",
+        "gst-plugins-good",
+        "gst-plugins-bad",
+        "gst-plugins-ugly",
+        "gst-libav",
+    ] {
+        assert!(
+            plugins.split_whitespace().any(|w| w == p),
+            "the wrapped plugin path lacks gst_all_1.{p}"
+        );
+    }
+    // The module rejects unknown settings, so it must know every variable sluice reads.
+    for arg in Settings::command().get_arguments() {
+        if let Some(var) = arg.get_env() {
+            let quoted = format!("\"{}\"", var.to_string_lossy());
+            assert!(
+                flake.contains(&quoted) || flake.contains(&format!("{} =", var.to_string_lossy())),
+                "the NixOS module does not know {quoted}"
+            );
+        }
+    }
+
+    if !have("nix-instantiate") {
+        return;
+    }
+    let dir = env!("CARGO_MANIFEST_DIR");
+    run(Command::new("nix-instantiate")
+        .args(["--parse", "flake.nix"])
+        .current_dir(dir));
+    let shape = run(Command::new("nix-instantiate").current_dir(dir).args([
+        "--eval",
+        "--strict",
+        "--json",
+        "-E",
+        "let f = import ./flake.nix; in [ (builtins.attrNames f) (builtins.attrNames (builtins.functionArgs f.outputs)) f.inputs.nixpkgs.url ]",
+    ]));
+    let shape: serde_json::Value = serde_json::from_str(&shape).expect("nix --json");
+    assert_eq!(
+        shape[0],
+        serde_json::json!(["description", "inputs", "outputs"])
+    );
+    assert_eq!(shape[1], serde_json::json!(["nixpkgs", "self"]));
+    assert!(
+        shape[2]
+            .as_str()
+            .unwrap_or("")
+            .starts_with("github:NixOS/nixpkgs/"),
+        "{shape}"
+    );
+}
