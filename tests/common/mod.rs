@@ -57,11 +57,7 @@ pub async fn start_with(tweak: impl FnOnce(&mut Settings)) -> TestServer {
     tweak(&mut s);
     let server = Server::start(s).await.expect("server starts");
     let base = format!("http://{}", server.addr);
-    TestServer {
-        server: Some(server),
-        base,
-        dir,
-    }
+    TestServer { server: Some(server), base, dir }
 }
 
 pub async fn start() -> TestServer {
@@ -110,95 +106,48 @@ pub async fn add_stream(ts: &TestServer, id: &str, url: &str) {
         .send()
         .await
         .unwrap();
-    assert_eq!(
-        r.status(),
-        201,
-        "creating {id}: {}",
-        r.text().await.unwrap_or_default()
-    );
+    assert_eq!(r.status(), 201, "creating {id}: {}", r.text().await.unwrap_or_default());
 }
 
 /// ffprobe's view of a file: streams and format, as JSON.
 pub fn ffprobe(path: &Path) -> serde_json::Value {
     let out = Command::new("ffprobe")
-        .args([
-            "-v",
-            "error",
-            "-print_format",
-            "json",
-            "-show_streams",
-            "-show_format",
-        ])
+        .args(["-v", "error", "-print_format", "json", "-show_streams", "-show_format"])
         .arg(path)
         .output()
         .expect("ffprobe runs (apt install ffmpeg)");
-    assert!(
-        out.status.success(),
-        "ffprobe failed on {}: {}",
-        path.display(),
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert!(out.status.success(), "ffprobe failed on {}: {}", path.display(), String::from_utf8_lossy(&out.stderr));
     serde_json::from_slice(&out.stdout).unwrap()
 }
 
 /// Decodes every frame with ffmpeg; returns (video frames decoded, error text).
 pub fn decode_all(path: &Path) -> (u64, String) {
     let out = Command::new("ffprobe")
-        .args([
-            "-v",
-            "error",
-            "-count_frames",
-            "-select_streams",
-            "v:0",
-            "-show_entries",
-            "stream=nb_read_frames",
-            "-of",
-            "csv=p=0",
-        ])
+        .args(["-v", "error", "-count_frames", "-select_streams", "v:0", "-show_entries", "stream=nb_read_frames", "-of", "csv=p=0"])
         .arg(path)
         .output()
         .expect("ffprobe runs");
-    // MPEG-TS lists each stream under its program too: take the largest count.
-    let frames = String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .filter_map(|l| l.trim().trim_end_matches(',').parse::<u64>().ok())
-        .max()
-        .unwrap_or(0);
+    let frames = String::from_utf8_lossy(&out.stdout).trim().trim_end_matches(',').parse().unwrap_or(0);
     (frames, String::from_utf8_lossy(&out.stderr).to_string())
 }
 
 pub fn stream_of<'a>(probe: &'a serde_json::Value, kind: &str) -> Option<&'a serde_json::Value> {
-    probe["streams"]
-        .as_array()?
-        .iter()
-        .find(|s| s["codec_type"] == kind)
+    probe["streams"].as_array()?.iter().find(|s| s["codec_type"] == kind)
 }
 
 /// Writes a media file with ffmpeg from lavfi test sources.
-pub fn make_media(
-    path: &Path,
-    seconds: u32,
-    video_args: &[&str],
-    audio_args: &[&str],
-    extra: &[&str],
-) {
+pub fn make_media(path: &Path, seconds: u32, video_args: &[&str], audio_args: &[&str], extra: &[&str]) {
     let mut cmd = Command::new("ffmpeg");
     cmd.args(["-y", "-v", "error", "-f", "lavfi", "-i"])
         .arg(format!("testsrc2=size=1280x720:rate=25:duration={seconds}"))
         .args(["-f", "lavfi", "-i"])
-        .arg(format!(
-            "sine=frequency=440:sample_rate=48000:duration={seconds}"
-        ))
+        .arg(format!("sine=frequency=440:sample_rate=48000:duration={seconds}"))
         .args(video_args)
         .args(audio_args)
         .args(extra)
         .arg(path);
     let out = cmd.output().expect("ffmpeg runs (apt install ffmpeg)");
-    assert!(
-        out.status.success(),
-        "ffmpeg failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert!(out.status.success(), "ffmpeg failed: {}", String::from_utf8_lossy(&out.stderr));
 }
 
 /// Polls `cond` until it holds or `timeout` passes.
@@ -215,38 +164,113 @@ pub async fn eventually(timeout: Duration, mut cond: impl FnMut() -> bool) -> bo
 
 /// Threads of this process (for leak checks).
 pub fn thread_count() -> usize {
-    std::fs::read_dir("/proc/self/task")
-        .map(|d| d.count())
-        .unwrap_or(0)
+    std::fs::read_dir("/proc/self/task").map(|d| d.count()).unwrap_or(0)
 }
 
 /// Open file descriptors of this process (for leak checks).
 pub fn fd_count() -> usize {
-    std::fs::read_dir("/proc/self/fd")
-        .map(|d| d.count())
-        .unwrap_or(0)
+    std::fs::read_dir("/proc/self/fd").map(|d| d.count()).unwrap_or(0)
 }
 
-/// The part of a stream cut mid-flight that holds only whole units: MP4 up
-/// to the last complete top-level box, MPEG-TS up to the last packet that
-/// starts a PES (the PES in flight at hang-up is incomplete).
-pub fn complete_prefix(bytes: &[u8]) -> &[u8] {
-    if bytes.first() == Some(&0x47) {
-        let whole = bytes.len() / 188 * 188;
-        let last_start = (0..whole)
-            .step_by(188)
-            .filter(|&i| bytes[i + 1] & 0x40 != 0)
-            .last()
-            .unwrap_or(whole);
-        return &bytes[..last_start];
+/// The real `sluice` binary running on 127.0.0.1 (port 0), its stderr
+/// (JSON log lines) collected as it comes. Killed with SIGKILL on drop.
+pub struct BinServer {
+    pub child: std::process::Child,
+    pub addr: std::net::SocketAddr,
+    pub base: String,
+    pub stderr: std::sync::Arc<std::sync::Mutex<String>>,
+}
+
+impl BinServer {
+    /// Starts the binary with `--data-dir data_dir`, extra `args` and `envs`;
+    /// waits (60 s at most) for its "sluice listening" line.
+    pub fn start(data_dir: &Path, args: &[&str], envs: &[(&str, &str)]) -> BinServer {
+        use std::io::BufRead;
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_sluice"));
+        cmd.args(["--host", "127.0.0.1", "--port", "0", "--data-dir"])
+            .arg(data_dir)
+            .args(["--profiles"])
+            .arg(data_dir.join("no-such-profiles.toml"))
+            .args(args)
+            .env("LOG_FORMAT", "json")
+            .envs(envs.iter().copied())
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped());
+        let mut child = cmd.spawn().expect("the sluice binary starts");
+        let stderr = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
+        let (tx, rx) = std::sync::mpsc::channel::<std::net::SocketAddr>();
+        let pipe = child.stderr.take().unwrap();
+        let sink = stderr.clone();
+        std::thread::spawn(move || {
+            for line in std::io::BufReader::new(pipe).lines().map_while(Result::ok) {
+                if let Ok(v) = serde_json::from_str::<serde_json::Value>(&line) {
+                    if v["message"] == "sluice listening" {
+                        if let Some(a) = v["addr"].as_str().and_then(|a| a.parse().ok()) {
+                            let _ = tx.send(a);
+                        }
+                    }
+                }
+                let mut s = sink.lock().unwrap();
+                s.push_str(&line);
+                s.push('\n');
+            }
+        });
+        let addr = match rx.recv_timeout(Duration::from_secs(60)) {
+            Ok(a) => a,
+            Err(_) => {
+                let _ = child.kill();
+                panic!("sluice did not start: {}", stderr.lock().unwrap());
+            }
+        };
+        BinServer { child, addr, base: format!("http://{addr}"), stderr }
     }
-    let mut end = 0;
-    while end + 8 <= bytes.len() {
-        let size = u32::from_be_bytes(bytes[end..end + 4].try_into().unwrap()) as usize;
-        if size < 8 || end + size > bytes.len() {
-            break;
+
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{}", self.base, path)
+    }
+
+    pub fn stderr_text(&self) -> String {
+        self.stderr.lock().unwrap().clone()
+    }
+
+    /// Resident memory of the server process, in bytes.
+    pub fn rss_bytes(&self) -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id())).unwrap_or_default();
+        status
+            .lines()
+            .find(|l| l.starts_with("VmRSS:"))
+            .and_then(|l| l.split_whitespace().nth(1))
+            .and_then(|kb| kb.parse::<u64>().ok())
+            .map(|kb| kb * 1024)
+            .unwrap_or(0)
+    }
+
+    /// SIGKILL, then reap.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// SIGTERM, then wait (30 s at most) for a clean exit; returns whether it exited 0.
+    pub fn terminate(&mut self) -> bool {
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
+        let start = Instant::now();
+        while start.elapsed() < Duration::from_secs(30) {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                // Let the stderr reader drain the last lines.
+                std::thread::sleep(Duration::from_millis(200));
+                return status.success();
+            }
+            std::thread::sleep(Duration::from_millis(50));
         }
-        end += size;
+        self.kill();
+        false
     }
-    &bytes[..end]
+}
+
+impl Drop for BinServer {
+    fn drop(&mut self) {
+        self.kill();
+    }
 }
