@@ -204,7 +204,7 @@ pub async fn start(
         Ok((chosen, streams))
     };
     let result = tokio::time::timeout_at(deadline, startup).await;
-    let (chosen, _streams) = match result {
+    let (chosen, streams) = match result {
         Ok(Ok(v)) => v,
         Ok(Err(e)) => return Err(fail(&media, e, timeout_ms, &source_uri).await),
         Err(_) => {
@@ -222,6 +222,7 @@ pub async fn start(
             }
         }
     }
+    tracing::debug!(session_id = %session_id, streams = %streams.describe(), mode = chosen.as_str(), elapsed_ms = media.started_at.elapsed().as_millis() as u64, "source opened");
     let quality = label(Some(chosen), &profile.name);
     let entry = state.registry.insert(SessionEntry {
         id: session_id.clone(),
@@ -268,7 +269,12 @@ pub async fn start(
 }
 
 /// Ends a session that failed to start and maps the failure.
-async fn fail(media: &Arc<MediaSession>, e: MediaError, timeout_ms: u64, source: &SourceUri) -> PreviewError {
+async fn fail(
+    media: &Arc<MediaSession>,
+    e: MediaError,
+    timeout_ms: u64,
+    source: &SourceUri,
+) -> PreviewError {
     match e {
         MediaError::Incompatible(m) => {
             media.end(EndReason::SourceError);

@@ -174,15 +174,12 @@ impl Registry {
         let weak = Arc::downgrade(self);
         let id = entry.id.clone();
         let stream_id = entry.stream_id.clone();
-        let media = Arc::downgrade(&entry.media);
-        entry.media.on_teardown(Box::new(move |reason| {
+        entry.media.on_teardown(Box::new(move |ended| {
             let Some(reg) = weak.upgrade() else { return };
             reg.sessions.write().remove(&id);
+            let reason = ended.reason;
             *reg.ended.write().entry(reason).or_insert(0) += 1;
-            let (duration, bytes_sent) = media
-                .upgrade()
-                .map(|m| (m.started_at.elapsed().as_millis() as u64, m.bytes_sent.load(Ordering::Relaxed)))
-                .unwrap_or((0, 0));
+            let (duration, bytes_sent) = (ended.duration.as_millis() as u64, ended.bytes_sent);
             tracing::info!(session_id = %id, stream_id = %stream_id, reason = reason.as_str(), duration_ms = duration, bytes_sent, "session ended");
             reg.emit(SessionEvent::SessionEnded { session_id: id, stream_id, reason, duration, bytes_sent });
         }));

@@ -9,14 +9,18 @@ use common::*;
 
 const READ: Duration = Duration::from_millis(3500);
 
-async fn fetch(ts: &TestServer, path: &str, file: &str) -> (reqwest::header::HeaderMap, std::path::PathBuf) {
+async fn fetch(
+    ts: &TestServer,
+    path: &str,
+    file: &str,
+) -> (reqwest::header::HeaderMap, std::path::PathBuf) {
     let resp = client().get(ts.url(path)).send().await.unwrap();
     assert_eq!(resp.status(), 200, "{path}: {:?}", resp.headers());
     let headers = resp.headers().clone();
     let bytes = read_for(resp, READ, 8 << 20).await;
     assert!(bytes.len() > 10_000, "{path}: only {} bytes", bytes.len());
     let out = ts.dir.path().join(file);
-    std::fs::write(&out, &bytes).unwrap();
+    std::fs::write(&out, complete_prefix(&bytes)).unwrap();
     (headers, out)
 }
 
@@ -25,7 +29,10 @@ fn check_transcode(probe: &serde_json::Value, level: i64, w: i64, h: i64) {
     assert_eq!(v["codec_name"], "h264");
     assert_eq!(v["profile"], "Constrained Baseline");
     assert_eq!(v["level"], level);
-    assert_eq!((v["width"].as_i64().unwrap(), v["height"].as_i64().unwrap()), (w, h));
+    assert_eq!(
+        (v["width"].as_i64().unwrap(), v["height"].as_i64().unwrap()),
+        (w, h)
+    );
     let a = stream_of(probe, "audio").expect("audio stream");
     assert_eq!(a["codec_name"], "aac");
     assert_eq!(a["profile"], "LC");
@@ -36,11 +43,19 @@ fn check_transcode(probe: &serde_json::Value, level: i64, w: i64, h: i64) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_profile_in_both_formats_is_valid() {
     let ts = start().await;
-    for (quality, level, w, h) in [("low", 30, 720, 404), ("medium", 31, 1280, 720), ("high", 40, 1920, 1080)] {
+    for (quality, level, w, h) in [
+        ("low", 30, 720, 404),
+        ("medium", 31, 1280, 720),
+        ("high", 40, 1920, 1080),
+    ] {
         for format in ["mp4", "ts"] {
             let path = format!("/streams/preview/demo-smpte?quality={quality}&format={format}");
             let (headers, file) = fetch(&ts, &path, &format!("{quality}.{format}")).await;
-            let ct = if format == "mp4" { "video/mp4" } else { "video/mp2t" };
+            let ct = if format == "mp4" {
+                "video/mp4"
+            } else {
+                "video/mp2t"
+            };
             assert_eq!(headers["content-type"], ct);
             assert_eq!(headers["cache-control"], "no-store");
             assert_eq!(headers["x-sluice-mode"], "transcode");
@@ -57,9 +72,12 @@ async fn every_profile_in_both_formats_is_valid() {
                 assert_eq!(pid, 0, "TS starts with the PAT");
             }
             check_transcode(&ffprobe(&file), level, w, h);
-            let (frames, errors) = decode_all(&file);
+            let (frames, errors) = frames_decoded(&file);
             assert!(frames >= 30, "{path}: {frames} frames decoded");
-            assert!(!errors.to_lowercase().contains("error"), "{path}: decoder errors: {errors}");
+            assert!(
+                !errors.to_lowercase().contains("error"),
+                "{path}: decoder errors: {errors}"
+            );
         }
     }
     ts.stop().await;
@@ -69,19 +87,52 @@ async fn every_profile_in_both_formats_is_valid() {
 async fn remux_keeps_the_source_and_auto_mode_follows_the_spec() {
     let ts = start().await;
     let media = ts.media_dir();
-    make_media(&media.join("high.ts"), 12, &["-c:v", "libx264", "-profile:v", "high", "-g", "25"], &["-c:a", "aac", "-b:a", "96k"], &[]);
-    make_media(&media.join("mpeg2.ts"), 6, &["-c:v", "mpeg2video"], &["-c:a", "mp2"], &[]);
-    add_stream(&ts, "high", &format!("file://{}", media.join("high.ts").display())).await;
-    add_stream(&ts, "mpeg2", &format!("file://{}", media.join("mpeg2.ts").display())).await;
+    make_media(
+        &media.join("high.ts"),
+        12,
+        &["-c:v", "libx264", "-profile:v", "high", "-g", "25"],
+        &["-c:a", "aac", "-b:a", "96k"],
+        &[],
+    );
+    make_media(
+        &media.join("mpeg2.ts"),
+        6,
+        &["-c:v", "mpeg2video"],
+        &["-c:a", "mp2"],
+        &[],
+    );
+    add_stream(
+        &ts,
+        "high",
+        &format!("file://{}", media.join("high.ts").display()),
+    )
+    .await;
+    add_stream(
+        &ts,
+        "mpeg2",
+        &format!("file://{}", media.join("mpeg2.ts").display()),
+    )
+    .await;
 
-    for (path, mode) in [("/streams/preview/high", "remux"), ("/streams/preview/high?format=ts", "remux"), ("/streams/preview/high?transcode=false", "remux")] {
+    for (path, mode) in [
+        ("/streams/preview/high", "remux"),
+        ("/streams/preview/high?format=ts", "remux"),
+        ("/streams/preview/high?transcode=false", "remux"),
+    ] {
         let (headers, file) = fetch(&ts, path, "remux.out").await;
         assert_eq!(headers["x-sluice-mode"], mode, "{path}");
         assert_eq!(headers["x-sluice-quality"], "source");
         let probe = ffprobe(&file);
         let v = stream_of(&probe, "video").unwrap();
-        assert_eq!((v["codec_name"].as_str(), v["profile"].as_str()), (Some("h264"), Some("High")), "{path}");
-        assert_eq!((v["width"].as_i64(), v["height"].as_i64()), (Some(1280), Some(720)));
+        assert_eq!(
+            (v["codec_name"].as_str(), v["profile"].as_str()),
+            (Some("h264"), Some("High")),
+            "{path}"
+        );
+        assert_eq!(
+            (v["width"].as_i64(), v["height"].as_i64()),
+            (Some(1280), Some(720))
+        );
         assert_eq!(stream_of(&probe, "audio").unwrap()["codec_name"], "aac");
     }
     // Asking for a quality, or transcode=true, transcodes an H.264 source.
@@ -96,7 +147,11 @@ async fn remux_keeps_the_source_and_auto_mode_follows_the_spec() {
     let (headers, file) = fetch(&ts, "/streams/preview/mpeg2", "m.mp4").await;
     assert_eq!(headers["x-sluice-mode"], "transcode");
     check_transcode(&ffprobe(&file), 31, 1280, 720);
-    let r = client().get(ts.url("/streams/preview/mpeg2?transcode=false")).send().await.unwrap();
+    let r = client()
+        .get(ts.url("/streams/preview/mpeg2?transcode=false"))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 422);
     let body: serde_json::Value = r.json().await.unwrap();
     assert_eq!(body["error"], "incompatible_source");
@@ -115,7 +170,10 @@ async fn video_only_sources_give_video_only_output() {
     ts.stop().await;
 }
 
-async fn error_of(ts: &TestServer, path: &str) -> (u16, serde_json::Value, reqwest::header::HeaderMap) {
+async fn error_of(
+    ts: &TestServer,
+    path: &str,
+) -> (u16, serde_json::Value, reqwest::header::HeaderMap) {
     let r = client().get(ts.url(path)).send().await.unwrap();
     let status = r.status().as_u16();
     let headers = r.headers().clone();
@@ -128,18 +186,46 @@ async fn bad_requests_get_the_spec_errors() {
     let ts = start().await;
     let cases = [
         ("/streams/preview/no-such-stream", 404, "stream_not_found"),
-        ("/streams/preview/demo-smpte?quality=ultra", 400, "bad_request"),
-        ("/streams/preview/demo-smpte?quality=Bad!", 400, "bad_request"),
+        (
+            "/streams/preview/demo-smpte?quality=ultra",
+            400,
+            "bad_request",
+        ),
+        (
+            "/streams/preview/demo-smpte?quality=Bad!",
+            400,
+            "bad_request",
+        ),
         ("/streams/preview/demo-smpte?format=avi", 400, "bad_request"),
-        ("/streams/preview/demo-smpte?transcode=maybe", 400, "bad_request"),
+        (
+            "/streams/preview/demo-smpte?transcode=maybe",
+            400,
+            "bad_request",
+        ),
         ("/streams/preview/demo-smpte?timeout=50", 400, "bad_request"),
-        ("/streams/preview/demo-smpte?timeout=999999", 400, "bad_request"),
-        ("/streams/preview/demo-smpte?timeout=abc", 400, "bad_request"),
-        ("/streams/preview/demo-smpte?transcode=false", 422, "incompatible_source"),
+        (
+            "/streams/preview/demo-smpte?timeout=999999",
+            400,
+            "bad_request",
+        ),
+        (
+            "/streams/preview/demo-smpte?timeout=abc",
+            400,
+            "bad_request",
+        ),
+        (
+            "/streams/preview/demo-smpte?transcode=false",
+            422,
+            "incompatible_source",
+        ),
     ];
     for (path, status, code) in cases {
         let (s, body, _) = error_of(&ts, path).await;
-        assert_eq!((s, body["error"].as_str().unwrap()), (status, code), "{path}: {body}");
+        assert_eq!(
+            (s, body["error"].as_str().unwrap()),
+            (status, code),
+            "{path}: {body}"
+        );
         assert!(!body["message"].as_str().unwrap().is_empty());
     }
     let r = client()
@@ -150,7 +236,10 @@ async fn bad_requests_get_the_spec_errors() {
         .unwrap();
     assert_eq!(r.status(), 200);
     let (s, body, _) = error_of(&ts, "/streams/preview/demo-ball").await;
-    assert_eq!((s, body["error"].as_str().unwrap()), (409, "stream_disabled"));
+    assert_eq!(
+        (s, body["error"].as_str().unwrap()),
+        (409, "stream_disabled")
+    );
     ts.stop().await;
 }
 
@@ -161,12 +250,32 @@ async fn unreachable_and_silent_sources_fail_promptly() {
     let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let closed_port = closed.local_addr().unwrap().port();
     drop(closed);
-    add_stream(&ts, "refused", &format!("http://127.0.0.1:{closed_port}/live.ts")).await;
+    add_stream(
+        &ts,
+        "refused",
+        &format!("http://127.0.0.1:{closed_port}/live.ts"),
+    )
+    .await;
     let t0 = std::time::Instant::now();
     let (s, body, _) = error_of(&ts, "/streams/preview/refused?timeout=15000").await;
-    assert_eq!((s, body["error"].as_str().unwrap()), (502, "source_failed"), "{body}");
-    assert!(t0.elapsed() < Duration::from_secs(10), "502 took {:?}", t0.elapsed());
-    assert!(body["message"].as_str().unwrap().to_lowercase().contains("refused"), "{body}");
+    assert_eq!(
+        (s, body["error"].as_str().unwrap()),
+        (502, "source_failed"),
+        "{body}"
+    );
+    assert!(
+        t0.elapsed() < Duration::from_secs(10),
+        "502 took {:?}",
+        t0.elapsed()
+    );
+    assert!(
+        body["message"]
+            .as_str()
+            .unwrap()
+            .to_lowercase()
+            .contains("refused"),
+        "{body}"
+    );
 
     // A server that accepts and never answers: 504 after the asked timeout.
     let silent = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -177,15 +286,81 @@ async fn unreachable_and_silent_sources_fail_promptly() {
             held.push(sock);
         }
     });
-    add_stream(&ts, "silent", &format!("http://127.0.0.1:{silent_port}/live.ts")).await;
+    add_stream(
+        &ts,
+        "silent",
+        &format!("http://127.0.0.1:{silent_port}/live.ts"),
+    )
+    .await;
     let t0 = std::time::Instant::now();
     let (s, body, _) = error_of(&ts, "/streams/preview/silent?timeout=1500").await;
-    assert_eq!((s, body["error"].as_str().unwrap()), (504, "start_timeout"), "{body}");
+    assert_eq!(
+        (s, body["error"].as_str().unwrap()),
+        (504, "start_timeout"),
+        "{body}"
+    );
     assert!(t0.elapsed() >= Duration::from_millis(1400));
-    assert!(t0.elapsed() < Duration::from_secs(8), "504 took {:?}", t0.elapsed());
+    assert!(
+        t0.elapsed() < Duration::from_secs(8),
+        "504 took {:?}",
+        t0.elapsed()
+    );
     holder.abort();
     // Nothing is left running after either failure.
     let state = ts.state().clone();
-    assert!(eventually(Duration::from_secs(5), || state.registry.is_empty() && state.pool.snapshot().transcodes == 0 && state.pool.snapshot().remuxes == 0).await);
+    assert!(
+        eventually(Duration::from_secs(5), || state.registry.is_empty()
+            && state.pool.snapshot().transcodes == 0
+            && state.pool.snapshot().remuxes == 0)
+        .await
+    );
     ts.stop().await;
+}
+
+/// The part of a stream cut mid-flight that holds only whole units: MP4 up
+/// to the last complete top-level box, MPEG-TS up to the last packet that
+/// starts a PES (the PES in flight at hang-up is incomplete).
+fn complete_prefix(bytes: &[u8]) -> &[u8] {
+    if bytes.first() == Some(&0x47) {
+        let whole = bytes.len() / 188 * 188;
+        let last_start = (0..whole)
+            .step_by(188)
+            .rfind(|&i| bytes[i + 1] & 0x40 != 0)
+            .unwrap_or(whole);
+        return &bytes[..last_start];
+    }
+    let mut end = 0;
+    while end + 8 <= bytes.len() {
+        let size = u32::from_be_bytes(bytes[end..end + 4].try_into().unwrap()) as usize;
+        if size < 8 || end + size > bytes.len() {
+            break;
+        }
+        end += size;
+    }
+    &bytes[..end]
+}
+
+/// Video frames ffprobe decodes (MPEG-TS lists streams under programs too).
+fn frames_decoded(path: &std::path::Path) -> (u64, String) {
+    let out = std::process::Command::new("ffprobe")
+        .args([
+            "-v",
+            "error",
+            "-count_frames",
+            "-select_streams",
+            "v:0",
+            "-show_entries",
+            "stream=nb_read_frames",
+            "-of",
+            "csv=p=0",
+        ])
+        .arg(path)
+        .output()
+        .expect("ffprobe runs");
+    let frames = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| l.trim().trim_end_matches(',').parse::<u64>().ok())
+        .max()
+        .unwrap_or(0);
+    (frames, String::from_utf8_lossy(&out.stderr).to_string())
 }

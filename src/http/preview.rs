@@ -70,9 +70,11 @@ pub fn parse_request(
             Ok(ms) if (MIN_REQUEST_TIMEOUT_MS..=MAX_REQUEST_TIMEOUT_MS).contains(&ms) => {
                 Duration::from_millis(ms)
             }
-            _ => return Err(ApiError::bad_request(format!(
+            _ => {
+                return Err(ApiError::bad_request(format!(
                 "timeout must be {MIN_REQUEST_TIMEOUT_MS}-{MAX_REQUEST_TIMEOUT_MS} ms, not '{v}'"
-            ))),
+            )))
+            }
         },
     };
     if !crate::catalog::valid_id(&id) {

@@ -13,7 +13,10 @@ const CHECK_TIMEOUT: Duration = Duration::from_secs(3);
 pub async fn explain(uri: &str) -> Option<String> {
     let url = url::Url::parse(uri).ok()?;
     let scheme = url.scheme();
-    let tcp = matches!(scheme, "http" | "https" | "rtsp" | "rtsps" | "rtmp" | "rtmps");
+    let tcp = matches!(
+        scheme,
+        "http" | "https" | "rtsp" | "rtsps" | "rtmp" | "rtmps"
+    );
     if !tcp {
         return None;
     }
@@ -26,11 +29,17 @@ pub async fn explain(uri: &str) -> Option<String> {
         _ => None,
     })?;
     let target = format!("{host}:{port}");
-    let mut sock = match tokio::time::timeout(CHECK_TIMEOUT, tokio::net::TcpStream::connect(&target)).await {
-        Err(_) => return Some(format!("connecting to {target} timed out")),
-        Ok(Err(e)) => return Some(format!("cannot connect to {target}: {}", plain_io_error(&e))),
-        Ok(Ok(s)) => s,
-    };
+    let mut sock =
+        match tokio::time::timeout(CHECK_TIMEOUT, tokio::net::TcpStream::connect(&target)).await {
+            Err(_) => return Some(format!("connecting to {target} timed out")),
+            Ok(Err(e)) => {
+                return Some(format!(
+                    "cannot connect to {target}: {}",
+                    plain_io_error(&e)
+                ))
+            }
+            Ok(Ok(s)) => s,
+        };
     if scheme != "http" {
         return None;
     }
@@ -38,7 +47,9 @@ pub async fn explain(uri: &str) -> Option<String> {
         Some(q) => format!("{}?{}", url.path(), q),
         None => url.path().to_string(),
     };
-    let request = format!("GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\nUser-Agent: sluice\r\n\r\n");
+    let request = format!(
+        "GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\nUser-Agent: sluice\r\n\r\n"
+    );
     let status = async {
         sock.write_all(request.as_bytes()).await.ok()?;
         let mut buf = vec![0u8; 256];
@@ -52,10 +63,16 @@ pub async fn explain(uri: &str) -> Option<String> {
             let _version = parts.next();
             let code: u16 = parts.next()?.parse().ok()?;
             let text = parts.next().unwrap_or("").trim();
-            (code >= 400).then(|| format!("{target} answered HTTP {code} {text}").trim_end().to_string())
+            (code >= 400).then(|| {
+                format!("{target} answered HTTP {code} {text}")
+                    .trim_end()
+                    .to_string()
+            })
         }
         Ok(None) => Some(format!("{target} closed the connection without answering")),
-        Err(_) => Some(format!("{target} accepted the connection but did not answer")),
+        Err(_) => Some(format!(
+            "{target} accepted the connection but did not answer"
+        )),
     }
 }
 

@@ -520,7 +520,7 @@ impl Opened {
             asrc.set_property("volume", 0.3f64);
             asrc.set_property("samplesperbuffer", 1024i32);
             self.pipeline.add(&asrc)?;
-            let head = audio_transcode_chain(&self.pipeline, profile, self.format, mux, live, Some(&self.shared))?;
+            let head = audio_transcode_chain(&self.pipeline, profile, self.format, mux, live)?;
             asrc.link(&head)?;
         }
         Ok(())
@@ -537,9 +537,6 @@ impl Opened {
         let mut have_video = false;
         let mut have_audio = false;
         let mut result = Ok(());
-        let has_video = pending
-            .iter()
-            .any(|p| p.caps.as_ref().is_some_and(|c| is_video(c)));
         for p in pending.iter() {
             let caps = p.caps.clone().or_else(|| p.pad.current_caps());
             let kind = caps
@@ -549,11 +546,11 @@ impl Opened {
             let linked = match kind {
                 (true, _) if !have_video => {
                     have_video = true;
-                    self.link_branch(&p.pad, true, mode, profile, mux, live, false)
+                    self.link_branch(&p.pad, true, mode, profile, mux, live)
                 }
                 (_, true) if !have_audio => {
                     have_audio = true;
-                    self.link_branch(&p.pad, false, mode, profile, mux, live, has_video)
+                    self.link_branch(&p.pad, false, mode, profile, mux, live)
                 }
                 _ => self.discard(&p.pad),
             };
@@ -581,7 +578,6 @@ impl Opened {
         Ok(())
     }
 
-    #[allow(clippy::too_many_arguments)]
     fn link_branch(
         &self,
         pad: &gst::Pad,
@@ -590,10 +586,8 @@ impl Opened {
         profile: &Profile,
         mux: &gst::Element,
         live: bool,
-        gate_on_video: bool,
     ) -> Result<(), MediaError> {
         let p = &self.pipeline;
-        let gate = gate_on_video.then_some(&self.shared);
         let head: gst::Element = match (mode, video) {
             (Mode::Remux, true) => {
                 let parse = make("h264parse")?;
@@ -616,9 +610,6 @@ impl Opened {
                 let out = capsfilter(aac_output_caps(self.format))?;
                 p.add_many([&parse, &out])?;
                 gst::Element::link_many([&parse, &out])?;
-                if let Some(shared) = gate {
-                    add_audio_gate(&out.static_pad("src").expect("src pad"), shared);
-                }
                 out.link(mux)?;
                 for e in [&out, &parse] {
                     e.sync_state_with_parent()?;
@@ -631,7 +622,7 @@ impl Opened {
                 let chain_head = if video {
                     video_transcode_chain(p, profile, self.format, mux, live, &self.shared)?
                 } else {
-                    audio_transcode_chain(p, profile, self.format, mux, live, gate)?
+                    audio_transcode_chain(p, profile, self.format, mux, live)?
                 };
                 let weak_head = chain_head.downgrade();
                 dec.connect_pad_added(move |dec, pad| {
@@ -702,33 +693,6 @@ fn add_keyframe_gate(pad: &gst::Pad) {
             }
             Some(_) => gst::PadProbeReturn::Drop,
             None => gst::PadProbeReturn::Ok,
-        }
-    });
-}
-
-/// Holds audio back until video has started and drops audio stamped before
-/// the first video frame, so output starts with a video keyframe (MPEG-TS:
-/// PAT/PMT first; fMP4: aligned tracks).
-fn add_audio_gate(pad: &gst::Pad, shared: &Arc<Shared>) {
-    let sh = Arc::downgrade(shared);
-    let open = AtomicBool::new(false);
-    pad.add_probe(gst::PadProbeType::BUFFER, move |_, info| {
-        if open.load(Ordering::Relaxed) {
-            return gst::PadProbeReturn::Ok;
-        }
-        let Some(sh) = sh.upgrade() else {
-            return gst::PadProbeReturn::Ok;
-        };
-        let first_video = sh.first_pts.load(Ordering::Relaxed);
-        if first_video == u64::MAX {
-            return gst::PadProbeReturn::Drop;
-        }
-        match info.buffer().and_then(|b| b.pts()) {
-            Some(pts) if pts.nseconds() < first_video => gst::PadProbeReturn::Drop,
-            _ => {
-                open.store(true, Ordering::Relaxed);
-                gst::PadProbeReturn::Ok
-            }
         }
     });
 }
@@ -859,7 +823,6 @@ fn audio_transcode_chain(
     format: Format,
     mux: &gst::Element,
     live: bool,
-    video_gate: Option<&Arc<Shared>>,
 ) -> Result<gst::Element, MediaError> {
     let convert = make("audioconvert")?;
     let resample = make("audioresample")?;
@@ -877,9 +840,6 @@ fn audio_transcode_chain(
     let chain = [&convert, &resample, &caps, &q, &enc, &parse, &out];
     p.add_many(chain)?;
     gst::Element::link_many(chain)?;
-    if let Some(shared) = video_gate {
-        add_audio_gate(&out.static_pad("src").expect("src pad"), shared);
-    }
     out.link(mux)?;
     for e in chain {
         e.sync_state_with_parent()?;

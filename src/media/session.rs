@@ -31,8 +31,16 @@ const MAX_CHUNK: usize = 256 * 1024;
 /// After the last new source pad, how long to wait for more before deciding.
 const PAD_SETTLE: Duration = Duration::from_millis(400);
 
-/// Called once, after the pipeline reached NULL, with the end reason.
-pub type TeardownHook = Box<dyn FnOnce(EndReason) + Send>;
+/// How a session ended, handed to teardown hooks.
+#[derive(Debug, Clone, Copy)]
+pub struct Ended {
+    pub reason: EndReason,
+    pub bytes_sent: u64,
+    pub duration: Duration,
+}
+
+/// Called once, after the pipeline reached NULL.
+pub type TeardownHook = Box<dyn FnOnce(Ended) + Send>;
 
 /// Live pipelines, for leak checks and `/metrics`.
 static LIVE_PIPELINES: AtomicU64 = AtomicU64::new(0);
@@ -113,6 +121,7 @@ pub struct MediaSession {
     torn_down: AtomicBool,
     pub bytes_sent: AtomicU64,
     pub started_at: Instant,
+    format: Format,
 }
 
 impl MediaSession {
@@ -148,6 +157,7 @@ impl MediaSession {
             torn_down: AtomicBool::new(false),
             bytes_sent: AtomicU64::new(0),
             started_at: Instant::now(),
+            format,
         });
         session.watch_bus();
         Ok(session)
@@ -158,7 +168,7 @@ impl MediaSession {
         let mut hooks = self.hooks.lock();
         if self.torn_down.load(Ordering::Acquire) {
             drop(hooks);
-            hook(self.reason().unwrap_or(EndReason::SourceError));
+            hook(self.ended_info());
         } else {
             hooks.push(hook);
         }
@@ -284,6 +294,15 @@ impl MediaSession {
                 return Err(MediaError::Ended(r));
             }
             if let Some(bytes) = self.pull_available() {
+                // MPEG-TS clients expect PAT/PMT first; mpegtsmux writes its
+                // tables with the first video keyframe, after any early audio.
+                let bytes = match self.format {
+                    Format::Ts => match from_first_pat(&bytes) {
+                        Some(b) => b,
+                        None => continue,
+                    },
+                    Format::Mp4 => bytes,
+                };
                 self.started.store(true, Ordering::Release);
                 return Ok(bytes);
             }
@@ -417,7 +436,8 @@ impl MediaSession {
         let opened = self.opened.lock().take();
         let appsink = self.appsink.lock().take();
         let hooks: Vec<TeardownHook> = std::mem::take(&mut *self.hooks.lock());
-        let reason = self.reason().unwrap_or(EndReason::SourceError);
+        let info = self.ended_info();
+        let reason = info.reason;
         let shared = self.shared.clone();
         let job = move || {
             let t0 = Instant::now();
@@ -434,7 +454,7 @@ impl MediaSession {
                 "pipeline torn down"
             );
             for hook in hooks {
-                hook(reason);
+                hook(info);
             }
             shared.waker.wake();
             shared.notify.notify_waiters();
@@ -449,6 +469,14 @@ impl MediaSession {
             Err(_) => {
                 std::thread::spawn(job);
             }
+        }
+    }
+
+    fn ended_info(&self) -> Ended {
+        Ended {
+            reason: self.reason().unwrap_or(EndReason::SourceError),
+            bytes_sent: self.bytes_sent.load(Ordering::Relaxed),
+            duration: self.started_at.elapsed(),
         }
     }
 
@@ -467,6 +495,17 @@ impl Drop for MediaSession {
         // Last line of defence: never drop a pipeline that is not NULL.
         self.end(EndReason::SourceError);
     }
+}
+
+/// The TS data from the first PAT packet on (None if there is none yet).
+fn from_first_pat(data: &Bytes) -> Option<Bytes> {
+    const PACKET: usize = 188;
+    (0..data.len())
+        .step_by(PACKET)
+        .find(|&i| {
+            i + 3 <= data.len() && data[i] == 0x47 && data[i + 1] & 0x1f == 0 && data[i + 2] == 0
+        })
+        .map(|i| data.slice(i..))
 }
 
 fn describe_error(err: &gst::glib::Error, debug: Option<&str>) -> String {
