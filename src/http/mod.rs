@@ -14,6 +14,7 @@ pub mod preview;
 pub mod ratelimit;
 pub mod status;
 pub mod validate;
+pub mod web;
 
 use std::collections::HashMap;
 use std::convert::Infallible;
@@ -183,6 +184,8 @@ pub fn routes(
         .or(validate::routes(state.clone()))
         .unify()
         .or(health::routes(state.clone()))
+        .unify()
+        .or(web::routes(state.clone()))
         .unify()
         .or(metrics::routes(state.clone()))
         .unify();

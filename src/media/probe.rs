@@ -179,16 +179,15 @@ pub async fn probe(
     });
     let found = match tokio::time::timeout_at(hard_deadline, task).await {
         Ok(Ok(found)) => found,
-        Ok(Err(e)) => Err(format!("the probe failed inside the server: {e}")),
+        Ok(Err(e)) => Err(Failure::Other(format!(
+            "the probe failed inside the server: {e}"
+        ))),
         Err(_) => {
             tracing::warn!(
                 protocol = %protocol,
                 "probe did not finish within its deadline; answered without it"
             );
-            Err(format!(
-                "no answer from the source within {} ms",
-                timeout.as_millis()
-            ))
+            Err(Failure::Timeout)
         }
     };
     match found {
@@ -208,8 +207,45 @@ pub async fn probe(
                 error: (!valid).then(|| "the source has no audio or video stream".to_string()),
             }
         }
-        Err(e) => failed(protocol, redact_text(&e)),
+        Err(Failure::Timeout) => failed(
+            protocol,
+            format!(
+                "no answer from the source within {} ms",
+                timeout.as_millis()
+            ),
+        ),
+        Err(Failure::NotMedia(msg)) => failed(
+            protocol,
+            redact_text(&format!(
+                "the source does not carry a known audio or video format ({msg})"
+            )),
+        ),
+        Err(Failure::Other(msg)) => {
+            // GStreamer often says only "Internal data stream error": a
+            // direct check of the server, within the deadline, says why.
+            let left = hard_deadline.saturating_duration_since(tokio::time::Instant::now());
+            let reason = match source {
+                SourceUri::Uri { uri, .. } => {
+                    tokio::time::timeout(left, super::diagnose::explain(uri))
+                        .await
+                        .ok()
+                        .flatten()
+                }
+                SourceUri::Test(_) => None,
+            };
+            failed(protocol, redact_text(&reason.unwrap_or(msg)))
+        }
     }
+}
+
+/// Why a discovery found nothing.
+enum Failure {
+    /// The source did not answer within the deadline.
+    Timeout,
+    /// Data arrived but is not a known media format.
+    NotMedia(String),
+    /// Anything else, as GStreamer worded it.
+    Other(String),
 }
 
 /// What the Discoverer found, copied out of GStreamer types.
@@ -225,10 +261,10 @@ fn discover(
     uri: &str,
     headers: BTreeMap<String, String>,
     timeout: Duration,
-) -> Result<Discovered, String> {
+) -> Result<Discovered, Failure> {
     let ns = u64::try_from(timeout.as_nanos()).unwrap_or(u64::MAX);
     let discoverer = Discoverer::new(gst::ClockTime::from_nseconds(ns))
-        .map_err(|e| format!("cannot start a probe: {}", e.message()))?;
+        .map_err(|e| Failure::Other(format!("cannot start a probe: {}", e.message())))?;
     if !headers.is_empty() {
         // Owns only the header map: no reference back to the discoverer.
         discoverer.connect_source_setup(move |_, src| apply_headers(src, &headers));
@@ -238,8 +274,11 @@ fn discover(
     discoverer.stop();
     drop(discoverer);
     let outcome = match result {
-        Ok(info) => read_info(&info, timeout),
-        Err(e) => Err(e.message().to_string()),
+        Ok(info) => read_info(&info),
+        Err(e) if e.matches(gst::StreamError::TypeNotFound) => {
+            Err(Failure::NotMedia(e.message().to_string()))
+        }
+        Err(e) => Err(Failure::Other(e.message().to_string())),
     };
     if weak.upgrade().is_some() {
         LEAKED.fetch_add(1, Ordering::SeqCst);
@@ -264,33 +303,29 @@ fn apply_headers(src: &gst::Element, headers: &BTreeMap<String, String>) {
     src.set_property("extra-headers", &extra);
 }
 
-fn read_info(info: &DiscovererInfo, timeout: Duration) -> Result<Discovered, String> {
+fn read_info(info: &DiscovererInfo) -> Result<Discovered, Failure> {
+    let other = |m: &str| Err(Failure::Other(m.to_string()));
     match info.result() {
         DiscovererResult::Ok => {}
-        DiscovererResult::Timeout => {
-            return Err(format!(
-                "no answer from the source within {} ms",
-                timeout.as_millis()
-            ))
-        }
+        DiscovererResult::Timeout => return Err(Failure::Timeout),
         DiscovererResult::MissingPlugins => {
             let missing: Vec<String> = info
                 .missing_elements_installer_details()
                 .iter()
                 .filter_map(|d| d.split('|').nth(3).map(str::to_string))
                 .collect();
-            return Err(format!(
+            return Err(Failure::Other(format!(
                 "GStreamer lacks a plugin for this source ({})",
                 if missing.is_empty() {
                     "unknown format".to_string()
                 } else {
                     missing.join(", ")
                 }
-            ));
+            )));
         }
-        DiscovererResult::UriInvalid => return Err("the URL cannot be opened".into()),
-        DiscovererResult::Busy => return Err("the prober is busy".into()),
-        _ => return Err("the source could not be read".into()),
+        DiscovererResult::UriInvalid => return other("the URL cannot be opened"),
+        DiscovererResult::Busy => return other("the prober is busy"),
+        _ => return other("the source could not be read"),
     }
     let container = info
         .stream_info()

@@ -1,0 +1,116 @@
+//! The web page (SPEC §6 "Web"): `GET /` plus its two assets
+//! (`/assets/app.js`, `/assets/app.css`), embedded in the binary so there is
+//! no build step, no CDN and nothing to install next to the server; and
+//! `GET /api/profiles`, the quality profiles the page offers in its picker.
+//! The page itself only talks to the public JSON/SSE/preview routes; this
+//! module owns no state and never touches the catalog or the media engine.
+
+use std::sync::Arc;
+
+use http::{HeaderValue, StatusCode};
+use serde::Serialize;
+use warp::{Filter, Rejection};
+
+use super::json;
+use crate::AppState;
+
+const INDEX_HTML: &str = include_str!("../../assets/index.html");
+const APP_JS: &str = include_str!("../../assets/app.js");
+const APP_CSS: &str = include_str!("../../assets/app.css");
+
+/// Scripts and styles only from this server; media from this server or the
+/// page's own MediaSource blobs; logos from anywhere (catalogs point at
+/// provider CDNs), but never scripts, frames or plugins from elsewhere.
+const CONTENT_SECURITY_POLICY: &str = "default-src 'self'; script-src 'self'; \
+     style-src 'self'; img-src * data:; media-src 'self' blob:; connect-src 'self'; \
+     object-src 'none'; base-uri 'none'; form-action 'self'; frame-ancestors 'none'";
+
+/// One profile as the quality picker shows it.
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+struct ProfileView<'a> {
+    name: &'a str,
+    width: u32,
+    height: u32,
+    /// kbit/s
+    video_bitrate: u32,
+    /// kbit/s
+    audio_bitrate: u32,
+}
+
+#[derive(Debug, Serialize)]
+struct ProfilesDoc<'a> {
+    profiles: Vec<ProfileView<'a>>,
+    default: &'a str,
+}
+
+/// An embedded text asset with its type; revalidated on every load so a
+/// new binary's page is never mixed with an old cached script.
+fn asset(body: &'static str, content_type: &'static str) -> warp::reply::Response {
+    let mut res = warp::reply::Response::new(body.into());
+    let h = res.headers_mut();
+    h.insert(
+        http::header::CONTENT_TYPE,
+        HeaderValue::from_static(content_type),
+    );
+    h.insert(
+        http::header::CACHE_CONTROL,
+        HeaderValue::from_static("no-cache"),
+    );
+    h.insert(
+        "x-content-type-options",
+        HeaderValue::from_static("nosniff"),
+    );
+    res
+}
+
+fn page() -> warp::reply::Response {
+    let mut res = asset(INDEX_HTML, "text/html; charset=utf-8");
+    let h = res.headers_mut();
+    h.insert(
+        http::header::CONTENT_SECURITY_POLICY,
+        HeaderValue::from_static(CONTENT_SECURITY_POLICY),
+    );
+    h.insert(
+        http::header::REFERRER_POLICY,
+        HeaderValue::from_static("no-referrer"),
+    );
+    h.insert(
+        http::header::X_FRAME_OPTIONS,
+        HeaderValue::from_static("DENY"),
+    );
+    res
+}
+
+pub fn routes(
+    state: Arc<AppState>,
+) -> impl Filter<Extract = (warp::reply::Response,), Error = Rejection> + Clone {
+    let index = warp::path::end().and(warp::get()).map(page);
+    let js = warp::path!("assets" / "app.js")
+        .and(warp::get())
+        .map(|| asset(APP_JS, "text/javascript; charset=utf-8"));
+    let css = warp::path!("assets" / "app.css")
+        .and(warp::get())
+        .map(|| asset(APP_CSS, "text/css; charset=utf-8"));
+    let profiles = warp::path!("api" / "profiles")
+        .and(warp::get())
+        .map(move || {
+            let doc = ProfilesDoc {
+                profiles: state
+                    .profiles
+                    .all()
+                    .iter()
+                    .map(|p| ProfileView {
+                        name: &p.name,
+                        width: p.width,
+                        height: p.height,
+                        video_bitrate: p.video_bitrate,
+                        audio_bitrate: p.audio_bitrate,
+                    })
+                    .collect(),
+                default: &state.settings.default_quality,
+            };
+            json(&doc, StatusCode::OK)
+        });
+    index.or(js).unify().or(css).unify().or(profiles).unify()
+}
