@@ -57,7 +57,11 @@ pub async fn start_with(tweak: impl FnOnce(&mut Settings)) -> TestServer {
     tweak(&mut s);
     let server = Server::start(s).await.expect("server starts");
     let base = format!("http://{}", server.addr);
-    TestServer { server: Some(server), base, dir }
+    TestServer {
+        server: Some(server),
+        base,
+        dir,
+    }
 }
 
 pub async fn start() -> TestServer {
@@ -106,48 +110,94 @@ pub async fn add_stream(ts: &TestServer, id: &str, url: &str) {
         .send()
         .await
         .unwrap();
-    assert_eq!(r.status(), 201, "creating {id}: {}", r.text().await.unwrap_or_default());
+    assert_eq!(
+        r.status(),
+        201,
+        "creating {id}: {}",
+        r.text().await.unwrap_or_default()
+    );
 }
 
 /// ffprobe's view of a file: streams and format, as JSON.
 pub fn ffprobe(path: &Path) -> serde_json::Value {
     let out = Command::new("ffprobe")
-        .args(["-v", "error", "-print_format", "json", "-show_streams", "-show_format"])
+        .args([
+            "-v",
+            "error",
+            "-print_format",
+            "json",
+            "-show_streams",
+            "-show_format",
+        ])
         .arg(path)
         .output()
         .expect("ffprobe runs (apt install ffmpeg)");
-    assert!(out.status.success(), "ffprobe failed on {}: {}", path.display(), String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "ffprobe failed on {}: {}",
+        path.display(),
+        String::from_utf8_lossy(&out.stderr)
+    );
     serde_json::from_slice(&out.stdout).unwrap()
 }
 
 /// Decodes every frame with ffmpeg; returns (video frames decoded, error text).
 pub fn decode_all(path: &Path) -> (u64, String) {
     let out = Command::new("ffprobe")
-        .args(["-v", "error", "-count_frames", "-select_streams", "v:0", "-show_entries", "stream=nb_read_frames", "-of", "csv=p=0"])
+        .args([
+            "-v",
+            "error",
+            "-count_frames",
+            "-select_streams",
+            "v:0",
+            "-show_entries",
+            "stream=nb_read_frames",
+            "-of",
+            "csv=p=0",
+        ])
         .arg(path)
         .output()
         .expect("ffprobe runs");
-    let frames = String::from_utf8_lossy(&out.stdout).trim().trim_end_matches(',').parse().unwrap_or(0);
+    let frames = String::from_utf8_lossy(&out.stdout)
+        .trim()
+        .trim_end_matches(',')
+        .parse()
+        .unwrap_or(0);
     (frames, String::from_utf8_lossy(&out.stderr).to_string())
 }
 
 pub fn stream_of<'a>(probe: &'a serde_json::Value, kind: &str) -> Option<&'a serde_json::Value> {
-    probe["streams"].as_array()?.iter().find(|s| s["codec_type"] == kind)
+    probe["streams"]
+        .as_array()?
+        .iter()
+        .find(|s| s["codec_type"] == kind)
 }
 
 /// Writes a media file with ffmpeg from lavfi test sources.
-pub fn make_media(path: &Path, seconds: u32, video_args: &[&str], audio_args: &[&str], extra: &[&str]) {
+pub fn make_media(
+    path: &Path,
+    seconds: u32,
+    video_args: &[&str],
+    audio_args: &[&str],
+    extra: &[&str],
+) {
     let mut cmd = Command::new("ffmpeg");
     cmd.args(["-y", "-v", "error", "-f", "lavfi", "-i"])
         .arg(format!("testsrc2=size=1280x720:rate=25:duration={seconds}"))
         .args(["-f", "lavfi", "-i"])
-        .arg(format!("sine=frequency=440:sample_rate=48000:duration={seconds}"))
+        .arg(format!(
+            "sine=frequency=440:sample_rate=48000:duration={seconds}"
+        ))
         .args(video_args)
         .args(audio_args)
         .args(extra)
         .arg(path);
     let out = cmd.output().expect("ffmpeg runs (apt install ffmpeg)");
-    assert!(out.status.success(), "ffmpeg failed: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "ffmpeg failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 /// Polls `cond` until it holds or `timeout` passes.
@@ -164,12 +214,16 @@ pub async fn eventually(timeout: Duration, mut cond: impl FnMut() -> bool) -> bo
 
 /// Threads of this process (for leak checks).
 pub fn thread_count() -> usize {
-    std::fs::read_dir("/proc/self/task").map(|d| d.count()).unwrap_or(0)
+    std::fs::read_dir("/proc/self/task")
+        .map(|d| d.count())
+        .unwrap_or(0)
 }
 
 /// Open file descriptors of this process (for leak checks).
 pub fn fd_count() -> usize {
-    std::fs::read_dir("/proc/self/fd").map(|d| d.count()).unwrap_or(0)
+    std::fs::read_dir("/proc/self/fd")
+        .map(|d| d.count())
+        .unwrap_or(0)
 }
 
 /// The real `sluice` binary running on 127.0.0.1 (port 0), its stderr
@@ -183,7 +237,8 @@ pub struct BinServer {
 
 impl BinServer {
     /// Starts the binary with `--data-dir data_dir`, extra `args` and `envs`;
-    /// waits (60 s at most) for its "sluice listening" line.
+    /// waits (60 s at most) for its "sluice listening" line (so `LOG_LEVEL`
+    /// must let info lines through).
     pub fn start(data_dir: &Path, args: &[&str], envs: &[(&str, &str)]) -> BinServer {
         use std::io::BufRead;
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_sluice"));
@@ -223,7 +278,12 @@ impl BinServer {
                 panic!("sluice did not start: {}", stderr.lock().unwrap());
             }
         };
-        BinServer { child, addr, base: format!("http://{addr}"), stderr }
+        BinServer {
+            child,
+            addr,
+            base: format!("http://{addr}"),
+            stderr,
+        }
     }
 
     pub fn url(&self, path: &str) -> String {
@@ -236,7 +296,8 @@ impl BinServer {
 
     /// Resident memory of the server process, in bytes.
     pub fn rss_bytes(&self) -> u64 {
-        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id())).unwrap_or_default();
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id()))
+            .unwrap_or_default();
         status
             .lines()
             .find(|l| l.starts_with("VmRSS:"))
