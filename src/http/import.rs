@@ -126,9 +126,9 @@ async fn import(
                 format!("the playlist could not be parsed: {e}"),
             )
         })?;
-    if !has_header && entries.is_empty() {
+    if !has_header && !entries.iter().any(|e| e.url.contains("://")) {
         return Err(ApiError::bad_request(
-            "the body is not an M3U playlist (no #EXTM3U header and no entries)",
+            "the body is not an M3U playlist (no #EXTM3U header and no URL lines)",
         ));
     }
     let parse_skipped = errors.len();

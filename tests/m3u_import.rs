@@ -1,0 +1,445 @@
+//! M3U import and export over HTTP (issue 6, item 3): a provider-style
+//! playlist with its quirks, re-import without duplicates, import from a URL
+//! served by a small HTTP server in the test, 10,000 entries, size limits,
+//! and `GET /playlist.m3u` checked to the byte, re-imported, and played.
+
+mod common;
+
+use std::collections::{BTreeSet, HashMap};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use common::*;
+use serde_json::{json, Value};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+/// A tiny HTTP/1.1 server on 127.0.0.1: fixed bodies by path, 404 otherwise.
+async fn serve(files: Vec<(&str, &str, Vec<u8>)>) -> SocketAddr {
+    let files: Arc<HashMap<String, (String, Vec<u8>)>> = Arc::new(
+        files
+            .into_iter()
+            .map(|(p, ct, body)| (p.to_string(), (ct.to_string(), body)))
+            .collect(),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut tcp, _)) = listener.accept().await {
+            let files = files.clone();
+            tokio::spawn(async move {
+                let mut head = Vec::new();
+                let mut buf = [0u8; 4096];
+                while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match tcp.read(&mut buf).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => head.extend_from_slice(&buf[..n]),
+                    }
+                }
+                let text = String::from_utf8_lossy(&head);
+                let path = text.split_whitespace().nth(1).unwrap_or("/").to_string();
+                let (status, ct, body) = match files.get(&path) {
+                    Some((ct, body)) => ("200 OK", ct.as_str(), body.as_slice()),
+                    None => ("404 Not Found", "text/plain", &b"not found"[..]),
+                };
+                let head = format!(
+                    "HTTP/1.1 {status}\r\nContent-Type: {ct}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+                    body.len()
+                );
+                let _ = tcp.write_all(head.as_bytes()).await;
+                let _ = tcp.write_all(body).await;
+                let _ = tcp.shutdown().await;
+            });
+        }
+    });
+    addr
+}
+
+/// What providers send: BOM, CRLF, attributes in any order, commas in
+/// quoted values and names, #EXTVLCOPT headers, an entry without
+/// attributes, one without #EXTINF, a bad scheme, a dangling #EXTINF.
+const PROVIDER: &str = "\u{feff}#EXTM3U x-tvg-url=\"http://epg.example/guide.xml\"\r\n\
+#EXTINF:-1 tvg-id=\"news.uk\" tvg-name=\"News, UK\" tvg-logo=\"http://logo.example/news.png\" group-title=\"News, Current\",News, Weather & Sport\r\n\
+#EXTVLCOPT:http-user-agent=Mozilla/5.0 (SmartTV)\r\n\
+#EXTVLCOPT:http-referrer=http://portal.example/\r\n\
+http://provider.example/live/user/pass/101.ts\r\n\
+#EXTINF:-1 group-title=\"Movies\" tvg-name=\"Film Four\" tvg-id=\"film4.uk\",\r\n\
+http://provider.example/live/user/pass/102.ts\r\n\
+#EXTINF:0,Plain Radio\r\n\
+http://radio.example/stream\r\n\
+#EXTINF:-1 tvg-id=\"bad.one\",Bad Scheme\r\n\
+ftp://provider.example/103.ts\r\n\
+rtsp://camera.example:554/front\r\n\
+#EXTINF:-1,Dangling\r\n";
+
+async fn import(
+    ts: &TestServer,
+    content_type: Option<&str>,
+    body: impl Into<reqwest::Body>,
+) -> (u16, Value) {
+    let mut req = client().post(ts.url("/api/streams/import")).body(body);
+    if let Some(ct) = content_type {
+        req = req.header("content-type", ct);
+    }
+    let r = req.send().await.unwrap();
+    let status = r.status().as_u16();
+    let text = r.text().await.unwrap();
+    (
+        status,
+        serde_json::from_str(&text).unwrap_or_else(|_| panic!("not JSON: {text}")),
+    )
+}
+
+async fn streams(ts: &TestServer) -> Vec<Value> {
+    let r = client().get(ts.url("/api/streams")).send().await.unwrap();
+    r.json::<Vec<Value>>().await.unwrap()
+}
+
+async fn stream(ts: &TestServer, id: &str) -> Value {
+    let r = client()
+        .get(ts.url(&format!("/api/streams/{id}")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200, "{id}");
+    r.json().await.unwrap()
+}
+
+async fn clear_demo(ts: &TestServer) {
+    for s in streams(ts).await {
+        let id = s["id"].as_str().unwrap();
+        let r = client()
+            .delete(ts.url(&format!("/api/streams/{id}")))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 204);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_provider_playlist_imports_with_its_quirks_and_reimports_without_duplicates() {
+    let ts = start().await;
+    let before = streams(&ts).await.len();
+    let (status, r) = import(&ts, Some("audio/x-mpegurl"), PROVIDER).await;
+    assert_eq!(status, 200, "{r}");
+    assert_eq!(
+        (
+            r["imported"].as_u64(),
+            r["updated"].as_u64(),
+            r["skipped"].as_u64()
+        ),
+        (Some(4), Some(0), Some(2)),
+        "{r}"
+    );
+    let errors = r["errors"].as_array().unwrap();
+    assert_eq!(errors[0]["line"], 11, "{r}");
+    assert!(
+        errors[0]["message"].as_str().unwrap().contains("ftp"),
+        "{r}"
+    );
+    assert_eq!(errors[1]["line"], 13, "{r}");
+    assert_eq!(streams(&ts).await.len(), before + 4);
+
+    let news = stream(&ts, "news-uk").await;
+    assert_eq!(news["name"], "News, Weather & Sport");
+    assert_eq!(news["tvgId"], "news.uk");
+    assert_eq!(news["group"], "News, Current");
+    assert_eq!(news["logo"], "http://logo.example/news.png");
+    assert_eq!(
+        news["url"], "http://provider.example/live/user/pass/101.ts",
+        "loopback admin sees the URL"
+    );
+    assert_eq!(news["headers"]["User-Agent"], "Mozilla/5.0 (SmartTV)");
+    assert_eq!(news["headers"]["Referer"], "http://portal.example/");
+    let film = stream(&ts, "film4-uk").await;
+    assert_eq!(
+        film["name"], "Film Four",
+        "tvg-name when the title is empty"
+    );
+    assert_eq!(film["group"], "Movies");
+    assert!(film.get("headers").is_none(), "{film}");
+    let radio = stream(&ts, "plain-radio").await;
+    assert_eq!(radio["url"], "http://radio.example/stream");
+    assert!(radio.get("tvgId").is_none());
+    let cam = stream(&ts, "front").await;
+    assert_eq!(cam["url"], "rtsp://camera.example:554/front");
+
+    // The same playlist again: everything matched, nothing added.
+    let (status, r) = import(&ts, Some("application/x-mpegurl"), PROVIDER).await;
+    assert_eq!(status, 200, "{r}");
+    assert_eq!(
+        (
+            r["imported"].as_u64(),
+            r["updated"].as_u64(),
+            r["skipped"].as_u64()
+        ),
+        (Some(0), Some(4), Some(2)),
+        "{r}"
+    );
+    assert_eq!(streams(&ts).await.len(), before + 4);
+    assert_eq!(
+        stream(&ts, "news-uk").await,
+        news,
+        "unchanged entries keep their timestamps"
+    );
+
+    // Rotated credentials and a renamed channel: updated in place by tvg-id.
+    let rotated = PROVIDER
+        .replace("/user/pass/", "/user/newpass/")
+        .replace(",News, Weather & Sport", ",News HD");
+    let (_, r) = import(&ts, None, rotated).await;
+    assert_eq!(
+        (r["imported"].as_u64(), r["updated"].as_u64()),
+        (Some(0), Some(4)),
+        "{r}"
+    );
+    let news2 = stream(&ts, "news-uk").await;
+    assert_eq!(news2["name"], "News HD");
+    assert_eq!(
+        news2["url"],
+        "http://provider.example/live/user/newpass/101.ts"
+    );
+    assert_eq!(news2["createdAt"], news["createdAt"]);
+    assert_ne!(news2["updatedAt"], news["updatedAt"]);
+    assert_eq!(streams(&ts).await.len(), before + 4);
+    ts.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_playlist_is_fetched_from_a_url() {
+    let ts = start().await;
+    let big = vec![b'#'; 51 * 1024 * 1024];
+    let upstream = serve(vec![
+        (
+            "/get.php?username=u&password=S3cret&type=m3u_plus",
+            "audio/x-mpegurl",
+            PROVIDER.as_bytes().to_vec(),
+        ),
+        ("/huge.m3u", "audio/x-mpegurl", big),
+    ])
+    .await;
+    let url = format!("http://{upstream}/get.php?username=u&password=S3cret&type=m3u_plus");
+    let (status, r) = import(
+        &ts,
+        Some("application/json"),
+        json!({ "url": url }).to_string(),
+    )
+    .await;
+    assert_eq!(status, 200, "{r}");
+    assert_eq!(
+        (r["imported"].as_u64(), r["skipped"].as_u64()),
+        (Some(4), Some(2)),
+        "{r}"
+    );
+    assert_eq!(stream(&ts, "news-uk").await["group"], "News, Current");
+
+    let missing = format!("http://user:S3cret@{upstream}/nope.m3u?token=S3cret");
+    let (status, r) = import(
+        &ts,
+        Some("application/json"),
+        json!({ "url": missing }).to_string(),
+    )
+    .await;
+    assert_eq!(status, 502, "{r}");
+    assert_eq!(r["error"], "source_failed");
+    assert!(r["message"].as_str().unwrap().contains("404"), "{r}");
+    assert!(!r.to_string().contains("S3cret"), "credential leaked: {r}");
+
+    let (status, r) = import(
+        &ts,
+        Some("application/json"),
+        json!({ "url": format!("http://{upstream}/huge.m3u") }).to_string(),
+    )
+    .await;
+    assert_eq!(status, 413, "{r}");
+    assert_eq!(r["error"], "payload_too_large");
+
+    let (status, r) = import(
+        &ts,
+        Some("application/json"),
+        json!({ "url": "file:///etc/passwd" }).to_string(),
+    )
+    .await;
+    assert_eq!(status, 400, "{r}");
+    ts.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ten_thousand_entries_import_in_one_write() {
+    let ts = start().await;
+    let mut text = String::from("#EXTM3U\n");
+    for i in 0..10_000 {
+        text.push_str(&format!(
+            "#EXTINF:-1 tvg-id=\"ch{i}.example\" tvg-name=\"Channel {i}\" tvg-logo=\"http://logo.example/{i}.png\" group-title=\"Group {}\",Channel {i}\n\
+             http://provider.example/live/user/pass/{i}.ts\n",
+            i % 50
+        ));
+    }
+    let t = Instant::now();
+    let (status, r) = import(&ts, Some("audio/x-mpegurl"), text.clone()).await;
+    let first = t.elapsed();
+    assert_eq!(status, 200, "{r}");
+    assert_eq!(r["imported"], 10_000, "{}", r["errors"]);
+    let t = Instant::now();
+    let (_, r) = import(&ts, Some("audio/x-mpegurl"), text.clone()).await;
+    let again = t.elapsed();
+    assert_eq!(
+        (r["imported"].as_u64(), r["updated"].as_u64()),
+        (Some(0), Some(10_000))
+    );
+    println!(
+        "10,000-entry playlist ({} KiB): first import {first:?}, re-import {again:?}",
+        text.len() / 1024
+    );
+    assert!(first < Duration::from_secs(10) && again < Duration::from_secs(10));
+    let all = streams(&ts).await;
+    assert_eq!(all.len(), 10_000 + 4);
+    let ids: BTreeSet<&str> = all.iter().map(|s| s["id"].as_str().unwrap()).collect();
+    assert_eq!(ids.len(), all.len(), "ids are unique");
+    // On disk, complete.
+    let on_disk: Vec<Value> =
+        serde_json::from_slice(&std::fs::read(ts.dir.path().join("data/streams.json")).unwrap())
+            .unwrap();
+    assert_eq!(on_disk.len(), 10_004);
+    ts.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bodies_that_are_too_large_wrong_or_unauthorised_are_refused() {
+    let ts = start().await;
+    // Announced as 60 MiB: refused before it is read.
+    let mut tcp = tokio::net::TcpStream::connect(ts.server.as_ref().unwrap().addr)
+        .await
+        .unwrap();
+    tcp.write_all(
+        b"POST /api/streams/import HTTP/1.1\r\nHost: x\r\nContent-Type: audio/x-mpegurl\r\nContent-Length: 62914560\r\n\r\n#EXTM3U\n",
+    )
+    .await
+    .unwrap();
+    let mut resp = Vec::new();
+    let read_answer = async {
+        let mut buf = [0u8; 4096];
+        while !(resp.windows(4).any(|w| w == b"\r\n\r\n") && resp.ends_with(b"}")) {
+            match tcp.read(&mut buf).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => resp.extend_from_slice(&buf[..n]),
+            }
+        }
+    };
+    let _ = tokio::time::timeout(Duration::from_secs(20), read_answer).await;
+    let resp = String::from_utf8_lossy(&resp);
+    assert!(resp.starts_with("HTTP/1.1 413"), "{resp}");
+    assert!(resp.contains("\"error\":\"payload_too_large\""), "{resp}");
+
+    let (status, r) = import(&ts, Some("image/png"), "#EXTM3U\n").await;
+    assert_eq!(
+        (status, r["error"].as_str()),
+        (415, Some("unsupported_media_type")),
+        "{r}"
+    );
+    let (status, r) = import(&ts, Some("text/plain"), "hello, this is not a playlist").await;
+    assert_eq!(status, 400, "{r}");
+    let (status, r) = import(&ts, Some("application/json"), "{\"url\": 5}").await;
+    assert_eq!(status, 400, "{r}");
+    ts.stop().await;
+
+    let keyed = start_with(|s| s.admin_api_key = Some("k3y".into())).await;
+    let (status, r) = import(&keyed, Some("audio/x-mpegurl"), PROVIDER).await;
+    assert_eq!(
+        (status, r["error"].as_str()),
+        (401, Some("unauthorized")),
+        "{r}"
+    );
+    keyed.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_export_is_exact_reimports_to_the_same_set_and_plays() {
+    let ts = start().await;
+    clear_demo(&ts).await;
+    let playlist = "#EXTM3U\n\
+        #EXTINF:-1 tvg-id=\"bars.test\" tvg-logo=\"http://logo.example/bars.png\" group-title=\"Test, Patterns\",Bars, 320p\n\
+        test://smpte?size=320x240&rate=25\n\
+        #EXTINF:-1 group-title=\"Test, Patterns\",Ball\n\
+        test://ball?size=320x240&rate=25\n\
+        #EXTINF:-1,Hidden\n\
+        test://snow?size=320x240\n";
+    let (_, r) = import(&ts, None, playlist).await;
+    assert_eq!(r["imported"], 3, "{r}");
+    let r = client()
+        .put(ts.url("/api/streams/hidden"))
+        .json(&json!({"enabled": false}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+
+    let r = client().get(ts.url("/playlist.m3u")).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.headers()["content-type"], "audio/x-mpegurl");
+    let text = r.text().await.unwrap();
+    let base = &ts.base;
+    let expected = format!(
+        "#EXTM3U\n\
+         #EXTINF:-1 tvg-id=\"bars.test\" tvg-name=\"Bars, 320p\" tvg-logo=\"http://logo.example/bars.png\" group-title=\"Test, Patterns\",Bars, 320p\n\
+         {base}/streams/preview/bars-test?format=ts\n\
+         #EXTINF:-1 tvg-name=\"Ball\" group-title=\"Test, Patterns\",Ball\n\
+         {base}/streams/preview/ball?format=ts\n"
+    );
+    assert_eq!(text, expected);
+
+    let r = client()
+        .get(ts.url("/playlist.m3u?format=mp4&quality=low"))
+        .header("host", "tv.example:8080")
+        .send()
+        .await
+        .unwrap();
+    let mp4 = r.text().await.unwrap();
+    assert!(
+        mp4.contains("\nhttp://tv.example:8080/streams/preview/ball?format=mp4&quality=low\n"),
+        "{mp4}"
+    );
+    for bad in ["/playlist.m3u?format=avi", "/playlist.m3u?quality=ultra"] {
+        let r = client().get(ts.url(bad)).send().await.unwrap();
+        assert_eq!(r.status(), 400, "{bad}");
+    }
+
+    // Re-imported elsewhere: the same channels, pointing at this server.
+    let other = start().await;
+    clear_demo(&other).await;
+    let (_, r) = import(&other, Some("audio/x-mpegurl"), text.clone()).await;
+    assert_eq!(
+        (r["imported"].as_u64(), r["skipped"].as_u64()),
+        (Some(2), Some(0)),
+        "{r}"
+    );
+    let shape = |list: Vec<Value>| -> BTreeSet<String> {
+        list.iter()
+            .map(|s| format!("{}|{}|{}|{}", s["name"], s["tvgId"], s["group"], s["logo"]))
+            .collect()
+    };
+    let mut mine = streams(&ts).await;
+    mine.retain(|s| s["enabled"] == true);
+    assert_eq!(shape(streams(&other).await), shape(mine));
+    assert_eq!(
+        stream(&other, "ball").await["url"],
+        format!("{base}/streams/preview/ball?format=ts")
+    );
+    other.stop().await;
+
+    // A URL from the playlist plays: MPEG-TS that ffprobe reads.
+    let url = text.lines().find(|l| l.contains("/ball?")).unwrap();
+    let resp = client().get(url).send().await.unwrap();
+    assert_eq!(resp.status(), 200);
+    assert_eq!(resp.headers()["content-type"], "video/mp2t");
+    let bytes = read_for(resp, Duration::from_secs(3), 4 << 20).await;
+    let file = ts.dir.path().join("from-playlist.ts");
+    std::fs::write(&file, &bytes).unwrap();
+    let probe = ffprobe(&file);
+    assert_eq!(
+        stream_of(&probe, "video").expect("video")["codec_name"],
+        "h264"
+    );
+    ts.stop().await;
+}
