@@ -126,6 +126,61 @@ async fn an_http_ts_source_is_described_in_full() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_hls_playlist_is_recognised_as_hls() {
+    let _serial = SERIAL.lock().await;
+    let ts = start().await;
+    let dir = ts.dir.path().join("hls");
+    std::fs::create_dir_all(&dir).unwrap();
+    make_media(
+        &dir.join("index.m3u8"),
+        4,
+        &[
+            "-c:v",
+            "libx264",
+            "-preset",
+            "ultrafast",
+            "-pix_fmt",
+            "yuv420p",
+            "-g",
+            "25",
+        ],
+        &["-c:a", "aac", "-ac", "2", "-ar", "48000"],
+        &["-f", "hls", "-hls_time", "1", "-hls_playlist_type", "vod"],
+    );
+    let mut files = Vec::new();
+    for entry in std::fs::read_dir(&dir).unwrap() {
+        let path = entry.unwrap().path();
+        let name = path.file_name().unwrap().to_string_lossy().to_string();
+        let ct = if name.ends_with(".m3u8") {
+            "application/vnd.apple.mpegurl"
+        } else {
+            "video/mp2t"
+        };
+        files.push((format!("/hls/{name}"), ct, std::fs::read(&path).unwrap()));
+    }
+    let upstream = serve(
+        files
+            .iter()
+            .map(|(p, ct, b)| (p.as_str(), *ct, b.clone()))
+            .collect(),
+    )
+    .await;
+    let (status, r) = validate(
+        &ts,
+        json!({"url": format!("http://{upstream}/hls/index.m3u8")}),
+    )
+    .await;
+    assert_eq!(status, 200, "{r}");
+    assert_eq!(r["valid"], true, "{r}");
+    assert_eq!(r["protocol"], "hls");
+    assert_eq!(r["container"], "hls");
+    assert_eq!(r["video"]["codec"], "h264");
+    assert_eq!(r["video"]["width"], 1280);
+    assert_eq!(r["audio"]["codec"], "aac");
+    ts.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_file_in_the_media_dir_and_a_video_only_mp4() {
     let _serial = SERIAL.lock().await;
     let ts = start().await;
