@@ -183,6 +183,9 @@ pub async fn start(
         Ok(Err(e)) => return Err(PreviewError::SourceFailed(e.to_string())),
         Err(_) => return Err(PreviewError::StartTimeout(timeout_ms)),
     };
+    // If the client hangs up while the session starts, this future is
+    // dropped: the guard ends the session as a client disconnect.
+    let guard = StartGuard(Some(media.clone()));
     media.on_teardown(Box::new(move |_| drop(client_slot)));
     if let Some(p) = permit.take() {
         media.on_teardown(Box::new(move |_| drop(p)));
@@ -259,6 +262,7 @@ pub async fn start(
     });
     state.metrics.observe_ttfb(media.started_at.elapsed());
     drop(entry);
+    guard.disarm();
     Ok(PreviewStart {
         session_id,
         mode: chosen,
@@ -266,6 +270,23 @@ pub async fn start(
         format: req.format,
         body: SessionBody::new(media, first),
     })
+}
+
+/// Ends a starting session as `client_disconnect` unless disarmed.
+struct StartGuard(Option<Arc<MediaSession>>);
+
+impl StartGuard {
+    fn disarm(mut self) {
+        self.0 = None;
+    }
+}
+
+impl Drop for StartGuard {
+    fn drop(&mut self) {
+        if let Some(media) = self.0.take() {
+            media.end(EndReason::ClientDisconnect);
+        }
+    }
 }
 
 /// Ends a session that failed to start and maps the failure.

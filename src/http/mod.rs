@@ -5,6 +5,7 @@
 pub mod catalog;
 pub mod cors;
 pub mod error;
+pub mod hangup;
 pub mod health;
 pub mod import;
 pub mod limits;
@@ -256,6 +257,13 @@ pub async fn serve<F>(
             continue;
         };
         let _ = tcp.set_nodelay(true);
+        let (tcp, hangup) = match hangup::watch(tcp) {
+            Ok(pair) => pair,
+            Err(e) => {
+                tracing::debug!(error = %e, "cannot set up connection");
+                continue;
+            }
+        };
         let svc = svc.clone();
         let watcher = graceful.watcher();
         tokio::spawn(async move {
@@ -263,7 +271,19 @@ pub async fn serve<F>(
             let service = hyper::service::service_fn(
                 move |mut req: hyper::Request<hyper::body::Incoming>| {
                     req.extensions_mut().insert(PeerAddr(peer));
-                    limits::call_with_deadline(svc.clone(), req)
+                    let call = limits::call_with_deadline(svc.clone(), req);
+                    let hangup = hangup.clone();
+                    async move {
+                        let Some(hangup) = hangup else { return call.await };
+                        // A client gone before its response is ready cancels
+                        // the handler: a queued or starting preview stops at once.
+                        tokio::select! {
+                            res = call => res,
+                            _ = hangup.closed() => {
+                                Ok(error::ApiError::new(http::StatusCode::BAD_REQUEST, "client_closed", "the client closed the connection").into_response())
+                            }
+                        }
+                    }
                 },
             );
             let conn = hyper::server::conn::http1::Builder::new()

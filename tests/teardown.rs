@@ -1,0 +1,150 @@
+//! Teardown and leak checks: a client hanging up stops its pipeline (state
+//! NULL, slot freed) promptly, and nothing — pipeline, thread, file
+//! descriptor, memory — outlives its session. One test function: it reads
+//! process-wide counters, so nothing else may run beside it in this binary.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::*;
+use futures::StreamExt;
+
+const TINY: &str = "test://smpte?size=320x240&rate=30";
+
+/// Starts a preview, waits for its first bytes, returns the response.
+async fn open(ts: &TestServer, path: &str) -> reqwest::Response {
+    let resp = client().get(ts.url(path)).send().await.unwrap();
+    if resp.status() != 200 {
+        panic!(
+            "{path}: {} {}",
+            resp.status(),
+            resp.text().await.unwrap_or_default()
+        );
+    }
+    resp
+}
+
+fn idle(ts: &TestServer) -> bool {
+    let st = ts.state();
+    let pool = st.pool.snapshot();
+    st.registry.is_empty()
+        && pool.transcodes == 0
+        && pool.remuxes == 0
+        && sluice::media::session::live_pipelines() == 0
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hangups_stop_pipelines_and_leak_nothing() {
+    sluice::memory::limit_arenas();
+    let ts =
+        start_with(|s| s.rate_limit_preview = sluice::http::ratelimit::Rate::parse("off").unwrap())
+            .await;
+    add_stream(&ts, "tiny", TINY).await;
+    let path = "/streams/preview/tiny?quality=low";
+
+    // Warm up (first pipeline loads plugins), then take baselines.
+    for _ in 0..3 {
+        let mut body = open(&ts, path).await.bytes_stream();
+        body.next().await.unwrap().unwrap();
+    }
+    assert!(eventually(Duration::from_secs(10), || idle(&ts)).await);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let fds_before = fd_count();
+
+    // Hang-up to teardown: the session leaves status once its pipeline is NULL.
+    let mut latencies = Vec::new();
+    for _ in 0..10 {
+        let mut body = open(&ts, path).await.bytes_stream();
+        body.next().await.unwrap().unwrap();
+        let weak = ts.state().registry.all()[0]
+            .media
+            .pipeline_weak()
+            .expect("pipeline present");
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let t0 = Instant::now();
+        drop(body);
+        assert!(
+            eventually(Duration::from_secs(5), || idle(&ts)).await,
+            "session did not end after hang-up"
+        );
+        latencies.push(t0.elapsed());
+        assert!(
+            weak.upgrade().is_none(),
+            "pipeline still referenced after teardown"
+        );
+    }
+    latencies.sort();
+    let median = latencies[latencies.len() / 2];
+    let worst = *latencies.last().unwrap();
+    println!("hang-up -> pipeline NULL and session gone: median {median:?}, worst {worst:?}");
+    assert!(worst < Duration::from_secs(2), "teardown took {worst:?}");
+    assert!(
+        median < Duration::from_secs(1),
+        "median teardown {median:?}"
+    );
+
+    // 100 connect/disconnect cycles, some hanging up before the first byte.
+    let rss_before = sluice::memory::current_rss();
+    let mut weak_refs = Vec::new();
+    for i in 0..100u32 {
+        if i % 10 == 9 {
+            // Hang up while the session is still starting.
+            let c = client();
+            let url = ts.url(path);
+            let req = tokio::spawn(async move { c.get(url).send().await });
+            tokio::time::sleep(Duration::from_millis(20 + (i as u64 % 7) * 15)).await;
+            req.abort();
+            let _ = req.await;
+            continue;
+        }
+        let mut body = open(&ts, path).await.bytes_stream();
+        body.next().await.unwrap().unwrap();
+        if let Some(w) = ts
+            .state()
+            .registry
+            .all()
+            .first()
+            .and_then(|e| e.media.pipeline_weak())
+        {
+            weak_refs.push(w);
+        }
+        drop(body);
+    }
+    assert!(
+        eventually(Duration::from_secs(15), || idle(&ts)).await,
+        "sessions left after 100 cycles: {}",
+        ts.state().registry.len()
+    );
+    assert!(
+        weak_refs.iter().all(|w| w.upgrade().is_none()),
+        "a pipeline outlived its session"
+    );
+    assert!(weak_refs.len() >= 80);
+
+    // Streaming threads end with their pipelines; tokio's idle blocking
+    // threads retire after 10 s, so allow that long for the count to settle.
+    let threads_ok = eventually(Duration::from_secs(20), || thread_count() <= 40).await;
+    let fds_ok = eventually(Duration::from_secs(10), || fd_count() <= fds_before + 4).await;
+    println!(
+        "threads now {}, fds {} (before {fds_before})",
+        thread_count(),
+        fd_count()
+    );
+    assert!(threads_ok, "threads: {}", thread_count());
+    assert!(fds_ok, "fds: {} vs {fds_before}", fd_count());
+
+    // Memory comes back: 100 sessions later RSS is within 64 MiB of before.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let rss_after = sluice::memory::current_rss();
+    println!(
+        "RSS before cycles {} MiB, after {} MiB",
+        rss_before >> 20,
+        rss_after >> 20
+    );
+    assert!(
+        rss_after < rss_before + (64 << 20),
+        "RSS grew from {rss_before} to {rss_after}"
+    );
+    ts.stop().await;
+}
