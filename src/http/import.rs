@@ -5,7 +5,8 @@
 //!   or no Content-Type; at most 50 MiB, 413 beyond), or JSON
 //!   `{"url": "http(s)://..."}` to fetch the playlist (same size limit,
 //!   [`FETCH_TIMEOUT`]). Answers `{imported, updated, skipped, errors:
-//!   [{line, message}]}`; every skipped entry has its line in `errors`.
+//!   [{line, message}]}`; every skipped entry has its line in `errors` (the
+//!   first [`MAX_REPORTED_ERRORS`] of them).
 //! - `GET /playlist.m3u?format=ts|mp4&quality=`: the enabled streams as an
 //!   extended M3U whose URLs are this server's preview URLs, built from the
 //!   request's `Host` (TS by default: VLC and IPTV players play it best).
@@ -35,6 +36,8 @@ use crate::AppState;
 
 /// Time allowed to fetch a playlist from a URL.
 pub const FETCH_TIMEOUT: Duration = Duration::from_secs(20);
+/// Line errors listed in an answer at most (`skipped` still counts all).
+pub const MAX_REPORTED_ERRORS: usize = 1000;
 /// Content-Type of an exported playlist.
 pub const M3U_CONTENT_TYPE: &str = "audio/x-mpegurl";
 
@@ -136,6 +139,7 @@ async fn import(
     outcome.skipped += parse_skipped;
     errors.append(&mut outcome.errors);
     errors.sort_by_key(|e| e.line);
+    errors.truncate(MAX_REPORTED_ERRORS);
     outcome.errors = errors;
     tracing::info!(
         imported = outcome.imported,

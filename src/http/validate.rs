@@ -18,7 +18,10 @@
 //!
 //! Body: `{"url": "...", "timeout": ms (500..30000, default 10000),
 //! "headers": {"User-Agent": ...}}`. A dead or garbage source is `200` with
-//! `valid: false` and a credential-free `error`.
+//! `valid: false` and a credential-free `error`. The probe's deadline is
+//! also kept [`ROUTE_MARGIN`] under the server's own deadline for this
+//! route ([`super::limits::deadline_for`]), so the caller always gets this
+//! JSON answer rather than a generic request timeout.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
