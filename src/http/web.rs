@@ -1,5 +1,5 @@
-//! The web page (SPEC §6 "Web"): `GET /` plus its two assets
-//! (`/assets/app.js`, `/assets/app.css`), embedded in the binary so there is
+//! The web page (SPEC §6 "Web"): `GET /` plus its assets (`/assets/*.js`
+//! modules and `/assets/app.css`), embedded in the binary so there is
 //! no build step, no CDN and nothing to install next to the server; and
 //! `GET /api/profiles`, the quality profiles the page offers in its picker.
 //! The page itself only talks to the public JSON/SSE/preview routes; this
@@ -11,12 +11,28 @@ use http::{HeaderValue, StatusCode};
 use serde::Serialize;
 use warp::{Filter, Rejection};
 
+use super::error::ApiError;
 use super::json;
 use crate::AppState;
 
 const INDEX_HTML: &str = include_str!("../../assets/index.html");
-const APP_JS: &str = include_str!("../../assets/app.js");
-const APP_CSS: &str = include_str!("../../assets/app.css");
+
+const JS: &str = "text/javascript; charset=utf-8";
+const CSS: &str = "text/css; charset=utf-8";
+
+/// `/assets/<name>`: the page's script modules and stylesheet.
+const ASSETS: &[(&str, &str, &str)] = &[
+    ("app.js", include_str!("../../assets/app.js"), JS),
+    ("util.js", include_str!("../../assets/util.js"), JS),
+    ("catalog.js", include_str!("../../assets/catalog.js"), JS),
+    ("player.js", include_str!("../../assets/player.js"), JS),
+    (
+        "dashboard.js",
+        include_str!("../../assets/dashboard.js"),
+        JS,
+    ),
+    ("app.css", include_str!("../../assets/app.css"), CSS),
+];
 
 /// Scripts and styles only from this server; media from this server or the
 /// page's own MediaSource blobs; logos from anywhere (catalogs point at
@@ -86,12 +102,18 @@ pub fn routes(
     state: Arc<AppState>,
 ) -> impl Filter<Extract = (warp::reply::Response,), Error = Rejection> + Clone {
     let index = warp::path::end().and(warp::get()).map(page);
-    let js = warp::path!("assets" / "app.js")
-        .and(warp::get())
-        .map(|| asset(APP_JS, "text/javascript; charset=utf-8"));
-    let css = warp::path!("assets" / "app.css")
-        .and(warp::get())
-        .map(|| asset(APP_CSS, "text/css; charset=utf-8"));
+    let assets =
+        warp::path!("assets" / String)
+            .and(warp::get())
+            .and_then(|name: String| async move {
+                ASSETS
+                    .iter()
+                    .find(|(n, _, _)| *n == name)
+                    .map(|(_, body, ty)| asset(body, ty))
+                    .ok_or_else(|| {
+                        warp::reject::custom(ApiError::not_found("not_found", "no such asset"))
+                    })
+            });
     let profiles = warp::path!("api" / "profiles")
         .and(warp::get())
         .map(move || {
@@ -112,5 +134,5 @@ pub fn routes(
             };
             json(&doc, StatusCode::OK)
         });
-    index.or(js).unify().or(css).unify().or(profiles).unify()
+    index.or(assets).unify().or(profiles).unify()
 }

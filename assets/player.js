@@ -1,0 +1,261 @@
+// sluice web page: the preview player. fetch() opens the preview so the
+// page can read the served mode/quality headers and show the server's JSON
+// refusals; the fMP4 body then feeds a MediaSource. Aborting that fetch
+// closes the connection, which ends the server's session at once.
+
+import { $, state, setMsg, readError, markSelected } from './util.js';
+
+const video = $('video');
+let current = null; // the running preview: {ctrl, streamId, quality, objectUrl}
+
+/** Ends the running preview at once: aborting the fetch closes the connection,
+ *  which ends the server's session. */
+export function stopPreview(message, kind) {
+  const s = current;
+  current = null;
+  if (s) {
+    s.ctrl.abort();
+    if (s.objectUrl) URL.revokeObjectURL(s.objectUrl);
+  }
+  video.pause();
+  video.removeAttribute('src');
+  video.load();
+  $('stop-btn').disabled = true;
+  $('served-session').textContent = '–';
+  delete $('served-session').dataset.sessionId;
+  $('served-size').textContent = '–';
+  if (message !== undefined) setMsg($('player-msg'), message, kind);
+}
+
+const REFUSALS = {
+  pool_full: 'Every transcode slot is busy.',
+  queue_full: 'The waiting queue is full.',
+  memory_critical: 'The server is low on memory and refuses new previews.',
+  shutting_down: 'The server is shutting down.',
+  too_many_sessions: 'This browser already holds as many previews as the server allows.',
+  rate_limited: 'Too many preview requests.',
+  source_failed: 'The source could not be opened.',
+  start_timeout: 'The preview did not start in time.',
+  incompatible_source: 'The source cannot be played without transcoding.',
+  stream_disabled: 'This stream is disabled.',
+  stream_not_found: 'This stream is no longer in the catalog.',
+};
+
+function describeRefusal(err) {
+  const lead = REFUSALS[err.code] || `The server refused the preview (${err.status}).`;
+  const retry = err.retryAfter ? ` Retry in ${err.retryAfter} s.` : '';
+  return `${lead} ${err.message}${retry}`;
+}
+
+export async function startPreview(streamId) {
+  stopPreview();
+  const quality = $('quality').value;
+  const stream = state.streams.find((s) => s.id === streamId);
+  state.selected = streamId;
+  markSelected();
+  $('retry-btn').hidden = true;
+  $('now-playing').textContent = stream ? (stream.name || stream.id) : streamId;
+  for (const id of ['served-mode', 'served-quality']) $(id).textContent = '–';
+  const ctrl = new AbortController();
+  const session = { ctrl, streamId, quality, objectUrl: null };
+  current = session;
+  $('stop-btn').disabled = false;
+  setMsg($('player-msg'), 'Starting…');
+  const url = `/streams/preview/${encodeURIComponent(streamId)}?format=mp4` + (quality ? `&quality=${encodeURIComponent(quality)}` : '');
+  try {
+    const resp = await fetch(url, { signal: ctrl.signal, cache: 'no-store' });
+    if (current !== session) return;
+    if (!resp.ok) {
+      const err = await readError(resp);
+      if (current !== session) return;
+      stopPreview(describeRefusal(err), 'error');
+      $('retry-btn').hidden = false;
+      return;
+    }
+    $('served-mode').textContent = resp.headers.get('X-Sluice-Mode') || '?';
+    const served = resp.headers.get('X-Sluice-Quality') || '?';
+    $('served-quality').textContent = served;
+    const sessionId = resp.headers.get('X-Session-Id') || '';
+    $('served-session').textContent = sessionId ? sessionId.slice(0, 8) : '?';
+    $('served-session').title = sessionId;
+    $('served-session').dataset.sessionId = sessionId;
+    if (quality && served !== quality && served !== '?') {
+      setMsg($('player-msg'), `Asked for ${quality}, the server chose ${served} (memory pressure).`, 'warn');
+    } else {
+      setMsg($('player-msg'), 'Buffering…');
+    }
+    if (window.MediaSource && resp.body) {
+      await playThroughMse(session, resp.body.getReader());
+    } else {
+      // No MediaSource: hand the URL to the element (a second request).
+      ctrl.abort();
+      video.src = url;
+      await playVideo(session);
+    }
+  } catch (e) {
+    if (current !== session) return;
+    if (e && e.name === 'AbortError') return;
+    stopPreview(`Playback failed: ${e && e.message ? e.message : e}`, 'error');
+    $('retry-btn').hidden = false;
+  }
+}
+
+async function playVideo(session) {
+  try {
+    await video.play();
+  } catch (_) {
+    // Autoplay with sound refused: play muted, the user can unmute.
+    if (current !== session) return;
+    video.muted = true;
+    try { await video.play(); } catch (_) { /* the controls remain */ }
+  }
+}
+
+/** Reads the fMP4 body and feeds it to a MediaSource; trims old data; keeps near the live edge. */
+async function playThroughMse(session, reader) {
+  let head = new Uint8Array(0);
+  let codecs = null;
+  while (!codecs) {
+    const { value, done } = await reader.read();
+    if (current !== session) { reader.cancel().catch(() => {}); return; }
+    if (done) throw new Error('the stream ended before the first picture');
+    head = concat(head, value);
+    codecs = initCodecs(head);
+    if (head.length > 4 * 1024 * 1024) throw new Error('no MP4 header in the first 4 MiB');
+  }
+  const mime = `video/mp4; codecs="${codecs.join(', ')}"`;
+  if (!MediaSource.isTypeSupported(mime)) throw new Error(`this browser cannot play ${mime}`);
+  const ms = new MediaSource();
+  session.objectUrl = URL.createObjectURL(ms);
+  video.src = session.objectUrl;
+  await new Promise((resolve) => ms.addEventListener('sourceopen', resolve, { once: true }));
+  if (current !== session) { reader.cancel().catch(() => {}); return; }
+  const sb = ms.addSourceBuffer(mime);
+  const waitIdle = () => new Promise((resolve, reject) => {
+    const ok = () => { sb.removeEventListener('error', bad); resolve(); };
+    const bad = () => { sb.removeEventListener('updateend', ok); reject(new Error('the browser could not decode the stream')); };
+    sb.addEventListener('updateend', ok, { once: true });
+    sb.addEventListener('error', bad, { once: true });
+  });
+  const append = async (chunk) => {
+    try {
+      sb.appendBuffer(chunk);
+    } catch (e) {
+      if (e.name !== 'QuotaExceededError') throw e;
+      // Buffer full (paused for long): drop what is behind, jump to live.
+      await trim(0);
+      sb.appendBuffer(chunk);
+    }
+    await waitIdle();
+  };
+  const trim = async (keepSeconds) => {
+    const b = video.buffered;
+    if (!b.length) return;
+    const end = keepSeconds === 0 ? b.end(b.length - 1) - 2 : video.currentTime - keepSeconds;
+    if (end > b.start(0) + 1) {
+      sb.remove(b.start(0), end);
+      await waitIdle();
+      if (video.currentTime < end) video.currentTime = end;
+    }
+  };
+  await append(head);
+  let started = false;
+  let lastTrim = 0;
+  for (;;) {
+    const { value, done } = await reader.read();
+    if (current !== session) { reader.cancel().catch(() => {}); return; }
+    if (done) break;
+    await append(value);
+    if (current !== session) return;
+    const b = video.buffered;
+    if (b.length) {
+      const start = b.start(0);
+      const end = b.end(b.length - 1);
+      if (video.currentTime < start) video.currentTime = start;
+      if (!started && end - start > 0.3) {
+        started = true;
+        playVideo(session);
+        setMsg($('player-msg'), '');
+      }
+      // Fell far behind the live edge (tab in the background): catch up.
+      if (started && !video.paused && end - video.currentTime > 10) video.currentTime = end - 1;
+      if (video.currentTime - lastTrim > 30) {
+        lastTrim = video.currentTime;
+        await trim(15);
+      }
+    }
+  }
+  if (current === session && ms.readyState === 'open') {
+    ms.endOfStream();
+    setMsg($('player-msg'), 'The stream ended (stopped on the server, or the source finished).');
+    $('stop-btn').disabled = true;
+    $('retry-btn').hidden = false;
+  }
+}
+
+function concat(a, b) {
+  const out = new Uint8Array(a.length + b.length);
+  out.set(a, 0);
+  out.set(b, a.length);
+  return out;
+}
+
+/** Walks the MP4 boxes of the stream's start; once `moov` is complete,
+ *  returns the RFC 6381 codec strings of its tracks (e.g. avc1.42C01F). */
+function initCodecs(buf) {
+  const view = new DataView(buf.buffer, buf.byteOffset, buf.byteLength);
+  const type = (at) => String.fromCharCode(buf[at], buf[at + 1], buf[at + 2], buf[at + 3]);
+  const boxes = (from, to, visit) => {
+    let at = from;
+    while (at + 8 <= to) {
+      let size = view.getUint32(at);
+      let header = 8;
+      if (size === 1) {
+        if (at + 16 > to) return false;
+        size = Number(view.getBigUint64(at + 8));
+        header = 16;
+      } else if (size === 0) {
+        size = to - at;
+      }
+      if (size < header || at + size > to) return false;
+      visit(type(at + 4), at + header, at + size);
+      at += size;
+    }
+    return true;
+  };
+  let moov = null;
+  boxes(0, buf.length, (t, start, end) => { if (t === 'moov' && !moov) moov = [start, end]; });
+  if (!moov) return null;
+  const codecs = [];
+  const hex = (b) => b.toString(16).toUpperCase().padStart(2, '0');
+  const walk = (start, end) => boxes(start, end, (t, s, e) => {
+    if (['trak', 'mdia', 'minf', 'stbl'].includes(t)) walk(s, e);
+    else if (t === 'stsd') walk(s + 8, e);
+    else if (t === 'avc1' || t === 'avc3') {
+      let found = `${t}.42E01F`;
+      boxes(s + 78, e, (tt, ss) => {
+        if (tt === 'avcC' && ss + 4 <= e) found = `${t}.${hex(buf[ss + 1])}${hex(buf[ss + 2])}${hex(buf[ss + 3])}`;
+      });
+      codecs.push(found);
+    } else if (t === 'mp4a') codecs.push('mp4a.40.2');
+  });
+  walk(moov[0], moov[1]);
+  return codecs.length ? codecs : null;
+}
+
+video.addEventListener('resize', () => {
+  if (video.videoWidth) $('served-size').textContent = `${video.videoWidth}×${video.videoHeight}`;
+});
+video.addEventListener('error', () => {
+  if (current && video.error) stopPreview(`The browser could not play the stream (${video.error.message || video.error.code}).`, 'error');
+});
+
+/** The stream playing now, if any. */
+export function playingStreamId() {
+  return current ? current.streamId : null;
+}
+
+/** Restarts the running preview (after a quality change); the old session ends first. */
+export function restartPreview() {
+  if (current) startPreview(current.streamId);
+}
