@@ -45,7 +45,22 @@ fn is_secret_param(name: &str) -> bool {
 /// Returns `url` with userinfo, secret query values and Xtream credentials
 /// masked. Works on anything URL-shaped, including text that does not parse.
 pub fn redact_url(url: &str) -> String {
-    // Split off the fragment; it is never a credential carrier we keep.
+    // A URL wrapped in another scheme (`hls://https://user:pw@host/...`).
+    if let Some(i) = url.find("://") {
+        let rest = &url[i + 3..];
+        if let Some(j) = rest.find("://") {
+            let inner = &rest[..j];
+            if !inner.is_empty()
+                && inner
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"+-.".contains(&b))
+            {
+                return format!("{}{}", &url[..i + 3], redact_url(rest));
+            }
+        }
+    }
+    // The fragment is split off and redacted like a query (players put
+    // tokens there too).
     let (main, fragment) = match url.find('#') {
         Some(i) => (&url[..i], Some(&url[i..])),
         None => (url, None),
@@ -77,19 +92,25 @@ pub fn redact_url(url: &str) -> String {
     }
     if let Some(q) = query {
         out.push('?');
-        let parts: Vec<String> = q
-            .split('&')
-            .map(|pair| match pair.split_once('=') {
-                Some((k, v)) if is_secret_param(k) && !v.is_empty() => format!("{k}={MASK}"),
-                _ => pair.to_string(),
-            })
-            .collect();
-        out.push_str(&parts.join("&"));
+        out.push_str(&redact_params(q));
     }
     if let Some(f) = fragment {
-        out.push_str(f);
+        out.push('#');
+        out.push_str(&redact_params(&f[1..]));
     }
     out
+}
+
+/// Masks the values of secret `name=value` pairs in an `&`-list.
+fn redact_params(list: &str) -> String {
+    let parts: Vec<String> = list
+        .split('&')
+        .map(|pair| match pair.split_once('=') {
+            Some((k, v)) if is_secret_param(k) && !v.is_empty() => format!("{k}={MASK}"),
+            _ => pair.to_string(),
+        })
+        .collect();
+    parts.join("&")
 }
 
 /// Masks Xtream credentials: `/live/<user>/<pass>/<id>.<ext>` and the short
@@ -137,10 +158,16 @@ pub fn redact_text(text: &str) -> String {
             .rfind(|c: char| !(c.is_ascii_alphanumeric() || c == '+' || c == '-' || c == '.'))
             .map(|i| i + 1)
             .unwrap_or(0);
-        let end = rest[pos..]
+        let mut end = rest[pos..]
             .find(|c: char| c.is_whitespace() || c == '"' || c == '\'' || c == '<' || c == '>')
             .map(|i| pos + i)
             .unwrap_or(rest.len());
+        // Punctuation closing a sentence is not part of the URL
+        // ("... /user/pass/123: connection refused").
+        while end > pos + 3 && rest[..end].ends_with(['.', ',', ';', ':', ')', ']', '}', '!', '?'])
+        {
+            end -= 1;
+        }
         out.push_str(&rest[..start]);
         out.push_str(&redact_url(&rest[start..end]));
         rest = &rest[end..];
@@ -221,6 +248,159 @@ mod tests {
             redact_url("test://smpte?size=1920x1080&rate=30"),
             "test://smpte?size=1920x1080&rate=30"
         );
+    }
+
+    #[test]
+    fn every_userinfo_form_is_masked() {
+        for (url, want) in [
+            ("http://bob@h.test/x", "http://***@h.test/x"),
+            ("http://bob:@h.test/x", "http://***@h.test/x"),
+            ("http://:pw@h.test/x", "http://***@h.test/x"),
+            (
+                "https://b%40x:p%3Aw@h.test:8443/x",
+                "https://***@h.test:8443/x",
+            ),
+            (
+                "rtsp://admin:12345@10.0.0.2:554/s1",
+                "rtsp://***@10.0.0.2:554/s1",
+            ),
+            (
+                "rtmp://u:p@live.test/app/key",
+                "rtmp://***@live.test/app/key",
+            ),
+            ("srt://u:p@h.test:9000", "srt://***@h.test:9000"),
+            ("HTTP://U:P@H.TEST", "HTTP://***@H.TEST"),
+            (
+                "hls://https://u:pw@cdn.test/a.m3u8",
+                "hls://https://***@cdn.test/a.m3u8",
+            ),
+        ] {
+            assert_eq!(redact_url(url), want, "{url}");
+        }
+    }
+
+    #[test]
+    fn every_secret_query_name_is_masked() {
+        for name in [
+            "password",
+            "Password",
+            "passwd",
+            "pass",
+            "pwd",
+            "token",
+            "access_token",
+            "auth",
+            "auth_key",
+            "key",
+            "api_key",
+            "apikey",
+            "api-key",
+            "sig",
+            "signature",
+            "X-Amz-Signature",
+            "secret",
+            "client_secret",
+            "hash",
+            "session",
+            "credentials",
+        ] {
+            let url = format!("https://h.test/p?ch=5&{name}=hunter2&x=1");
+            let red = redact_url(&url);
+            assert_eq!(
+                red,
+                format!("https://h.test/p?ch=5&{name}=***&x=1"),
+                "{name}"
+            );
+        }
+        // Names that merely contain a short secret word stay readable.
+        for name in ["monkey", "signal", "keyframe", "authority2"] {
+            let url = format!("https://h.test/p?{name}=1");
+            assert_eq!(redact_url(&url), url, "{name}");
+        }
+        // Empty values have nothing to hide; fragments are vetted too.
+        assert_eq!(redact_url("http://h/p?token="), "http://h/p?token=");
+        assert_eq!(
+            redact_url("http://h/p#token=abc&t=5"),
+            "http://h/p#token=***&t=5"
+        );
+    }
+
+    #[test]
+    fn every_xtream_form_is_masked() {
+        for (url, want) in [
+            (
+                "http://p.test/live/u1/p1/77.ts",
+                "http://p.test/live/***/***/77.ts",
+            ),
+            (
+                "http://p.test/live/u1/p1/77.m3u8",
+                "http://p.test/live/***/***/77.m3u8",
+            ),
+            (
+                "http://p.test/live/u1/p1/77",
+                "http://p.test/live/***/***/77",
+            ),
+            (
+                "http://p.test/LIVE/u1/p1/77",
+                "http://p.test/LIVE/***/***/77",
+            ),
+            (
+                "http://p.test/movie/u1/p1/9.mp4",
+                "http://p.test/movie/***/***/9.mp4",
+            ),
+            (
+                "http://p.test/series/u1/p1/9.mkv",
+                "http://p.test/series/***/***/9.mkv",
+            ),
+            (
+                "http://p.test/timeshift/u1/p1/60/2024-01-01:20-00/9.ts",
+                "http://p.test/timeshift/***/***/60/2024-01-01:20-00/9.ts",
+            ),
+            (
+                "http://p.test:25461/u1/p1/77",
+                "http://p.test:25461/***/***/77",
+            ),
+            ("http://p.test/u1/p1/77.ts", "http://p.test/***/***/77.ts"),
+            ("/live/u1/p1/77.ts", "/live/***/***/77.ts"),
+        ] {
+            assert_eq!(redact_url(url), want, "{url}");
+        }
+        for plain in [
+            "http://cdn.test/hls/1080/index.m3u8",
+            "http://cdn.test/a/b/c/123.ts",
+            "http://cdn.test/channel/5",
+        ] {
+            assert_eq!(redact_url(plain), plain);
+        }
+    }
+
+    #[test]
+    fn urls_inside_text_are_masked_up_to_trailing_punctuation() {
+        let red = redact_text(
+            "Resource not found (http://p.test/u1/s3cr3t/77): also rtsp://a:s3cr3t@cam/x, \
+             'https://h/a?token=s3cr3t'.",
+        );
+        assert!(!red.contains("s3cr3t"), "{red}");
+        assert!(red.contains("(http://p.test/***/***/77):"), "{red}");
+        assert!(red.contains("rtsp://***@cam/x,"), "{red}");
+        assert!(has_credentials("http://u:p@h/x"));
+        assert!(!has_credentials("test://smpte?size=1280x720"));
+    }
+
+    #[test]
+    fn secret_headers_are_recognised() {
+        for h in [
+            "Cookie",
+            "Authorization",
+            "X-Api-Key",
+            "X-Auth-Token",
+            "Proxy-Authorization",
+        ] {
+            assert!(is_secret_header(h), "{h}");
+        }
+        for h in ["User-Agent", "Referer", "Origin"] {
+            assert!(!is_secret_header(h), "{h}");
+        }
     }
 
     #[test]
