@@ -56,6 +56,9 @@ export async function startPreview(streamId) {
   $('retry-btn').hidden = true;
   $('now-playing').textContent = stream ? (stream.name || stream.id) : streamId;
   for (const id of ['served-mode', 'served-quality']) $(id).textContent = '–';
+  // On a phone the player sits above the list: bring it into view.
+  const box = $('player').getBoundingClientRect();
+  if (box.top < 0 || box.top > window.innerHeight / 2) $('player').scrollIntoView({ block: 'start' });
   const ctrl = new AbortController();
   const session = { ctrl, streamId, quality, objectUrl: null };
   current = session;

@@ -25,11 +25,12 @@ export function el(tag, props, ...children) {
   return node;
 }
 
+/** Bytes in decimal units, as the server's settings are written (512MB, 1GB). */
 export function fmtBytes(n) {
   if (!Number.isFinite(n)) return '–';
-  const units = ['B', 'KiB', 'MiB', 'GiB', 'TiB'];
+  const units = ['B', 'kB', 'MB', 'GB', 'TB'];
   let i = 0;
-  while (n >= 1024 && i < units.length - 1) { n /= 1024; i++; }
+  while (n >= 1000 && i < units.length - 1) { n /= 1000; i++; }
   return (i === 0 ? String(n) : n.toFixed(n < 10 ? 1 : 0)) + ' ' + units[i];
 }
 

@@ -10,9 +10,11 @@
 //!   within 2 s and drops it within 2 s of the server ending it; at 360 px
 //!   there is no horizontal scroll, and the dashboard's Stop button ends a
 //!   session.
-//! - `catalog_tools_show_the_servers_answers`: add (the server's refusal
-//!   inline, then success), delete, a refused preview explained, and, where
-//!   the server has the routes, URL validation and M3U file import.
+//! - `catalog_tools_show_the_servers_answers` (with ADMIN_API_KEY set): the
+//!   first change asks for the key and keeps it for the tab; add (the
+//!   server's refusal inline, then success), delete, a refused preview
+//!   explained, and, where the server has the routes, URL validation and
+//!   M3U file import.
 //!
 //! A failed step saves a screenshot; its path is in the panic message.
 
@@ -26,6 +28,7 @@ use driver::{Browser, Check};
 use serde_json::{json, Value};
 
 const XSS_NAME: &str = "<img src=x onerror=alert(1)>";
+const ADMIN_KEY: &str = "browser-test-key";
 
 const PLAYER_STATE: &str = "const v = document.getElementById('video');
   return {t: v.currentTime, w: v.videoWidth, h: v.videoHeight, paused: v.paused,
@@ -262,14 +265,16 @@ async fn has_route(ts: &common::TestServer, path: &str) -> bool {
 
 /// Chromium logs every error response as a console error ("Failed to load
 /// resource"); after a step that provokes one, only that may be logged.
-async fn expected_refusals(b: &Browser, path: &str, status: u16) -> Check {
+async fn expected_refusals(b: &Browser, expected: &[(&str, u16)]) -> Check {
     let errors = b.console_errors().await?;
     let unexpected: Vec<&String> = errors
         .iter()
         .filter(|e| {
-            !(e.contains(path)
-                && e.contains("Failed to load resource")
-                && e.contains(&format!("status of {status}")))
+            !expected.iter().any(|(path, status)| {
+                e.contains(path)
+                    && e.contains("Failed to load resource")
+                    && e.contains(&format!("status of {status}"))
+            })
         })
         .collect();
     if unexpected.is_empty() {
@@ -289,6 +294,25 @@ async fn tools_story(ts: &common::TestServer, b: &Browser, playlist: &std::path:
     b.type_into("#f-name", "Added channel").await?;
     b.type_into("#f-url", "gopher://example.invalid/x").await?;
     b.click("#stream-save").await?;
+    // A key is configured: the 401 opens the key dialog; the request is
+    // retried with the key, which the tab keeps in sessionStorage only.
+    b.poll(
+        Duration::from_secs(10),
+        "the admin key is asked for",
+        "return document.getElementById('key-dialog').open;",
+        |v| v == true,
+    )
+    .await?;
+    b.type_into("#key-input", ADMIN_KEY).await?;
+    b.click("#key-form button[type=submit]").await?;
+    let kept = b
+        .js("return {session: sessionStorage.getItem('sluice.adminKey'), local: localStorage.length};")
+        .await?;
+    if kept["session"] != ADMIN_KEY || kept["local"] != 0 {
+        return Err(format!(
+            "the key should live in sessionStorage only: {kept}"
+        ));
+    }
     let refused = b
         .poll(Duration::from_secs(10), "the refusal is shown in the dialog", "return {msg: document.getElementById('stream-msg').textContent, open: document.getElementById('stream-dialog').open};", |v| v["msg"] != "")
         .await?;
@@ -297,7 +321,7 @@ async fn tools_story(ts: &common::TestServer, b: &Browser, playlist: &std::path:
             "the server's error should be inline in the open dialog: {refused}"
         ));
     }
-    expected_refusals(b, "/api/streams", 400).await?;
+    expected_refusals(b, &[("/api/streams", 401), ("/api/streams", 400)]).await?;
     b.type_into("#f-url", "test://ball?size=320x240&rate=25")
         .await?;
     b.click("#stream-save").await?;
@@ -343,7 +367,7 @@ async fn tools_story(ts: &common::TestServer, b: &Browser, playlist: &std::path:
     {
         return Err(format!("a failed source should be explained: {msg}"));
     }
-    expected_refusals(b, "/streams/preview/broken", 502).await?;
+    expected_refusals(b, &[("/streams/preview/broken", 502)]).await?;
 
     if has_route(ts, "/api/streams/validate").await {
         b.click("#validate-box summary").await?;
@@ -388,9 +412,18 @@ async fn tools_story(ts: &common::TestServer, b: &Browser, playlist: &std::path:
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn catalog_tools_show_the_servers_answers() {
-    let ts = common::start().await;
+    let ts = common::start_with(|s| s.admin_api_key = Some(ADMIN_KEY.into())).await;
     // Nothing listens on port 9 of loopback: the source fails at once.
-    common::add_stream(&ts, "broken", "http://127.0.0.1:9/live.ts").await;
+    let r = common::client()
+        .post(ts.url("/api/streams"))
+        .header("X-Admin-Key", ADMIN_KEY)
+        .json(
+            &json!({"id": "broken", "name": "Broken source", "url": "http://127.0.0.1:9/live.ts"}),
+        )
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 201, "creating the broken stream");
     let playlist = ts.dir.path().join("channels.m3u");
     std::fs::write(
         &playlist,
