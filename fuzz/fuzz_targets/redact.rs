@@ -17,7 +17,9 @@ fuzz_target!(|data: &[u8]| {
         return;
     };
     let ok = |s: &str, min: usize| {
-        s.len() >= min && s.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'.' || b == b'-')
+        s.len() >= min
+            && s.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'.' || b == b'-')
     };
     const TEMPLATES: &str = "http://user:@/s.ts https:///get.php?username=u&password=&type=m3u \
         /a.m3u8?token= /live/user//123.ts /user//123 error opening : refused ***";

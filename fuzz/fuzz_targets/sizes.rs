@@ -15,7 +15,9 @@ fuzz_target!(|data: &[u8]| {
         assert!(count >= 1 && !period.is_zero());
     }
     // An origin list and an origin from the same input, split at a newline.
-    let (list, origin) = text.split_once('\n').unwrap_or((&text, "https://a.example.com"));
+    let (list, origin) = text
+        .split_once('\n')
+        .unwrap_or((&text, "https://a.example.com"));
     if let Ok(origins) = CorsOrigins::parse(list) {
         let allowed = origins.allows(origin);
         if allowed {
