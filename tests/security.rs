@@ -390,6 +390,19 @@ async fn every_rejection_is_json() {
         .await
         .unwrap();
     json_error(r, 413, "payload_too_large").await;
+    // M3U imports may be larger, up to 50 MiB.
+    let r = c
+        .post(ts.url("/api/streams/import"))
+        .header("content-type", "audio/x-mpegurl")
+        .body(vec![b'#'; 50 * 1024 * 1024 + 1])
+        .send()
+        .await
+        .unwrap();
+    let body = json_error(r, 413, "payload_too_large").await;
+    assert!(
+        body["message"].as_str().unwrap().contains("50 MiB"),
+        "{body}"
+    );
     // A small chunked body is fine.
     let small = br#"{"id":"chunky","name":"Chunky","url":"test://ball"}"#.to_vec();
     let r = c
@@ -436,7 +449,10 @@ async fn a_half_sent_body_times_out_with_408() {
     // server then (not by the 60 s read timeout of this client).
     let took = started.elapsed();
     assert!(took >= Duration::from_secs(9), "{took:?}");
-    assert!(took < Duration::from_secs(45), "connection left open: {took:?}");
+    assert!(
+        took < Duration::from_secs(45),
+        "connection left open: {took:?}"
+    );
     // The server still answers.
     let r = common::client().get(ts.url("/live")).send().await.unwrap();
     assert_eq!(r.status(), 200);
@@ -482,6 +498,28 @@ async fn source_allowlist_refuses_bad_urls_with_the_reason() {
         let body = json_error(r, 400, "bad_request").await;
         let msg = body["message"].as_str().unwrap();
         assert!(msg.contains(reason), "{url:?}: {msg}");
+    }
+    // Imports are vetted entry by entry, with the line and the reason.
+    let playlist = format!(
+        "#EXTM3U\n#EXTINF:-1,Good\ntest://ball\n#EXTINF:-1,Ftp\nftp://example.test/x.ts\n\
+         #EXTINF:-1,Outside\nfile://{}\n#EXTINF:-1,Long\nhttp://example.test/{}\n",
+        outside.display(),
+        "b".repeat(5000)
+    );
+    let r = c
+        .post(ts.url("/api/streams/import"))
+        .header("content-type", "audio/x-mpegurl")
+        .body(playlist)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let report: Value = r.json().await.unwrap();
+    assert_eq!(report["imported"], 1, "{report}");
+    assert_eq!(report["skipped"], 3, "{report}");
+    let errors = report["errors"].to_string();
+    for reason in ["scheme", "outside", "longer than"] {
+        assert!(errors.contains(reason), "{errors}");
     }
     // Updates are vetted the same way.
     let r = c
