@@ -47,7 +47,8 @@ function describeRefusal(err) {
   return `${lead} ${err.message}${retry}`;
 }
 
-export async function startPreview(streamId) {
+/** Plays `streamId` at the picked quality, ending the running preview first. */
+export async function startPreview(streamId, retried = false) {
   stopPreview();
   const quality = $('quality').value;
   const stream = state.streams.find((s) => s.id === streamId);
@@ -71,6 +72,14 @@ export async function startPreview(streamId) {
     if (!resp.ok) {
       const err = await readError(resp);
       if (current !== session) return;
+      if (err.code === 'too_many_sessions' && !retried) {
+        // Sessions this page just left may still be closing on the server
+        // (it frees them within a second): try once more.
+        setMsg($('player-msg'), 'Waiting for the previous preview to close…');
+        await new Promise((resolve) => setTimeout(resolve, 1500));
+        if (current === session) startPreview(streamId, true);
+        return;
+      }
       stopPreview(describeRefusal(err), 'error');
       $('retry-btn').hidden = false;
       return;

@@ -136,3 +136,50 @@ pub fn routes(
         });
     index.or(assets).unify().or(profiles).unify()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every `/assets/...` the page names and every module a script imports
+    /// is served, so the page never loads with a missing piece.
+    #[test]
+    fn every_referenced_asset_is_served() {
+        let served = |name: &str| ASSETS.iter().any(|(n, _, _)| *n == name);
+        let mut referenced = Vec::new();
+        for part in INDEX_HTML.split("\"/assets/").skip(1) {
+            referenced.push(part.split('"').next().unwrap_or_default().to_string());
+        }
+        for (_, body, _) in ASSETS {
+            for part in body.split("from './").skip(1) {
+                referenced.push(part.split('\'').next().unwrap_or_default().to_string());
+            }
+        }
+        assert!(referenced.iter().any(|r| r == "app.js"));
+        assert!(referenced.iter().any(|r| r == "player.js"));
+        for r in &referenced {
+            assert!(served(r), "{r} is referenced but not served");
+        }
+        for (name, _, _) in ASSETS {
+            assert!(
+                referenced.iter().any(|r| r == name),
+                "{name} is served but nothing loads it"
+            );
+        }
+    }
+
+    /// Catalog strings must never be parsed as HTML by the page.
+    #[test]
+    fn scripts_never_parse_html() {
+        for (name, body, _) in ASSETS {
+            for banned in [
+                "innerHTML",
+                "outerHTML",
+                "insertAdjacentHTML",
+                "document.write",
+            ] {
+                assert!(!body.contains(banned), "{name} uses {banned}");
+            }
+        }
+    }
+}
