@@ -15,7 +15,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-const SEED: u64 = 0x5eed_0f_5_1u64;
+const SEED: u64 = 0x5eed_0f51;
 const REQUESTS: usize = 3000;
 const WORKERS: usize = 6;
 const SLOW_CONNECTIONS: usize = 50;
