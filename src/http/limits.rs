@@ -327,6 +327,113 @@ mod tests {
         );
     }
 
+    /// A body that is complete from the start, or one that never arrives.
+    struct TestBody(bool);
+
+    impl Body for TestBody {
+        type Data = Bytes;
+        type Error = Infallible;
+        fn poll_frame(
+            self: Pin<&mut Self>,
+            _: &mut Context<'_>,
+        ) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
+            if self.0 {
+                Poll::Ready(None)
+            } else {
+                Poll::Pending
+            }
+        }
+        fn is_end_stream(&self) -> bool {
+            self.0
+        }
+    }
+
+    /// Reads its body to the end, then works for `work`, then notes it finished.
+    #[derive(Clone)]
+    struct SlowService {
+        work: Duration,
+        finished: Arc<AtomicBool>,
+    }
+
+    impl tower_service::Service<http::Request<TrackedBody<TestBody>>> for SlowService {
+        type Response = Response;
+        type Error = Infallible;
+        type Future = std::pin::Pin<
+            Box<dyn std::future::Future<Output = Result<Response, Infallible>> + Send>,
+        >;
+        fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+            Poll::Ready(Ok(()))
+        }
+        fn call(&mut self, req: http::Request<TrackedBody<TestBody>>) -> Self::Future {
+            let (work, finished) = (self.work, self.finished.clone());
+            Box::pin(async move {
+                let mut body = std::pin::pin!(req.into_body());
+                while std::future::poll_fn(|cx| body.as_mut().poll_frame(cx))
+                    .await
+                    .is_some()
+                {}
+                tokio::time::sleep(work).await;
+                finished.store(true, Ordering::SeqCst);
+                Ok(Response::new(Default::default()))
+            })
+        }
+    }
+
+    fn request(path: &str, body_done: bool) -> http::Request<TestBody> {
+        http::Request::post(path).body(TestBody(body_done)).unwrap()
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_slow_handler_gets_408_but_finishes_its_work() {
+        let finished = Arc::new(AtomicBool::new(false));
+        let svc = SlowService {
+            work: Duration::from_secs(30),
+            finished: finished.clone(),
+        };
+        let res = call_with_deadline(svc, request("/api/streams", true))
+            .await
+            .unwrap();
+        assert_eq!(res.status(), StatusCode::REQUEST_TIMEOUT);
+        assert_eq!(res.headers()["connection"], "close");
+        assert!(!finished.load(Ordering::SeqCst));
+        tokio::time::sleep(Duration::from_secs(30)).await;
+        assert!(
+            finished.load(Ordering::SeqCst),
+            "the write ran to completion"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_stuck_upload_is_stopped_at_the_deadline() {
+        let finished = Arc::new(AtomicBool::new(false));
+        let svc = SlowService {
+            work: Duration::ZERO,
+            finished: finished.clone(),
+        };
+        let started = tokio::time::Instant::now();
+        let res = call_with_deadline(svc, request("/api/streams", false))
+            .await
+            .unwrap();
+        assert_eq!(res.status(), StatusCode::REQUEST_TIMEOUT);
+        assert_eq!(started.elapsed(), REQUEST_TIMEOUT);
+        tokio::time::sleep(Duration::from_secs(600)).await;
+        assert!(!finished.load(Ordering::SeqCst));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn streaming_routes_are_not_cut() {
+        let finished = Arc::new(AtomicBool::new(false));
+        let svc = SlowService {
+            work: Duration::from_secs(300),
+            finished: finished.clone(),
+        };
+        let res = call_with_deadline(svc, request("/streams/preview/x", true))
+            .await
+            .unwrap();
+        assert_eq!(res.status(), StatusCode::OK);
+        assert!(finished.load(Ordering::SeqCst));
+    }
+
     #[test]
     fn connection_caps_hold_and_free_on_drop() {
         let c = Arc::new(Connections::new(3, 2));
