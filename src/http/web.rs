@@ -98,13 +98,18 @@ fn page() -> warp::reply::Response {
     res
 }
 
+/// GET, or HEAD for uptime checkers (hyper sends no body for HEAD).
+fn get_or_head() -> impl Filter<Extract = (), Error = Rejection> + Copy {
+    warp::get().or(warp::head()).unify()
+}
+
 pub fn routes(
     state: Arc<AppState>,
 ) -> impl Filter<Extract = (warp::reply::Response,), Error = Rejection> + Clone {
-    let index = warp::path::end().and(warp::get()).map(page);
+    let index = warp::path::end().and(get_or_head()).map(page);
     let assets =
         warp::path!("assets" / String)
-            .and(warp::get())
+            .and(get_or_head())
             .and_then(|name: String| async move {
                 ASSETS
                     .iter()
