@@ -155,8 +155,10 @@ pub fn redact_text(text: &str) -> String {
     while let Some(pos) = rest.find("://") {
         // Walk back to the start of the scheme.
         let start = rest[..pos]
-            .rfind(|c: char| !(c.is_ascii_alphanumeric() || c == '+' || c == '-' || c == '.'))
-            .map(|i| i + 1)
+            .char_indices()
+            .rev()
+            .find(|&(_, c)| !(c.is_ascii_alphanumeric() || c == '+' || c == '-' || c == '.'))
+            .map(|(i, c)| i + c.len_utf8())
             .unwrap_or(0);
         let mut end = rest[pos..]
             .find(|c: char| c.is_whitespace() || c == '"' || c == '\'' || c == '<' || c == '>')
@@ -385,6 +387,16 @@ mod tests {
         assert!(red.contains("rtsp://***@cam/x,"), "{red}");
         assert!(has_credentials("http://u:p@h/x"));
         assert!(!has_credentials("test://smpte?size=1280x720"));
+    }
+
+    #[test]
+    fn non_ascii_text_around_urls_is_kept_whole() {
+        // Found by fuzzing: a multi-byte character right before the scheme.
+        assert_eq!(redact_text("t\u{fffd}p://--/"), "t\u{fffd}p://--/");
+        assert_eq!(
+            redact_text("échec: «http://u:pw@h/x» ✓"),
+            "échec: «http://***@h/x» ✓"
+        );
     }
 
     #[test]
