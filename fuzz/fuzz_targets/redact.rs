@@ -23,7 +23,18 @@ fuzz_target!(|data: &[u8]| {
     };
     const TEMPLATES: &str = "http://user:@/s.ts https:///get.php?username=u&password=&type=m3u \
         /a.m3u8?token= /live/user//123.ts /user//123 error opening : refused ***";
-    if !ok(host, 1) || !ok(secret, 6) || host.contains(secret) || TEMPLATES.contains(secret) {
+    // Trailing punctuation reads as the end of a sentence in free text, so
+    // a secret is taken to start and end with a letter or digit.
+    let edges = |s: &str| {
+        s.starts_with(|c: char| c.is_ascii_alphanumeric())
+            && s.ends_with(|c: char| c.is_ascii_alphanumeric())
+    };
+    if !ok(host, 1)
+        || !ok(secret, 6)
+        || !edges(secret)
+        || host.contains(secret)
+        || TEMPLATES.contains(secret)
+    {
         return;
     }
     for url in [
