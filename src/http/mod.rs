@@ -274,7 +274,9 @@ pub async fn serve<F>(
                     let call = limits::call_with_deadline(svc.clone(), req);
                     let hangup = hangup.clone();
                     async move {
-                        let Some(hangup) = hangup else { return call.await };
+                        let Some(hangup) = hangup else {
+                            return call.await;
+                        };
                         // A client gone before its response is ready cancels
                         // the handler: a queued or starting preview stops at once.
                         tokio::select! {

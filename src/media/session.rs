@@ -102,7 +102,9 @@ fn dump_dot(pipeline: gst::Pipeline) {
             .and_then(|_| std::fs::write(&path, redact::redact_text(dot.as_str())));
         match written {
             Ok(()) => tracing::debug!(path = %path.display(), "pipeline graph dumped"),
-            Err(e) => tracing::warn!(path = %path.display(), error = %e, "could not dump the pipeline graph"),
+            Err(e) => {
+                tracing::warn!(path = %path.display(), error = %e, "could not dump the pipeline graph")
+            }
         }
     });
 }

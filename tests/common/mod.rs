@@ -88,15 +88,10 @@ pub async fn read_for(resp: reqwest::Response, dur: Duration, max_bytes: usize) 
     let mut out = Vec::new();
     let mut stream = resp.bytes_stream();
     let deadline = tokio::time::Instant::now() + dur;
-    loop {
-        match tokio::time::timeout_at(deadline, stream.next()).await {
-            Ok(Some(Ok(chunk))) => {
-                out.extend_from_slice(&chunk);
-                if out.len() >= max_bytes {
-                    break;
-                }
-            }
-            _ => break,
+    while let Ok(Some(Ok(chunk))) = tokio::time::timeout_at(deadline, stream.next()).await {
+        out.extend_from_slice(&chunk);
+        if out.len() >= max_bytes {
+            break;
         }
     }
     out
