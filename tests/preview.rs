@@ -72,7 +72,7 @@ async fn every_profile_in_both_formats_is_valid() {
                 assert_eq!(pid, 0, "TS starts with the PAT");
             }
             check_transcode(&ffprobe(&file), level, w, h);
-            let (frames, errors) = frames_decoded(&file);
+            let (frames, errors) = decode_all(&file);
             assert!(frames >= 30, "{path}: {frames} frames decoded");
             assert!(
                 !errors.to_lowercase().contains("error"),
@@ -338,29 +338,4 @@ fn complete_prefix(bytes: &[u8]) -> &[u8] {
         end += size;
     }
     &bytes[..end]
-}
-
-/// Video frames ffprobe decodes (MPEG-TS lists streams under programs too).
-fn frames_decoded(path: &std::path::Path) -> (u64, String) {
-    let out = std::process::Command::new("ffprobe")
-        .args([
-            "-v",
-            "error",
-            "-count_frames",
-            "-select_streams",
-            "v:0",
-            "-show_entries",
-            "stream=nb_read_frames",
-            "-of",
-            "csv=p=0",
-        ])
-        .arg(path)
-        .output()
-        .expect("ffprobe runs");
-    let frames = String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .filter_map(|l| l.trim().trim_end_matches(',').parse::<u64>().ok())
-        .max()
-        .unwrap_or(0);
-    (frames, String::from_utf8_lossy(&out.stderr).to_string())
 }

@@ -321,39 +321,8 @@ fn attach_parsebin(
 
 /// Describes caps as a short codec id and a human description.
 fn codec_of(caps: &gst::CapsRef) -> Option<StreamCodec> {
-    let s = caps.structure(0)?;
-    let name = s.name().as_str();
-    let codec = match name {
-        "video/x-h264" => "h264".to_string(),
-        "video/x-h265" => "hevc".to_string(),
-        "video/x-raw" | "audio/x-raw" => "raw".to_string(),
-        "video/mpeg" => match s.get::<i32>("mpegversion").unwrap_or(0) {
-            1 => "mpeg1video".into(),
-            2 => "mpeg2video".into(),
-            4 => "mpeg4".into(),
-            _ => "mpegvideo".into(),
-        },
-        "audio/mpeg" => match s.get::<i32>("mpegversion").unwrap_or(0) {
-            2 | 4 => "aac".into(),
-            _ => match s.get::<i32>("layer").unwrap_or(0) {
-                2 => "mp2".into(),
-                3 => "mp3".into(),
-                _ => "mpegaudio".into(),
-            },
-        },
-        "audio/x-ac3" => "ac3".into(),
-        "audio/x-eac3" => "eac3".into(),
-        "audio/x-opus" => "opus".into(),
-        "video/x-vp8" => "vp8".into(),
-        "video/x-vp9" => "vp9".into(),
-        "video/x-av1" => "av1".into(),
-        other => other
-            .rsplit('/')
-            .next()
-            .unwrap_or(other)
-            .trim_start_matches("x-")
-            .to_string(),
-    };
+    caps.structure(0)?;
+    let codec = super::probe::codec_name(caps);
     let description = if codec == "raw" {
         "uncompressed".to_string()
     } else {

@@ -379,7 +379,7 @@ fn container_name(s: &gst::StructureRef) -> String {
 
 /// Short codec ids, as the rest of sluice names them: h264, hevc,
 /// mpeg2video, aac, mp2, mp3, ac3, raw, ...
-fn codec_name(caps: &gst::CapsRef) -> String {
+pub(crate) fn codec_name(caps: &gst::CapsRef) -> String {
     let Some(s) = caps.structure(0) else {
         return "unknown".into();
     };

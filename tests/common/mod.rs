@@ -153,10 +153,11 @@ pub fn decode_all(path: &Path) -> (u64, String) {
         .arg(path)
         .output()
         .expect("ffprobe runs");
+    // MPEG-TS lists each stream under its program too: take the largest count.
     let frames = String::from_utf8_lossy(&out.stdout)
-        .trim()
-        .trim_end_matches(',')
-        .parse()
+        .lines()
+        .filter_map(|l| l.trim().trim_end_matches(',').parse::<u64>().ok())
+        .max()
         .unwrap_or(0);
     (frames, String::from_utf8_lossy(&out.stderr).to_string())
 }
