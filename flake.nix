@@ -100,7 +100,7 @@
       nixosModules.default = { config, lib, pkgs, ... }:
         let
           cfg = config.services.sluice;
-          # SPEC §3 variables that `settings` may set.
+          # Variables (SPEC §3 and sluice's own) that `settings` may set.
           settingNames = [
             "SLUICE_PROFILES"
             "MAX_CONCURRENT_TRANSCODES"
@@ -110,6 +110,7 @@
             "TRANSCODE_TIMEOUT"
             "TRANSCODE_QUALITY_PROFILE"
             "STALL_TIMEOUT"
+            "RECONNECT_TIMEOUT"
             "MEMORY_WARNING_THRESHOLD"
             "MEMORY_CRITICAL_THRESHOLD"
             "CORS_ORIGIN"

@@ -3,7 +3,8 @@
 #
 # Runs on the stable toolchain: `--sanitizer none` needs no nightly -Z flag,
 # and libFuzzer's coverage guidance (sancov) works on stable. Builds are
-# release with debug assertions and overflow checks (cargo fuzz's default).
+# unoptimized (dev profile: quick to build; the runs are short) with debug
+# assertions and overflow checks.
 # A crash stops CI; the input is kept under fuzz/artifacts/<target>/.
 set -euo pipefail
 cd "$(dirname "$0")"
@@ -15,13 +16,13 @@ fi
 # libfuzzer-sys on top, resolved for the project's rust-version).
 cp ../Cargo.lock Cargo.lock
 targets=$(cargo fuzz list)
-cargo fuzz build --sanitizer none
+cargo fuzz build --dev --sanitizer none
 mkdir -p artifacts
 for t in $targets; do
   mkdir -p "corpus/$t"
   log="artifacts/$t.log"
   echo "fuzz: $t for ${seconds}s"
-  if ! cargo fuzz run --sanitizer none "$t" "corpus/$t" -- \
+  if ! cargo fuzz run --dev --sanitizer none "$t" "corpus/$t" -- \
     -max_total_time="$seconds" -max_len=4096 -print_final_stats=1 >"$log" 2>&1; then
     tail -n 60 "$log"
     echo "fuzz: $t failed (input saved under fuzz/artifacts/$t/)"

@@ -22,6 +22,7 @@ pub const DEFAULT_MAX_SESSIONS_PER_CLIENT: usize = 3;
 pub const DEFAULT_START_TIMEOUT_MS: u64 = 30_000;
 pub const DEFAULT_QUALITY: &str = "medium";
 pub const DEFAULT_STALL_TIMEOUT_MS: u64 = 15_000;
+pub const DEFAULT_RECONNECT_TIMEOUT_MS: u64 = 30_000;
 pub const DEFAULT_MEMORY_WARNING: &str = "512MB";
 pub const DEFAULT_MEMORY_CRITICAL: &str = "1GB";
 pub const DEFAULT_SHUTDOWN_GRACE_MS: u64 = 10_000;
@@ -105,6 +106,12 @@ pub struct Settings {
     #[arg(long = "stall-timeout", env = "STALL_TIMEOUT", value_name = "STALL_TIMEOUT",
           default_value_t = DEFAULT_STALL_TIMEOUT_MS, value_parser = positive_u64)]
     pub stall_timeout_ms: u64,
+
+    /// Ms a running session may spend reconnecting a live source that
+    /// dropped (primary, then each backup URL, with backoff); 0 disables.
+    #[arg(long = "reconnect-timeout", env = "RECONNECT_TIMEOUT", value_name = "RECONNECT_TIMEOUT",
+          default_value_t = DEFAULT_RECONNECT_TIMEOUT_MS)]
+    pub reconnect_timeout_ms: u64,
 
     /// Process RSS above which health is degraded (e.g. 512MB, 1.5GiB, bytes).
     #[arg(long = "memory-warning", env = "MEMORY_WARNING_THRESHOLD", value_name = "MEMORY_WARNING_THRESHOLD",
@@ -198,6 +205,10 @@ impl Settings {
 
     pub fn stall_timeout(&self) -> Duration {
         Duration::from_millis(self.stall_timeout_ms)
+    }
+
+    pub fn reconnect_timeout(&self) -> Duration {
+        Duration::from_millis(self.reconnect_timeout_ms)
     }
 
     pub fn shutdown_grace(&self) -> Duration {

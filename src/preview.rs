@@ -9,6 +9,7 @@ use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::media::ingest::SourcePlan;
 use crate::media::session::{MediaSession, SessionBody};
 use crate::media::source::SourceUri;
 use crate::media::{EndReason, Format, MediaError, Mode, ModeRequest};
@@ -168,14 +169,10 @@ pub async fn start(
     };
 
     let session_id = uuid::Uuid::new_v4().simple().to_string();
+    let plan = source_plan(state, &stream, source, &profile);
     let media = match tokio::time::timeout_at(
         deadline,
-        MediaSession::open(
-            format!("session-{session_id}"),
-            source,
-            stream.headers.clone(),
-            req.format,
-        ),
+        MediaSession::open(format!("session-{session_id}"), plan, req.format),
     )
     .await
     {
@@ -270,6 +267,36 @@ pub async fn start(
         format: req.format,
         body: SessionBody::new(media, first),
     })
+}
+
+/// The primary URL, then each usable backup URL, with the stream's headers,
+/// the profile's bitrate as the variant hint for HLS/DASH, and the
+/// configured reconnect budget.
+fn source_plan(
+    state: &AppState,
+    stream: &crate::catalog::Stream,
+    primary: SourceUri,
+    profile: &crate::profiles::Profile,
+) -> SourcePlan {
+    let mut uris = vec![primary];
+    for url in &stream.backup_urls {
+        match SourceUri::parse(url, state.catalog.media_dir()) {
+            Ok(u) => uris.push(u),
+            Err(e) => {
+                tracing::warn!(stream_id = %stream.id, error = %e, "backup URL skipped")
+            }
+        }
+    }
+    SourcePlan {
+        uris,
+        headers: stream.headers.clone(),
+        // A quarter of headroom: variant bitrates count container overhead.
+        connection_speed_kbps: (u64::from(profile.video_bitrate)
+            + u64::from(profile.audio_bitrate))
+            * 5
+            / 4,
+        reconnect_budget: state.settings.reconnect_timeout(),
+    }
 }
 
 /// Ends a starting session as `client_disconnect` unless disarmed.

@@ -221,6 +221,7 @@ impl Registry {
                 for e in reg.all() {
                     if e.media.is_started()
                         && e.media.reason().is_none()
+                        && !e.media.shared.reconnecting.load(Ordering::Acquire)
                         && e.media.idle_ms() >= stall.as_millis() as u64
                     {
                         tracing::warn!(session_id = %e.id, stream_id = %e.stream_id, idle_ms = e.media.idle_ms(), "session stalled");

@@ -9,8 +9,10 @@
 
 pub mod diagnose;
 pub mod elements;
+pub mod ingest;
 pub mod pipeline;
 pub mod probe;
+pub mod reconnect;
 pub mod session;
 pub mod source;
 

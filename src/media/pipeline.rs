@@ -22,13 +22,13 @@
 //! shared counters live in [`Shared`], which holds no pipeline objects
 //! except pads that the commit step releases.
 
-use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use gst::prelude::*;
 use parking_lot::Mutex;
 
+use super::ingest::{self, PadTiming, SourcePlan};
 use super::source::{SourceUri, TestAudio, TestSource};
 use super::{Format, MediaError, Mode, SourceStreams, StreamCodec};
 use crate::profiles::{Profile, AUDIO_CHANNELS, AUDIO_RATE};
@@ -42,19 +42,45 @@ pub const APPSINK_MAX_BUFFERS: u32 = 256;
 /// Live sources: at most this much raw media waits for the encoder before
 /// frames are dropped rather than the source stalling.
 const LEAKY_QUEUE_NS: u64 = 1_000_000_000;
-/// Media each source stream may buffer while the mode is being chosen.
-const PREDECISION_QUEUE_NS: u64 = 3_000_000_000;
 
 /// State shared between streaming-thread callbacks and the async side.
 /// Holds no strong reference to the pipeline or its elements.
 #[derive(Default)]
 pub struct Shared {
     /// Source pads found so far, each held by a blocking probe.
-    pending: Mutex<Vec<PendingPad>>,
-    /// urisourcebin has exposed all its pads.
-    source_done: AtomicBool,
-    /// parsebins that have not yet signalled no-more-pads.
-    parsers_open: AtomicUsize,
+    pub(super) pending: Mutex<Vec<PendingPad>>,
+    /// The current generation's urisourcebin has exposed all its pads.
+    pub(super) source_done: AtomicBool,
+    /// The current generation's parsebins that have not yet signalled no-more-pads.
+    pub(super) parsers_open: AtomicUsize,
+    /// The current source generation (see [`ingest`]); 0 for `test://`.
+    pub(super) generation: AtomicU64,
+    /// Index into the plan's URIs that the current generation reads.
+    pub(super) uri_index: AtomicUsize,
+    /// Highest generation whose loss has been taken care of.
+    pub(super) handled_gen: AtomicU64,
+    /// Highest generation that failed or ended.
+    pub(super) failed_gen: AtomicU64,
+    /// Why the latest generation failed (credential-free).
+    pub(super) last_error: Mutex<Option<String>>,
+    /// Elements of each generation, for removing one.
+    generation_elements: Mutex<Vec<(u64, gst::glib::WeakRef<gst::Element>)>>,
+    /// Sink pads of the video and audio branches, once committed.
+    pub(super) branches: Mutex<[Option<gst::glib::WeakRef<gst::Pad>>; 2]>,
+    /// Highest running time (ns) the source has handed to the branches.
+    pub(super) resume_rt: AtomicU64,
+    /// The source has no end: its EOS or failure means it dropped.
+    pub(super) endless: AtomicBool,
+    /// The output side is built.
+    pub(super) committed: AtomicBool,
+    /// Element names are unique within the pipeline.
+    pub(super) seq: AtomicU64,
+    /// The session is ending: no reconnects, EOS passes.
+    pub closing: AtomicBool,
+    /// A lost source is being reconnected.
+    pub reconnecting: AtomicBool,
+    /// Successful reconnects.
+    pub reconnects: AtomicU64,
     /// Wakes whoever waits for pads or for output.
     pub notify: tokio::sync::Notify,
     /// Video frames (or audio buffers when there is no video) sent to the muxer.
@@ -70,10 +96,15 @@ pub struct Shared {
     pub waker: futures::task::AtomicWaker,
 }
 
-struct PendingPad {
-    pad: gst::Pad,
-    probe: Option<gst::PadProbeId>,
-    caps: Option<gst::Caps>,
+pub(super) struct PendingPad {
+    pub pad: gst::Pad,
+    pub probe: Option<gst::PadProbeId>,
+    pub caps: Option<gst::Caps>,
+    /// Generation the pad belongs to.
+    pub gen: u64,
+    /// Running time of the first buffer held.
+    pub first_rt: Option<i64>,
+    pub timing: Arc<PadTiming>,
 }
 
 impl Shared {
@@ -98,8 +129,29 @@ impl Shared {
         }
     }
 
+    pub(super) fn remember(&self, gen: u64, element: &gst::Element) {
+        self.generation_elements
+            .lock()
+            .push((gen, element.downgrade()));
+    }
+
+    /// Takes the (still alive) elements of generation `gen` out of the book.
+    pub(super) fn take_generation(&self, gen: u64) -> Vec<gst::Element> {
+        let mut book = self.generation_elements.lock();
+        let mut taken = Vec::new();
+        book.retain(|(g, weak)| {
+            if *g == gen {
+                taken.extend(weak.upgrade());
+                false
+            } else {
+                true
+            }
+        });
+        taken
+    }
+
     /// Every source pad is exposed and each has shown its caps.
-    fn all_pads_known(&self) -> bool {
+    pub(super) fn all_pads_known(&self) -> bool {
         if !self.source_done.load(Ordering::Acquire)
             || self.parsers_open.load(Ordering::Acquire) != 0
         {
@@ -130,16 +182,19 @@ pub struct Opened {
     pub pipeline: gst::Pipeline,
     pub shared: Arc<Shared>,
     source: SourceUri,
-    format: Format,
+    pub(super) plan: Arc<SourcePlan>,
+    pub(super) format: Format,
+    /// The mode chosen at commit.
+    pub(super) mode: Mutex<Option<Mode>>,
 }
 
-fn make(factory: &str) -> Result<gst::Element, MediaError> {
+pub(super) fn make(factory: &str) -> Result<gst::Element, MediaError> {
     gst::ElementFactory::make(factory).build().map_err(|_| {
         MediaError::SourceFailed(format!("GStreamer element '{factory}' is not installed"))
     })
 }
 
-fn queue(max_time_ns: u64, leaky: bool) -> Result<gst::Element, MediaError> {
+pub(super) fn queue(max_time_ns: u64, leaky: bool) -> Result<gst::Element, MediaError> {
     let q = make("queue")?;
     q.set_property("max-size-buffers", 0u32);
     q.set_property("max-size-bytes", 0u32);
@@ -156,167 +211,27 @@ fn capsfilter(caps: gst::Caps) -> Result<gst::Element, MediaError> {
     Ok(f)
 }
 
-/// Builds the source part and starts it. Must run off the async runtime
-/// (it changes pipeline state).
-pub fn open(
-    name: &str,
-    source: &SourceUri,
-    headers: &BTreeMap<String, String>,
-    format: Format,
-) -> Result<Opened, MediaError> {
+/// Builds the first source generation (none for `test://`) and starts it.
+/// Must run off the async runtime (it changes pipeline state).
+pub fn open(name: &str, plan: SourcePlan, format: Format) -> Result<Opened, MediaError> {
     let pipeline = gst::Pipeline::builder().name(name).build();
     let shared = Arc::new(Shared {
         first_pts: AtomicU64::new(u64::MAX),
         last_sample_ms: AtomicU64::new(now_ms()),
         ..Default::default()
     });
-    if let SourceUri::Uri { uri, .. } = source {
-        let src = gst::ElementFactory::make("urisourcebin")
-            .property("uri", uri.as_str())
-            .build()
-            .map_err(|_| {
-                MediaError::SourceFailed("GStreamer element 'urisourcebin' is not installed".into())
-            })?;
-        let headers = headers.clone();
-        src.connect("source-setup", false, move |values| {
-            if let Ok(el) = values[1].get::<gst::Element>() {
-                configure_network_source(&el, &headers);
-            }
-            None
-        });
-        pipeline.add(&src)?;
-        let weak_pipeline = pipeline.downgrade();
-        let sh = shared.clone();
-        src.connect_pad_added(move |_, pad| {
-            let Some(pipeline) = weak_pipeline.upgrade() else {
-                return;
-            };
-            if let Err(e) = attach_parsebin(&pipeline, pad, &sh) {
-                gst::element_error!(pipeline, gst::CoreError::Negotiation, ("{}", e));
-            }
-        });
-        let sh = shared.clone();
-        src.connect_no_more_pads(move |_| {
-            sh.source_done.store(true, Ordering::Release);
-            sh.notify.notify_waiters();
-        });
+    if matches!(plan.primary(), SourceUri::Uri { .. }) {
+        ingest::add_generation(&pipeline, &shared, &plan, 0, 1)?;
         pipeline.set_state(gst::State::Playing)?;
     }
     Ok(Opened {
         pipeline,
         shared,
-        source: source.clone(),
+        source: plan.primary().clone(),
+        plan: Arc::new(plan),
         format,
+        mode: Mutex::new(None),
     })
-}
-
-/// Headers and timeouts for HTTP sources (souphttpsrc and friends).
-fn configure_network_source(el: &gst::Element, headers: &BTreeMap<String, String>) {
-    if el.has_property("timeout") && el.property_type("timeout") == Some(u32::static_type()) {
-        el.set_property("timeout", 15u32);
-    }
-    if headers.is_empty() {
-        return;
-    }
-    if el.has_property("extra-headers") {
-        let mut s = gst::Structure::new_empty("extra-headers");
-        for (k, v) in headers {
-            if k.eq_ignore_ascii_case("user-agent") && el.has_property("user-agent") {
-                el.set_property("user-agent", v.as_str());
-            } else {
-                s.set(k.as_str(), v.as_str());
-            }
-        }
-        el.set_property("extra-headers", s);
-    } else if el.has_property("user-agent") {
-        if let Some((_, ua)) = headers
-            .iter()
-            .find(|(k, _)| k.eq_ignore_ascii_case("user-agent"))
-        {
-            el.set_property("user-agent", ua.as_str());
-        }
-    }
-}
-
-/// Links one urisourcebin pad into a fresh parsebin whose output pads are
-/// held until the mode is chosen.
-fn attach_parsebin(
-    pipeline: &gst::Pipeline,
-    pad: &gst::Pad,
-    shared: &Arc<Shared>,
-) -> Result<(), MediaError> {
-    let parsebin = make("parsebin")?;
-    shared.parsers_open.fetch_add(1, Ordering::AcqRel);
-    let sh = shared.clone();
-    let weak_pipeline = pipeline.downgrade();
-    parsebin.connect_pad_added(move |parsebin, pad| {
-        let Some(pipeline) = weak_pipeline.upgrade() else {
-            return;
-        };
-        // Each stream gets its own queue at once, so a demuxer feeding
-        // several streams from one thread never waits on a held stream.
-        // The queue's output is held at its first buffer: stream-start,
-        // caps and segment pass (they stay sticky on the unlinked pad), so
-        // the caps are known when the mode is chosen.
-        let q = match queue(PREDECISION_QUEUE_NS, false) {
-            Ok(q) => q,
-            Err(e) => {
-                gst::element_error!(parsebin, gst::CoreError::MissingPlugin, ("{}", e));
-                return;
-            }
-        };
-        if pipeline.add(&q).is_err() || q.sync_state_with_parent().is_err() {
-            gst::element_error!(
-                parsebin,
-                gst::CoreError::StateChange,
-                ("cannot add a stream queue")
-            );
-            return;
-        }
-        let held = q.static_pad("src").expect("queue src pad");
-        let weak = Arc::downgrade(&sh);
-        let probe = held.add_probe(
-            gst::PadProbeType::BLOCK | gst::PadProbeType::BUFFER | gst::PadProbeType::BUFFER_LIST,
-            move |pad, _| {
-                if let Some(sh) = weak.upgrade() {
-                    let caps = pad.current_caps();
-                    if let Some(p) = sh.pending.lock().iter_mut().find(|p| &p.pad == pad) {
-                        if p.caps.is_none() {
-                            p.caps = caps;
-                        }
-                    }
-                    sh.notify.notify_waiters();
-                }
-                gst::PadProbeReturn::Ok
-            },
-        );
-        sh.pending.lock().push(PendingPad {
-            pad: held.clone(),
-            probe,
-            caps: None,
-        });
-        if let Err(e) = pad.link(&q.static_pad("sink").expect("queue sink pad")) {
-            gst::element_error!(
-                parsebin,
-                gst::CoreError::Negotiation,
-                ("cannot queue a source stream: {:?}", e)
-            );
-        }
-        sh.notify.notify_waiters();
-    });
-    let sh = shared.clone();
-    parsebin.connect_no_more_pads(move |_| {
-        sh.parsers_open.fetch_sub(1, Ordering::AcqRel);
-        sh.notify.notify_waiters();
-    });
-    pipeline.add(&parsebin)?;
-    parsebin.sync_state_with_parent()?;
-    let sink = parsebin
-        .static_pad("sink")
-        .expect("parsebin has a sink pad");
-    pad.link(&sink)
-        .map_err(|e| MediaError::SourceFailed(format!("cannot link source to parser: {e:?}")))?;
-    Ok(())
 }
 
 /// Describes caps as a short codec id and a human description.
@@ -331,12 +246,12 @@ fn codec_of(caps: &gst::CapsRef) -> Option<StreamCodec> {
     Some(StreamCodec { codec, description })
 }
 
-fn is_video(caps: &gst::CapsRef) -> bool {
+pub(super) fn is_video(caps: &gst::CapsRef) -> bool {
     caps.structure(0)
         .is_some_and(|s| s.name().starts_with("video/"))
 }
 
-fn is_audio(caps: &gst::CapsRef) -> bool {
+pub(super) fn is_audio(caps: &gst::CapsRef) -> bool {
     caps.structure(0)
         .is_some_and(|s| s.name().starts_with("audio/"))
 }
@@ -437,7 +352,11 @@ impl Opened {
             SourceUri::Uri { .. } => {
                 mux.sync_state_with_parent()?;
                 appsink.sync_state_with_parent()?;
+                *self.mode.lock() = Some(mode);
+                let endless = live || !self.has_duration();
+                self.shared.endless.store(endless, Ordering::Release);
                 self.link_pending(mode, profile, &mux, live)?;
+                self.shared.committed.store(true, Ordering::Release);
             }
         }
         Ok(appsink)
@@ -502,7 +421,13 @@ impl Opened {
         mux: &gst::Element,
         live: bool,
     ) -> Result<(), MediaError> {
-        let pending: Vec<PendingPad> = std::mem::take(&mut *self.shared.pending.lock());
+        let gen = self.shared.generation.load(Ordering::Acquire);
+        let pending: Vec<PendingPad> = {
+            let mut all = self.shared.pending.lock();
+            let (this, other): (Vec<_>, Vec<_>) = all.drain(..).partition(|p| p.gen == gen);
+            *all = other;
+            this
+        };
         let mut have_video = false;
         let mut have_audio = false;
         let mut result = Ok(());
@@ -521,7 +446,7 @@ impl Opened {
                     have_audio = true;
                     self.link_branch(&p.pad, false, mode, profile, mux, live)
                 }
-                _ => self.discard(&p.pad),
+                _ => discard(&self.pipeline, &self.shared, gen, &p.pad),
             };
             if result.is_ok() {
                 result = linked;
@@ -536,15 +461,17 @@ impl Opened {
         result
     }
 
-    fn discard(&self, pad: &gst::Pad) -> Result<(), MediaError> {
-        let sink = make("fakesink")?;
-        sink.set_property("sync", false);
-        sink.set_property("async", false);
-        self.pipeline.add(&sink)?;
-        sink.sync_state_with_parent()?;
-        pad.link(&sink.static_pad("sink").expect("fakesink sink pad"))
-            .map_err(|e| MediaError::SourceFailed(format!("cannot discard stream: {e:?}")))?;
-        Ok(())
+    /// Whether the source reports a duration (files, VOD playlists) rather
+    /// than running without end (live streams).
+    fn has_duration(&self) -> bool {
+        let pending = self.shared.pending.lock();
+        pending.iter().any(|p| {
+            p.pad
+                .parent_element()
+                .and_then(|q| q.static_pad("sink"))
+                .and_then(|sink| sink.peer_query_duration::<gst::ClockTime>())
+                .is_some_and(|d| d > gst::ClockTime::ZERO)
+        })
     }
 
     fn link_branch(
@@ -615,10 +542,37 @@ impl Opened {
             }
         };
         head.sync_state_with_parent()?;
-        pad.link(&head.static_pad("sink").expect("branch sink pad"))
+        let sink = head.static_pad("sink").expect("branch sink pad");
+        self.shared.branches.lock()[usize::from(!video)] = Some(sink.downgrade());
+        pad.link(&sink)
             .map_err(|e| MediaError::SourceFailed(format!("cannot link source stream: {e:?}")))?;
         Ok(())
     }
+}
+
+/// Sends a stream nobody uses into a fakesink (part of generation `gen`).
+pub(super) fn discard(
+    pipeline: &gst::Pipeline,
+    shared: &Shared,
+    gen: u64,
+    pad: &gst::Pad,
+) -> Result<(), MediaError> {
+    let sink = make("fakesink")?;
+    sink.set_property(
+        "name",
+        format!(
+            "g{gen}-discard{}",
+            shared.seq.fetch_add(1, Ordering::Relaxed)
+        ),
+    );
+    sink.set_property("sync", false);
+    sink.set_property("async", false);
+    pipeline.add(&sink)?;
+    shared.remember(gen, &sink);
+    sink.sync_state_with_parent()?;
+    pad.link(&sink.static_pad("sink").expect("fakesink sink pad"))
+        .map_err(|e| MediaError::SourceFailed(format!("cannot discard stream: {e:?}")))?;
+    Ok(())
 }
 
 fn h264_output_caps(format: Format, profile: Option<&str>) -> gst::Caps {
@@ -649,7 +603,7 @@ fn aac_output_caps(format: Format) -> gst::Caps {
 }
 
 /// Drops video until the first keyframe so output always starts decodable.
-fn add_keyframe_gate(pad: &gst::Pad) {
+pub(super) fn add_keyframe_gate(pad: &gst::Pad) {
     let seen = AtomicBool::new(false);
     pad.add_probe(gst::PadProbeType::BUFFER, move |_, info| {
         if seen.load(Ordering::Relaxed) {

@@ -8,7 +8,6 @@
 //! the pipeline has reached NULL. [`SessionBody`] ends the session as
 //! `client_disconnect` when it is dropped before the session ended.
 
-use std::collections::BTreeMap;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
@@ -16,12 +15,13 @@ use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
-use futures::{Stream, StreamExt};
+use futures::Stream;
 use gst::prelude::*;
 use parking_lot::Mutex;
 
+use super::ingest::{self, SourcePlan};
 use super::pipeline::{self, Opened, Shared};
-use super::source::SourceUri;
+use super::reconnect::LossAction;
 use super::{EndReason, Format, MediaError, Mode, SourceStreams};
 use crate::profiles::Profile;
 use crate::redact;
@@ -109,6 +109,15 @@ fn dump_dot(pipeline: gst::Pipeline) {
     });
 }
 
+/// Takes one pipeline off [`LIVE_PIPELINES`] when dropped.
+struct Uncount;
+
+impl Drop for Uncount {
+    fn drop(&mut self) {
+        LIVE_PIPELINES.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
 pub struct MediaSession {
     pipeline: Mutex<Option<gst::Pipeline>>,
     opened: Mutex<Option<Opened>>,
@@ -131,21 +140,33 @@ impl MediaSession {
     /// watching its bus.
     pub async fn open(
         name: String,
-        source: SourceUri,
-        headers: BTreeMap<String, String>,
+        plan: SourcePlan,
         format: Format,
     ) -> Result<Arc<MediaSession>, MediaError> {
-        LIVE_PIPELINES.fetch_add(1, Ordering::SeqCst);
-        let opened =
-            tokio::task::spawn_blocking(move || pipeline::open(&name, &source, &headers, format))
-                .await
-                .map_err(|e| MediaError::SourceFailed(format!("pipeline set-up panicked: {e}")));
-        let opened = match opened.and_then(|r| r) {
-            Ok(o) => o,
-            Err(e) => {
-                LIVE_PIPELINES.fetch_sub(1, Ordering::SeqCst);
-                return Err(e);
+        // The opened pipeline is handed over through a channel: if the
+        // caller is gone by then (the client hung up), the blocking task
+        // itself brings it back to NULL and uncounts it.
+        let (tx, rx) = tokio::sync::oneshot::channel::<Result<Opened, MediaError>>();
+        tokio::task::spawn_blocking(move || {
+            LIVE_PIPELINES.fetch_add(1, Ordering::SeqCst);
+            let counted = Uncount;
+            match pipeline::open(&name, plan, format) {
+                Ok(opened) => {
+                    if let Err(Ok(opened)) = tx.send(Ok(opened)) {
+                        let _ = opened.pipeline.set_state(gst::State::Null);
+                    } else {
+                        std::mem::forget(counted);
+                    }
+                }
+                Err(e) => {
+                    let _ = tx.send(Err(e));
+                }
             }
+        });
+        let opened = match rx.await {
+            Ok(Ok(o)) => o,
+            Ok(Err(e)) => return Err(e),
+            Err(_) => return Err(MediaError::SourceFailed("pipeline set-up panicked".into())),
         };
         let session = Arc::new(MediaSession {
             pipeline: Mutex::new(Some(opened.pipeline.clone())),
@@ -180,13 +201,27 @@ impl MediaSession {
         let Some(bus) = self.pipeline.lock().as_ref().and_then(|p| p.bus()) else {
             return;
         };
+        // Errors are tagged with their source generation where they are
+        // posted, while the posting element is still in the pipeline.
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<(gst::Message, Option<u64>)>();
+        bus.set_sync_handler(move |_, msg| {
+            match msg.view() {
+                gst::MessageView::Error(err) => {
+                    let gen = err.src().and_then(ingest::generation_of);
+                    let _ = tx.send((msg.clone(), gen));
+                }
+                gst::MessageView::Application(_) => {
+                    let _ = tx.send((msg.clone(), None));
+                }
+                _ => {}
+            }
+            gst::BusSyncReply::Drop
+        });
         let weak = Arc::downgrade(self);
-        let shared = self.shared.clone();
-        let mut messages = bus.stream();
         tokio::spawn(async move {
             loop {
-                let msg = tokio::select! {
-                    m = messages.next() => m,
+                let next = tokio::select! {
+                    m = rx.recv() => m,
                     _ = tokio::time::sleep(Duration::from_millis(500)) => {
                         // Re-check periodically so the task ends with its session.
                         match weak.upgrade() {
@@ -195,35 +230,67 @@ impl MediaSession {
                         }
                     }
                 };
-                let Some(msg) = msg else { break };
+                let Some((msg, gen)) = next else { break };
                 let Some(session) = weak.upgrade() else { break };
-                if let gst::MessageView::Error(err) = msg.view() {
-                    let src = err
-                        .src()
-                        .map(|s| s.path_string().to_string())
-                        .unwrap_or_default();
-                    let text = describe_error(&err.error(), err.debug().as_deref());
-                    tracing::warn!(element = %src, error = %text, "pipeline error");
-                    if session.error.lock().is_none() {
+                match msg.view() {
+                    gst::MessageView::Error(err) => {
+                        let src = err
+                            .src()
+                            .map(|s| s.path_string().to_string())
+                            .unwrap_or_default();
+                        let text = describe_error(&err.error(), err.debug().as_deref());
+                        tracing::warn!(element = %src, error = %text, "pipeline error");
                         count_error(&err.error());
-                        if tracing::enabled!(tracing::Level::DEBUG) {
-                            if let Some(p) = session.pipeline.lock().clone() {
-                                dump_dot(p);
-                            }
+                        match gen {
+                            Some(gen) => session.source_lost(gen, text),
+                            None => session.fail(text),
                         }
                     }
-                    session.error.lock().get_or_insert(text);
-                    if session.started.load(Ordering::Acquire) {
-                        session.end(EndReason::SourceError);
+                    gst::MessageView::Application(app) => {
+                        let Some(s) = app.structure() else { continue };
+                        let reason = s.get::<String>("reason").unwrap_or_default();
+                        if s.name() == ingest::SOURCE_LOST {
+                            let gen = s.get::<u64>("generation").unwrap_or(0);
+                            session.source_lost(gen, reason);
+                        } else if s.name() == ingest::SOURCE_GONE {
+                            session.fail(reason);
+                        }
                     }
-                    shared.notify.notify_waiters();
-                    shared.waker.wake();
+                    _ => {}
                 }
                 if session.torn_down.load(Ordering::Acquire) {
                     break;
                 }
             }
         });
+    }
+
+    /// The source's generation `gen` failed or ended: reconnect or fail.
+    fn source_lost(&self, gen: u64, why: String) {
+        let action = match self.opened.lock().as_ref() {
+            Some(o) => o.source_lost(gen, &why),
+            None => LossAction::Ignored,
+        };
+        if action == LossAction::Fatal {
+            self.fail(why);
+        }
+        self.shared.notify.notify_waiters();
+    }
+
+    /// Records the first error and ends a started session as a source error
+    /// (a starting one fails with that error).
+    fn fail(&self, text: String) {
+        if self.error.lock().is_none() && tracing::enabled!(tracing::Level::DEBUG) {
+            if let Some(p) = self.pipeline.lock().clone() {
+                dump_dot(p);
+            }
+        }
+        self.error.lock().get_or_insert(text);
+        if self.started.load(Ordering::Acquire) {
+            self.end(EndReason::SourceError);
+        }
+        self.shared.notify.notify_waiters();
+        self.shared.waker.wake();
     }
 
     /// The first pipeline error, if one was posted.
@@ -377,6 +444,7 @@ impl MediaSession {
     /// Ends the session for `reason` and tears the pipeline down. Returns
     /// whether this call was the one that ended it.
     pub fn end(&self, reason: EndReason) -> bool {
+        self.shared.closing.store(true, Ordering::Release);
         let first = self.reason.set(reason).is_ok();
         if first {
             self.shared.waker.wake();
@@ -392,6 +460,8 @@ impl MediaSession {
         if self.reason.set(reason).is_err() {
             return;
         }
+        // From here the source's EOS ends the stream instead of reconnecting.
+        self.shared.closing.store(true, Ordering::Release);
         let pipeline = self.pipeline.lock().clone();
         let committed = self.appsink.lock().is_some();
         if let (Some(p), true) = (pipeline, committed) {

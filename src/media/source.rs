@@ -172,6 +172,14 @@ impl SourceUri {
         }
     }
 
+    /// The URI as given to GStreamer (`test://…` for test sources).
+    pub fn display(&self) -> &str {
+        match self {
+            SourceUri::Test(_) => "test://",
+            SourceUri::Uri { uri, .. } => uri,
+        }
+    }
+
     pub fn scheme(&self) -> &str {
         match self {
             SourceUri::Test(_) => "test",
