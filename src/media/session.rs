@@ -129,6 +129,8 @@ pub struct MediaSession {
     /// First error from the bus (credential-free), if any.
     error: Mutex<Option<String>>,
     hooks: Mutex<Vec<TeardownHook>>,
+    /// The session's first error has been counted in [`pipeline_errors`].
+    error_counted: AtomicBool,
     torn_down: AtomicBool,
     pub bytes_sent: AtomicU64,
     pub started_at: Instant,
@@ -177,6 +179,7 @@ impl MediaSession {
             started: AtomicBool::new(false),
             error: Mutex::new(None),
             hooks: Mutex::new(Vec::new()),
+            error_counted: AtomicBool::new(false),
             torn_down: AtomicBool::new(false),
             bytes_sent: AtomicU64::new(0),
             started_at: Instant::now(),
@@ -204,19 +207,27 @@ impl MediaSession {
         // Errors are tagged with their source generation where they are
         // posted, while the posting element is still in the pipeline.
         let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<(gst::Message, Option<u64>)>();
-        bus.set_sync_handler(move |_, msg| {
-            match msg.view() {
-                gst::MessageView::Error(err) => {
-                    let gen = err.src().and_then(ingest::generation_of);
-                    let _ = tx.send((msg.clone(), gen));
-                }
-                gst::MessageView::Application(_) => {
-                    let _ = tx.send((msg.clone(), None));
-                }
-                _ => {}
+        let forward = move |msg: &gst::Message| match msg.view() {
+            gst::MessageView::Error(err) => {
+                let gen = err.src().and_then(ingest::generation_of);
+                let _ = tx.send((msg.clone(), gen));
             }
+            gst::MessageView::Application(_) => {
+                let _ = tx.send((msg.clone(), None));
+            }
+            _ => {}
+        };
+        let forward = Arc::new(forward);
+        let f = forward.clone();
+        bus.set_sync_handler(move |_, msg| {
+            f(msg);
             gst::BusSyncReply::Drop
         });
+        // Messages posted while the source was opening, before the handler.
+        while let Some(msg) = bus.pop() {
+            forward(&msg);
+        }
+        drop(forward);
         let weak = Arc::downgrade(self);
         tokio::spawn(async move {
             loop {
@@ -240,7 +251,9 @@ impl MediaSession {
                             .unwrap_or_default();
                         let text = describe_error(&err.error(), err.debug().as_deref());
                         tracing::warn!(element = %src, error = %text, "pipeline error");
-                        count_error(&err.error());
+                        if !session.error_counted.swap(true, Ordering::AcqRel) {
+                            count_error(&err.error());
+                        }
                         match gen {
                             Some(gen) => session.source_lost(gen, text),
                             None => session.fail(text),
