@@ -13,6 +13,7 @@ pub mod pipeline;
 pub mod probe;
 pub mod session;
 pub mod source;
+mod typefind;
 
 use serde::Serialize;
 
@@ -185,7 +186,9 @@ pub enum MediaError {
 
 /// Initializes GStreamer once; safe to call repeatedly.
 pub fn init() -> Result<(), gst::glib::Error> {
-    gst::init()
+    gst::init()?;
+    typefind::register();
+    Ok(())
 }
 
 /// The running GStreamer version, e.g. "1.22.0".
