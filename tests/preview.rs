@@ -318,26 +318,3 @@ async fn unreachable_and_silent_sources_fail_promptly() {
     );
     ts.stop().await;
 }
-
-/// The part of a stream cut mid-flight that holds only whole units: MP4 up
-/// to the last complete top-level box, MPEG-TS up to the last packet that
-/// starts a PES (the PES in flight at hang-up is incomplete).
-fn complete_prefix(bytes: &[u8]) -> &[u8] {
-    if bytes.first() == Some(&0x47) {
-        let whole = bytes.len() / 188 * 188;
-        let last_start = (0..whole)
-            .step_by(188)
-            .rfind(|&i| bytes[i + 1] & 0x40 != 0)
-            .unwrap_or(whole);
-        return &bytes[..last_start];
-    }
-    let mut end = 0;
-    while end + 8 <= bytes.len() {
-        let size = u32::from_be_bytes(bytes[end..end + 4].try_into().unwrap()) as usize;
-        if size < 8 || end + size > bytes.len() {
-            break;
-        }
-        end += size;
-    }
-    &bytes[..end]
-}

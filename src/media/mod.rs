@@ -15,6 +15,7 @@ pub mod probe;
 pub mod reconnect;
 pub mod session;
 pub mod source;
+mod typefind;
 
 use serde::Serialize;
 
@@ -187,7 +188,9 @@ pub enum MediaError {
 
 /// Initializes GStreamer once; safe to call repeatedly.
 pub fn init() -> Result<(), gst::glib::Error> {
-    gst::init()
+    gst::init()?;
+    typefind::register();
+    Ok(())
 }
 
 /// The running GStreamer version, e.g. "1.22.0".

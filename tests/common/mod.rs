@@ -196,6 +196,29 @@ pub fn make_media(
     );
 }
 
+/// The part of a stream cut mid-flight that holds only whole units: MP4 up
+/// to the last complete top-level box, MPEG-TS up to the last packet that
+/// starts a PES (the PES in flight at hang-up is incomplete).
+pub fn complete_prefix(bytes: &[u8]) -> &[u8] {
+    if bytes.first() == Some(&0x47) {
+        let whole = bytes.len() / 188 * 188;
+        let last_start = (0..whole)
+            .step_by(188)
+            .rfind(|&i| bytes[i + 1] & 0x40 != 0)
+            .unwrap_or(whole);
+        return &bytes[..last_start];
+    }
+    let mut end = 0;
+    while end + 8 <= bytes.len() {
+        let size = u32::from_be_bytes(bytes[end..end + 4].try_into().unwrap()) as usize;
+        if size < 8 || end + size > bytes.len() {
+            break;
+        }
+        end += size;
+    }
+    &bytes[..end]
+}
+
 /// Polls `cond` until it holds or `timeout` passes.
 pub async fn eventually(timeout: Duration, mut cond: impl FnMut() -> bool) -> bool {
     let start = Instant::now();
@@ -236,8 +259,26 @@ impl BinServer {
     /// waits (60 s at most) for its "sluice listening" line (so `LOG_LEVEL`
     /// must let info lines through).
     pub fn start(data_dir: &Path, args: &[&str], envs: &[(&str, &str)]) -> BinServer {
+        Self::start_under(&[], data_dir, args, envs)
+    }
+
+    /// Like [`BinServer::start`], with the binary run by `wrapper` (e.g.
+    /// `ip netns exec NAME`, which execs it: the child is still sluice).
+    pub fn start_under(
+        wrapper: &[&str],
+        data_dir: &Path,
+        args: &[&str],
+        envs: &[(&str, &str)],
+    ) -> BinServer {
         use std::io::BufRead;
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_sluice"));
+        let mut cmd = match wrapper.split_first() {
+            Some((program, rest)) => {
+                let mut c = Command::new(program);
+                c.args(rest).arg(env!("CARGO_BIN_EXE_sluice"));
+                c
+            }
+            None => Command::new(env!("CARGO_BIN_EXE_sluice")),
+        };
         cmd.args(["--host", "127.0.0.1", "--port", "0", "--data-dir"])
             .arg(data_dir)
             .args(["--profiles"])
