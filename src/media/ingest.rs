@@ -140,6 +140,9 @@ pub fn add_generation(
     };
     shared.source_done.store(false, Ordering::Release);
     shared.parsers_open.store(0, Ordering::Release);
+    shared.parsers_silent.store(0, Ordering::Release);
+    shared.source_pads_expected.store(0, Ordering::Release);
+    shared.source_pads_seen.store(0, Ordering::Release);
     shared.uri_index.store(index, Ordering::Release);
     shared.generation.store(gen, Ordering::Release);
     if is_hls_playlist(uri) {
@@ -156,9 +159,27 @@ pub fn add_generation(
         src.set_property_from_str("connection-speed", &plan.connection_speed_kbps.to_string());
     }
     let headers = plan.headers.clone();
+    let weak = Arc::downgrade(shared);
     src.connect("source-setup", false, move |values| {
         if let Ok(el) = values[1].get::<gst::Element>() {
             configure_network_source(&el, &headers);
+            // rtspsrc adds its pads one by one and urisourcebin never says
+            // it is done: count on the SDP's streams instead.
+            if el.factory().is_some_and(|f| f.name() == "rtspsrc") {
+                if let Some(sh) = weak.upgrade() {
+                    sh.source_pads_expected.store(usize::MAX, Ordering::Release);
+                }
+                let weak = weak.clone();
+                el.connect_no_more_pads(move |el| {
+                    if let Some(sh) = weak.upgrade() {
+                        if sh.generation.load(Ordering::Acquire) == gen {
+                            sh.source_pads_expected
+                                .store(el.num_src_pads() as usize, Ordering::Release);
+                        }
+                        sh.notify.notify_waiters();
+                    }
+                });
+            }
         }
         None
     });
@@ -171,6 +192,7 @@ pub fn add_generation(
         if sh.generation.load(Ordering::Acquire) != gen {
             return;
         }
+        sh.source_pads_seen.fetch_add(1, Ordering::AcqRel);
         if let Err(e) = attach_parsebin(&pipeline, pad, &sh, gen) {
             gst::element_error!(pipeline, gst::CoreError::Negotiation, ("{}", e));
         }
@@ -285,12 +307,18 @@ fn attach_parsebin(
     let parsebin = make("parsebin")?;
     parsebin.set_property("name", element_name(shared, gen, "parse"));
     shared.parsers_open.fetch_add(1, Ordering::AcqRel);
+    shared.parsers_silent.fetch_add(1, Ordering::AcqRel);
+    let exposed = Arc::new(AtomicBool::new(false));
     let sh = shared.clone();
     let weak_pipeline = pipeline.downgrade();
+    let first_pad = exposed.clone();
     parsebin.connect_pad_added(move |parsebin, pad| {
         let Some(pipeline) = weak_pipeline.upgrade() else {
             return;
         };
+        if !first_pad.swap(true, Ordering::AcqRel) && sh.generation.load(Ordering::Acquire) == gen {
+            sh.parsers_silent.fetch_sub(1, Ordering::AcqRel);
+        }
         if let Err(e) = hold_stream(&pipeline, pad, &sh, gen) {
             gst::element_error!(parsebin, gst::CoreError::Negotiation, ("{}", e));
         }
@@ -298,6 +326,9 @@ fn attach_parsebin(
     let sh = shared.clone();
     parsebin.connect_no_more_pads(move |_| {
         if sh.generation.load(Ordering::Acquire) == gen {
+            if !exposed.swap(true, Ordering::AcqRel) {
+                sh.parsers_silent.fetch_sub(1, Ordering::AcqRel);
+            }
             sh.parsers_open.fetch_sub(1, Ordering::AcqRel);
         }
         sh.notify.notify_waiters();

@@ -53,6 +53,14 @@ pub struct Shared {
     pub(super) source_done: AtomicBool,
     /// The current generation's parsebins that have not yet signalled no-more-pads.
     pub(super) parsers_open: AtomicUsize,
+    /// The current generation's parsebins that have not exposed a pad yet
+    /// (a stream still being typed).
+    pub(super) parsers_silent: AtomicUsize,
+    /// Source pads the source element announced (rtspsrc: one per SDP
+    /// stream, known at its no-more-pads); usize::MAX while it may add more.
+    pub(super) source_pads_expected: AtomicUsize,
+    /// The current generation's urisourcebin pads seen so far.
+    pub(super) source_pads_seen: AtomicUsize,
     /// The current source generation (see [`ingest`]); 0 for `test://`.
     pub(super) generation: AtomicU64,
     /// Index into the plan's URIs that the current generation reads.
@@ -262,6 +270,23 @@ impl Opened {
         matches!(self.source, SourceUri::Test(_)) || self.shared.all_pads_known()
     }
 
+    /// Whether every stream found so far is typed: the source announced no
+    /// more pads than it exposed, each parsebin has exposed a pad, and each
+    /// exposed pad has caps.
+    pub fn streams_typed(&self) -> bool {
+        let sh = &self.shared;
+        matches!(self.source, SourceUri::Test(_))
+            || (sh.source_pads_seen.load(Ordering::Acquire)
+                >= sh.source_pads_expected.load(Ordering::Acquire)
+                && sh.parsers_silent.load(Ordering::Acquire) == 0
+                && sh.pending.lock().iter_mut().all(|p| {
+                    if p.caps.is_none() {
+                        p.caps = p.pad.current_caps();
+                    }
+                    p.caps.is_some()
+                }))
+    }
+
     /// Whether at least one source pad has appeared.
     pub fn any_stream(&self) -> bool {
         matches!(self.source, SourceUri::Test(_))
@@ -428,6 +453,13 @@ impl Opened {
             *all = other;
             this
         };
+        // The first stream linked is mpegtsmux's PCR stream, whose first
+        // packet carries the PAT/PMT: video first, so its keyframe follows them.
+        let mut pending = pending;
+        pending.sort_by_key(|p| {
+            let caps = p.caps.clone().or_else(|| p.pad.current_caps());
+            !caps.is_some_and(|c| is_video(&c))
+        });
         let mut have_video = false;
         let mut have_audio = false;
         let mut result = Ok(());

@@ -30,6 +30,8 @@ use crate::redact;
 const MAX_CHUNK: usize = 256 * 1024;
 /// After the last new source pad, how long to wait for more before deciding.
 const PAD_SETTLE: Duration = Duration::from_millis(400);
+/// The same while some stream found so far is not typed yet.
+const UNTYPED_SETTLE: Duration = Duration::from_secs(3);
 
 /// How a session ended, handed to teardown hooks.
 #[derive(Debug, Clone, Copy)]
@@ -335,7 +337,14 @@ impl MediaSession {
                         o.streams().video.is_some() as usize + o.streams().audio.is_some() as usize;
                     match settle_from {
                         Some((seen, at)) if seen == n => {
-                            if at.elapsed() >= PAD_SETTLE {
+                            // Streams still being typed (rtspsrc adds its
+                            // pads one by one) get longer to show up.
+                            let settle = if o.streams_typed() {
+                                PAD_SETTLE
+                            } else {
+                                UNTYPED_SETTLE
+                            };
+                            if at.elapsed() >= settle {
                                 return Ok(o.streams());
                             }
                         }
