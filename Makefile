@@ -1,4 +1,5 @@
-# sluice — `make run` serves the demo catalog, `make test` runs every test.
+# sluice — `make run` serves the demo catalog, `make test` runs every test,
+# `make bench` measures sluice against ffmpeg and writes BENCHMARKS.md.
 SHELL := /bin/bash
 PACKAGES_FILE := packaging/debian-packages.txt
 CARGO ?= cargo
@@ -25,6 +26,10 @@ deps:
 
 test-deps:
 	@./packaging/install-deps.sh test
+
+## sluice against one ffmpeg process per viewer, side by side; writes BENCHMARKS.md.
+bench: deps test-deps
+	$(CARGO) bench --locked --bench bench
 
 check: fmt clippy
 
