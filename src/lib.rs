@@ -62,6 +62,7 @@ pub enum StartError {
 pub fn build_state(settings: Settings) -> Result<Arc<AppState>, StartError> {
     settings.validate().map_err(StartError::Config)?;
     media::init()?;
+    media::elements::preload();
     let profiles = profiles::Profiles::load(&settings.profiles)?;
     if profiles.get(&settings.default_quality).is_none() {
         return Err(StartError::Config(format!(

@@ -162,6 +162,48 @@ async fn remux_keeps_the_source_and_auto_mode_follows_the_spec() {
     ts.stop().await;
 }
 
+/// A second audio track (a typical multi-language channel) is typed after
+/// the output side was chosen from the first two streams: it must be
+/// discarded, not held, or its queue fills and stalls the demuxer.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn extra_audio_tracks_are_dropped_without_stalling() {
+    let ts = start().await;
+    let media = ts.media_dir();
+    make_media(
+        &media.join("two-audio.ts"),
+        8,
+        &["-map", "0:v", "-c:v", "libx264", "-g", "25"],
+        &["-map", "1:a", "-map", "1:a", "-c:a", "aac"],
+        &[],
+    );
+    let url = format!("file://{}", media.join("two-audio.ts").display());
+    add_stream(&ts, "two-audio", &url).await;
+    for (query, file) in [
+        ("transcode=false", "two.mp4"),
+        ("quality=low", "two-low.ts"),
+    ] {
+        let format = if file.ends_with(".ts") {
+            "&format=ts"
+        } else {
+            ""
+        };
+        let path = format!("/streams/preview/two-audio?{query}{format}");
+        let resp = client().get(ts.url(&path)).send().await.unwrap();
+        assert_eq!(resp.status(), 200, "{path}");
+        // The whole file arrives and the body ends: nothing stalled.
+        let body = tokio::time::timeout(Duration::from_secs(40), resp.bytes())
+            .await
+            .unwrap_or_else(|_| panic!("{path}: the body did not end"))
+            .unwrap();
+        let out = ts.dir.path().join(file);
+        std::fs::write(&out, &body).unwrap();
+        let (frames, errors) = decode_all(&out);
+        assert!(frames >= 195, "{path}: {frames} of 200 frames ({errors})");
+        assert!(stream_of(&ffprobe(&out), "audio").is_some(), "{path}");
+    }
+    ts.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn video_only_sources_give_video_only_output() {
     let ts = start().await;

@@ -41,3 +41,17 @@ pub fn missing_elements() -> Vec<&'static str> {
         .map(|(name, _)| *name)
         .collect()
 }
+
+/// Loads the plugin behind every required element now, at start-up, so the
+/// first viewer does not wait for shared libraries (libav, x264, the
+/// demuxers) to be opened and initialised by their first pipeline.
+pub fn preload() {
+    use gst::prelude::*;
+    for (name, _) in REQUIRED_ELEMENTS {
+        if let Some(factory) = gst::ElementFactory::find(name) {
+            if let Err(e) = factory.load() {
+                tracing::warn!(element = name, error = %e, "could not load GStreamer plugin");
+            }
+        }
+    }
+}

@@ -20,7 +20,7 @@ use std::sync::Arc;
 
 use gst::prelude::*;
 
-use super::pipeline::{make, queue, PendingPad, Shared};
+use super::pipeline::{discard, make, queue, PendingPad, Shared};
 use super::source::SourceUri;
 use super::MediaError;
 
@@ -450,6 +450,15 @@ fn hold_stream(
     });
     pad.link(&q.static_pad("sink").expect("queue sink pad"))
         .map_err(|e| MediaError::SourceFailed(format!("cannot queue a source stream: {e:?}")))?;
+    // The output side was chosen before this stream showed up (a second
+    // audio track typed after the first two streams): nobody will link it,
+    // and held it would fill its queue and stall the demuxer feeding it.
+    if let Some(mut late) = shared.take_late(gen, &held) {
+        if let Some(id) = late.probe.take() {
+            held.remove_probe(id);
+        }
+        return discard(pipeline, shared, gen, &held);
+    }
     shared.notify.notify_waiters();
     Ok(())
 }

@@ -39,9 +39,15 @@ pub const FRAGMENT_DURATION_MS: u32 = 250;
 /// appsink queue bound (buffers); backpressure beyond it comes from the
 /// HTTP body not being polled.
 pub const APPSINK_MAX_BUFFERS: u32 = 256;
-/// Live sources: at most this much raw media waits for the encoder before
-/// frames are dropped rather than the source stalling.
+/// Live sources: at most this much raw audio waits for the encoder before
+/// buffers are dropped rather than the source stalling.
 const LEAKY_QUEUE_NS: u64 = 1_000_000_000;
+/// The same for raw video, kept short: a queued frame is a whole picture
+/// at the output size (3 MB at 1080p), and a source that bursts ahead of
+/// the encoder (an HLS client catching up at the live edge) would otherwise
+/// park a second of them per session. A few frames decouple the decoder's
+/// and the encoder's threads; a non-live source simply waits.
+const VIDEO_ENCODER_QUEUE_NS: u64 = 300_000_000;
 
 /// State shared between streaming-thread callbacks and the async side.
 /// Holds no strong reference to the pipeline or its elements.
@@ -81,6 +87,9 @@ pub struct Shared {
     pub(super) endless: AtomicBool,
     /// The output side is built.
     pub(super) committed: AtomicBool,
+    /// Highest generation whose held streams were handed to the output
+    /// side; a stream that generation exposes later is discarded at once.
+    linked_gen: AtomicU64,
     /// Element names are unique within the pipeline.
     pub(super) seq: AtomicU64,
     /// The session is ending: no reconnects, EOS passes.
@@ -156,6 +165,27 @@ impl Shared {
             }
         });
         taken
+    }
+
+    /// Takes generation `gen`'s held streams out of [`Shared::pending`] to
+    /// be linked, and marks the generation linked, in one step under the lock.
+    pub(super) fn take_pending(&self, gen: u64) -> Vec<PendingPad> {
+        let mut all = self.pending.lock();
+        let (this, other): (Vec<_>, Vec<_>) = all.drain(..).partition(|p| p.gen == gen);
+        *all = other;
+        self.linked_gen.fetch_max(gen, Ordering::AcqRel);
+        this
+    }
+
+    /// A stream that generation `gen` exposed after its streams were
+    /// taken: removed from the book, to be discarded by the caller.
+    pub(super) fn take_late(&self, gen: u64, pad: &gst::Pad) -> Option<PendingPad> {
+        let mut all = self.pending.lock();
+        if self.linked_gen.load(Ordering::Acquire) < gen {
+            return None;
+        }
+        let i = all.iter().position(|p| &p.pad == pad)?;
+        Some(all.remove(i))
     }
 
     /// Every source pad is exposed and each has shown its caps.
@@ -447,12 +477,7 @@ impl Opened {
         live: bool,
     ) -> Result<(), MediaError> {
         let gen = self.shared.generation.load(Ordering::Acquire);
-        let pending: Vec<PendingPad> = {
-            let mut all = self.shared.pending.lock();
-            let (this, other): (Vec<_>, Vec<_>) = all.drain(..).partition(|p| p.gen == gen);
-            *all = other;
-            this
-        };
+        let pending = self.shared.take_pending(gen);
         // The first stream linked is mpegtsmux's PCR stream, whose first
         // packet carries the PAT/PMT: video first, so its keyframe follows them.
         let mut pending = pending;
@@ -546,6 +571,15 @@ impl Opened {
             }
             (Mode::Transcode, _) => {
                 let dec = make("decodebin")?;
+                if video {
+                    let threads = decoder_threads(pad.current_caps().as_deref());
+                    let bin = dec.downcast_ref::<gst::Bin>().expect("decodebin is a bin");
+                    bin.connect_deep_element_added(move |_, _, el| {
+                        if el.has_property("max-threads") {
+                            el.set_property_from_str("max-threads", &threads.to_string());
+                        }
+                    });
+                }
                 p.add(&dec)?;
                 let chain_head = if video {
                     video_transcode_chain(p, profile, self.format, mux, live, &self.shared)?
@@ -579,6 +613,36 @@ impl Opened {
         pad.link(&sink)
             .map_err(|e| MediaError::SourceFailed(format!("cannot link source stream: {e:?}")))?;
         Ok(())
+    }
+}
+
+/// Source pixel rate up to which one decoder thread is used: 1080p30.
+const SINGLE_THREAD_DECODE_PIXELS_PER_S: f64 = 1920.0 * 1088.0 * 30.0;
+
+/// Worker threads for a video decoder of `caps` (0 = the decoder's own
+/// choice, one per core). libav's frame threading keeps a set of pictures
+/// in flight per thread, about 25 MB more per 1080p session, and delays
+/// each picture by a frame per thread; one thread decodes 1080p30 H.264 at
+/// several times real time. Faster or larger streams (1080p60, 4K), and
+/// streams that do not state their size and rate, keep the default.
+fn decoder_threads(caps: Option<&gst::CapsRef>) -> u32 {
+    let Some(s) = caps.and_then(|c| c.structure(0)) else {
+        return 0;
+    };
+    let (w, h) = (
+        s.get::<i32>("width").unwrap_or(0),
+        s.get::<i32>("height").unwrap_or(0),
+    );
+    let fps = s
+        .get::<gst::Fraction>("framerate")
+        .ok()
+        .filter(|f| f.numer() > 0 && f.denom() > 0)
+        .map_or(0.0, |f| f.numer() as f64 / f.denom() as f64);
+    let rate = w.max(0) as f64 * h.max(0) as f64 * fps;
+    if rate > 0.0 && rate <= SINGLE_THREAD_DECODE_PIXELS_PER_S {
+        1
+    } else {
+        0
     }
 }
 
@@ -684,7 +748,7 @@ fn video_transcode_chain(
             .field("pixel-aspect-ratio", gst::Fraction::new(1, 1))
             .build(),
     )?;
-    let q = queue(LEAKY_QUEUE_NS, live)?;
+    let q = queue(VIDEO_ENCODER_QUEUE_NS, live)?;
     let enc = make("x264enc")?;
     enc.set_property("bitrate", profile.video_bitrate);
     enc.set_property_from_str("speed-preset", &profile.preset);
@@ -749,16 +813,22 @@ fn video_transcode_chain(
             let (ow, oh) = profile.output_size(w, h, par);
             let (fn_, fd) = profile.output_framerate(fr.0, fr.1);
             if let Some(size) = weak_size.upgrade() {
-                size.set_property(
-                    "caps",
-                    gst::Caps::builder("video/x-raw")
-                        .field("format", "I420")
-                        .field("width", ow as i32)
-                        .field("height", oh as i32)
-                        .field("framerate", gst::Fraction::new(fn_, fd))
-                        .field("pixel-aspect-ratio", gst::Fraction::new(1, 1))
-                        .build(),
-                );
+                let mut caps = gst::Caps::builder("video/x-raw")
+                    .field("format", "I420")
+                    .field("width", ow as i32)
+                    .field("height", oh as i32)
+                    .field("framerate", gst::Fraction::new(fn_, fd))
+                    .field("pixel-aspect-ratio", gst::Fraction::new(1, 1));
+                // Keep the source's colours. Left open, the output size's
+                // default would be chosen (BT.601 below 720 lines, BT.709
+                // above), and scaling 1080p to 480p would then convert every
+                // pixel's colour matrix on the slow generic path as well.
+                if let Ok(info) = gst_video::VideoInfo::from_caps(ev.caps()) {
+                    caps = caps
+                        .field("colorimetry", info.colorimetry().to_string())
+                        .field("chroma-site", info.chroma_site().to_string());
+                }
+                size.set_property("caps", caps.build());
             }
             if let Some(enc) = weak_enc.upgrade() {
                 enc.set_property("key-int-max", profile.keyframe_interval(fn_, fd));
@@ -800,4 +870,34 @@ fn audio_transcode_chain(
         e.sync_state_with_parent()?;
     }
     Ok(convert)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn h264(w: i32, h: i32, fps: Option<(i32, i32)>) -> gst::Caps {
+        let mut b = gst::Caps::builder("video/x-h264")
+            .field("width", w)
+            .field("height", h);
+        if let Some((n, d)) = fps {
+            b = b.field("framerate", gst::Fraction::new(n, d));
+        }
+        b.build()
+    }
+
+    #[test]
+    fn one_decoder_thread_up_to_1080p30() {
+        gst::init().unwrap();
+        let threads = |c: gst::Caps| decoder_threads(Some(c.as_ref()));
+        assert_eq!(threads(h264(1920, 1080, Some((30, 1)))), 1);
+        assert_eq!(threads(h264(1920, 1080, Some((30000, 1001)))), 1);
+        assert_eq!(threads(h264(1280, 720, Some((50, 1)))), 1);
+        assert_eq!(threads(h264(1920, 1080, Some((50, 1)))), 0);
+        assert_eq!(threads(h264(3840, 2160, Some((25, 1)))), 0);
+        // Nothing stated: the decoder chooses.
+        assert_eq!(threads(h264(1920, 1080, None)), 0);
+        assert_eq!(threads(h264(1920, 1080, Some((0, 1)))), 0);
+        assert_eq!(decoder_threads(None), 0);
+    }
 }

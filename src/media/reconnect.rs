@@ -320,12 +320,7 @@ impl Job {
 /// Links generation `gen`'s held streams onto the running branches so its
 /// running time starts just after the last one handed downstream.
 fn splice(pipeline: &gst::Pipeline, sh: &Shared, gen: u64) -> Result<(), String> {
-    let mut pending = {
-        let mut all = sh.pending.lock();
-        let (this, other): (Vec<_>, Vec<_>) = all.drain(..).partition(|p| p.gen == gen);
-        *all = other;
-        this
-    };
+    let mut pending = sh.take_pending(gen);
     let branches: Vec<Option<gst::Pad>> = sh
         .branches
         .lock()

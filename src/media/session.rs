@@ -333,8 +333,15 @@ impl MediaSession {
                     return Ok(o.streams());
                 }
                 if o.any_stream() {
-                    let n =
-                        o.streams().video.is_some() as usize + o.streams().audio.is_some() as usize;
+                    let found = o.streams();
+                    // Only the first video and the first audio stream are
+                    // used: once both are typed, nothing that appears later
+                    // can change the decision. (A demuxer inside parsebin,
+                    // such as tsdemux, may never signal no-more-pads.)
+                    if found.video.is_some() && found.audio.is_some() {
+                        return Ok(found);
+                    }
+                    let n = found.video.is_some() as usize + found.audio.is_some() as usize;
                     match settle_from {
                         Some((seen, at)) if seen == n => {
                             // Streams still being typed (rtspsrc adds its
