@@ -33,6 +33,9 @@ fn check_transcode(probe: &serde_json::Value, level: i64, w: i64, h: i64) {
         (v["width"].as_i64().unwrap(), v["height"].as_i64().unwrap()),
         (w, h)
     );
+    // Scaling keeps the source's colours (these sources are HD, BT.709)
+    // rather than converting to the small size's default.
+    assert_eq!(v["color_space"], "bt709", "{v}");
     let a = stream_of(probe, "audio").expect("audio stream");
     assert_eq!(a["codec_name"], "aac");
     assert_eq!(a["profile"], "LC");

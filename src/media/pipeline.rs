@@ -823,7 +823,12 @@ fn video_transcode_chain(
                 // default would be chosen (BT.601 below 720 lines, BT.709
                 // above), and scaling 1080p to 480p would then convert every
                 // pixel's colour matrix on the slow generic path as well.
-                if let Ok(info) = gst_video::VideoInfo::from_caps(ev.caps()) {
+                // (RGB sources are converted as before: their colorimetry
+                // names no YUV matrix.)
+                if let Some(info) = gst_video::VideoInfo::from_caps(ev.caps())
+                    .ok()
+                    .filter(|i| i.format_info().is_yuv())
+                {
                     caps = caps
                         .field("colorimetry", info.colorimetry().to_string())
                         .field("chroma-site", info.chroma_site().to_string());
