@@ -575,19 +575,23 @@ fn losses(o: &mut String, verdicts: &[Verdict]) {
 /// What makes sluice lose on a figure, as far as the design explains it.
 fn why(figure: &str) -> &'static str {
     if figure.starts_with("memory") {
-        "A sluice session shares the process, its libraries and its GStreamer registry with every other, but its \
-         decoder, scaler and encoder buffers are its own like ffmpeg's; RSS of separate ffmpeg processes also \
-         counts shared library pages once per process, so compare the PSS column too."
+        "A sluice session shares the process, its libraries and the GStreamer registry with every other, but its \
+         decoder pictures, scaler and encoder are its own, as in an ffmpeg process; the PSS column, which splits \
+         shared library pages among ffmpeg processes, is the fairer comparison for one viewer."
     } else if figure.starts_with("teardown") {
-        "sluice's figure includes the client noticing the hang-up, the pipeline reaching NULL on a blocking thread, \
-         the slot being freed and the status route being asked again (polled every 2 ms); ffmpeg's is only the \
-         signal and the exit."
+        "sluice's figure runs from the hang-up until the status route, polled every 2 ms, stops listing the session: \
+         the server must notice the closed connection, bring the pipeline to NULL on a blocking thread and free its \
+         slot, while the 1080p encoder of the profile keeps both cores busy until it stops; ffmpeg's is the signal \
+         and the exit alone."
     } else if figure.starts_with("CPU") {
-        "sluice's figure is the whole server's CPU (HTTP, status, the bus watch) against the child's alone; both \
-         run the same x264 preset for the profile."
+        "Both run the same libavcodec H.264 decoder and the same x264 preset, which are nearly all of the work; \
+         sluice's figure is the whole server (HTTP, status, bus watch) against the child alone."
     } else if figure.starts_with("capacity") {
-        "Capacity follows CPU per media second: on 2 cores the encoder is nearly all of it."
+        "Capacity is one trial per step with every viewer starting together; both contenders run the same decoder \
+         and encoder, so it follows CPU per media second and moves by a viewer or two between runs on a busy \
+         machine (the steps column shows how close each step was)."
     } else {
-        "Start-up is dominated by probing the source and filling the first fragment."
+        "Start-up is probing the source and filling the first fragment; the first-fragment prefix is decoded by \
+         ffprobe for both."
     }
 }

@@ -31,6 +31,7 @@ pub fn paired_ratio(pairs: &[(Option<f64>, Option<f64>)]) -> Option<f64> {
 /// `0.62x`, or `n/a`.
 pub fn ratio(r: Option<f64>) -> String {
     match r {
+        Some(r) if r.is_infinite() => "∞".into(),
         Some(r) if r >= 10.0 => format!("{r:.0}x"),
         Some(r) if r >= 0.1 => format!("{r:.2}x"),
         Some(r) => format!("{r:.3}x"),
@@ -77,5 +78,6 @@ pub fn self_test() {
     assert_eq!(paired_ratio(&pairs), Some(0.5));
     assert_eq!(ratio(Some(0.6213)), "0.62x");
     assert_eq!(ratio(None), "n/a");
+    assert_eq!(ratio(Some(f64::INFINITY)), "∞");
     assert_eq!(ms(Some(1452.4)), "1452 ms");
 }
