@@ -218,7 +218,7 @@ async fn search(
     let cores = procfs::Machine::describe().cores as f64;
     let mut n = cpu
         .filter(|c| *c > 0.0)
-        .map_or(1, |c| (0.9 * cores / c).floor() as usize)
+        .map_or(1, |c| (cores / c).round() as usize)
         .clamp(1, 16);
     let mut steps: Vec<Step> = Vec::new();
     let mut best = 0usize;
@@ -234,23 +234,24 @@ async fn search(
             s.min_speed,
             s.min_fps
         );
+        // CPU-bound viewers share the throughput: n viewers at speed s
+        // are worth about n * s viewers at real time.
+        let worth = (n as f64 * s.min_speed).floor() as usize;
         let ok = s.ok;
         steps.push(s);
+        let lowest_failing = steps.iter().filter(|s| !s.ok).map(|s| s.n).min();
         if ok {
             best = best.max(n);
-            if steps.iter().any(|s| s.n == n + 1 && !s.ok) {
+            let ceiling = lowest_failing.map_or(usize::MAX, |f| f - 1);
+            if n >= ceiling {
                 break;
             }
-            n += 1;
+            n = worth.clamp(n + 1, ceiling);
         } else {
             if n == 1 || steps.iter().any(|s| s.n == n - 1 && s.ok) {
                 break;
             }
-            // CPU-bound viewers share the throughput: n at speed s is
-            // worth about n * s viewers at real time.
-            let last = steps.last().expect("a step ran");
-            let guess = (n as f64 * last.min_speed.min(1.0) * KEEPS_UP).floor() as usize;
-            n = guess.clamp(best + 1, n - 1);
+            n = ((worth as f64 * KEEPS_UP) as usize).clamp(best + 1, n - 1);
         }
     }
     Ok((best, steps))
@@ -292,7 +293,7 @@ async fn status_times(b: &Bench, n: usize) -> Result<Vec<f64>, String> {
         let t = Instant::now();
         b.sluice.status().await?;
         v.push(t.elapsed().as_secs_f64() * 1000.0);
-        tokio::time::sleep(Duration::from_millis(10)).await;
+        tokio::time::sleep(Duration::from_millis(5)).await;
     }
     Ok(v)
 }

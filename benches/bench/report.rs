@@ -493,13 +493,17 @@ fn figures_detail(o: &mut String, b: &Bench, r: &Results) {
                     .collect::<Vec<_>>()
                     .join("; ")
             };
-            vec![
-                row.profile.clone(),
-                row.result[0].0.to_string(),
-                row.result[1].0.to_string(),
-                steps(0),
-                steps(1),
-            ]
+            // A count is exact when one more viewer was seen to fall behind
+            // (or even one did); otherwise the search stopped short of it.
+            let count = |i: usize| {
+                let (best, steps) = &row.result[i];
+                if steps.iter().any(|s| !s.ok && s.n == best + 1) {
+                    best.to_string()
+                } else {
+                    format!("≥ {best}")
+                }
+            };
+            vec![row.profile.clone(), count(0), count(1), steps(0), steps(1)]
         })
         .collect();
     table(

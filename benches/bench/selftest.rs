@@ -131,14 +131,19 @@ fn mp4_reader() {
 
 fn procfs_readings() {
     let pid = std::process::id();
+    // Spin until the kernel has counted some CPU (a busy machine may give
+    // this thread little of the wall time), at most 10 s.
     let before = procfs::cpu_seconds(pid).expect("own stat");
     let t = Instant::now();
     let mut x = 0u64;
-    while t.elapsed() < Duration::from_millis(150) {
-        x = x.wrapping_mul(6364136223846793005).wrapping_add(1);
+    let mut after = before;
+    while after - before < 0.05 && t.elapsed() < Duration::from_secs(10) {
+        for _ in 0..1_000_000 {
+            x = x.wrapping_mul(6364136223846793005).wrapping_add(1);
+        }
+        after = procfs::cpu_seconds(pid).expect("own stat");
     }
     std::hint::black_box(x);
-    let after = procfs::cpu_seconds(pid).expect("own stat");
     assert!(after - before >= 0.05, "cpu {before} -> {after}");
     assert!(procfs::rss_bytes(pid).expect("rss") > 1 << 20);
     assert!(procfs::pss_bytes(pid).expect("pss") > 0);
