@@ -8,7 +8,7 @@ PORT ?= 3000
 # Packages with a given role from the one package list.
 packages = $(shell awk -v role="$(1)" '!/^\#/ && NF >= 2 { n = split($$2, r, ","); for (i = 1; i <= n; i++) if (r[i] == role) { print $$1; break } }' $(PACKAGES_FILE))
 
-.PHONY: run build test deps test-deps check fmt clippy bench clean
+.PHONY: run build test deps test-deps bench-deps check fmt clippy bench clean
 
 ## Install missing system packages (apt, when root), build release, serve the demo catalog.
 run: deps build
@@ -27,8 +27,11 @@ deps:
 test-deps:
 	@./packaging/install-deps.sh test
 
+bench-deps:
+	@./packaging/install-deps.sh bench
+
 ## sluice against one ffmpeg process per viewer, side by side; writes BENCHMARKS.md.
-bench: deps test-deps
+bench: deps bench-deps
 	$(CARGO) bench --locked --bench bench
 
 check: fmt clippy
