@@ -22,6 +22,33 @@ fn run(cmd: &mut Command) {
     );
 }
 
+/// Writes `seconds` of a `lavfi` graph as fragmented MP4, as the baseline
+/// does: a keyframe and so a fragment every second (30 frames).
+fn ffmpeg_fmp4(path: &Path, lavfi: &str, seconds: u32) {
+    run(Command::new("ffmpeg")
+        .args(["-hide_banner", "-loglevel", "error", "-nostdin"])
+        .args(["-f", "lavfi", "-i", lavfi, "-t", &seconds.to_string()])
+        .args([
+            "-map",
+            "0",
+            "-c:v",
+            "libx264",
+            "-preset",
+            "ultrafast",
+            "-g",
+            "30",
+        ])
+        .args([
+            "-c:a",
+            "aac",
+            "-movflags",
+            "frag_keyframe+empty_moov",
+            "-f",
+            "mp4",
+        ])
+        .arg(path));
+}
+
 /// Parses `bytes` fed in pieces of `chunk` bytes; returns (fragments with
 /// video, frames, media seconds).
 fn parse(bytes: &[u8], chunk: usize) -> (usize, u64, f64) {
@@ -62,40 +89,11 @@ fn check_file(path: &Path, frames: u64, seconds: f64, min_frags: usize) {
 fn mp4_reader() {
     let dir = tempfile::tempdir().expect("temp dir");
     let ff = dir.path().join("ffmpeg.mp4");
-    run(Command::new("ffmpeg")
-        .args([
-            "-hide_banner",
-            "-loglevel",
-            "error",
-            "-nostdin",
-            "-f",
-            "lavfi",
-        ])
-        .args([
-            "-i",
-            "testsrc=size=320x240:rate=30[out0];sine=sample_rate=48000[out1]",
-        ])
-        .args([
-            "-t",
-            "3",
-            "-map",
-            "0",
-            "-c:v",
-            "libx264",
-            "-preset",
-            "ultrafast",
-            "-g",
-            "30",
-        ])
-        .args([
-            "-c:a",
-            "aac",
-            "-movflags",
-            "frag_keyframe+empty_moov",
-            "-f",
-            "mp4",
-        ])
-        .arg(&ff));
+    ffmpeg_fmp4(
+        &ff,
+        "testsrc=size=320x240:rate=30[out0];sine=sample_rate=48000[out1]",
+        3,
+    );
     check_file(&ff, 90, 3.0, 3);
     let gst = dir.path().join("gst.mp4");
     run(Command::new("gst-launch-1.0")
@@ -155,32 +153,7 @@ fn windows() {
     // The ffmpeg file's fragments, arriving one every 100 ms.
     let dir = tempfile::tempdir().expect("temp dir");
     let ff = dir.path().join("w.mp4");
-    run(Command::new("ffmpeg")
-        .args([
-            "-hide_banner",
-            "-loglevel",
-            "error",
-            "-nostdin",
-            "-f",
-            "lavfi",
-        ])
-        .args([
-            "-i",
-            "testsrc=size=160x120:rate=30",
-            "-t",
-            "4",
-            "-c:v",
-            "libx264",
-        ])
-        .args([
-            "-g",
-            "30",
-            "-movflags",
-            "frag_keyframe+empty_moov",
-            "-f",
-            "mp4",
-        ])
-        .arg(&ff));
+    ffmpeg_fmp4(&ff, "testsrc=size=160x120:rate=30", 4);
     let bytes = std::fs::read(&ff).expect("written");
     let progress = Arc::new(Mutex::new(Progress::default()));
     let mut feed = Feed::new(Instant::now(), progress.clone(), std::process::id(), true);
