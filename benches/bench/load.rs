@@ -218,7 +218,7 @@ async fn search(
     profile: &Profile,
     cpu: Option<f64>,
 ) -> Result<(usize, Vec<Step>), String> {
-    let cores = procfs::Machine::describe().cores as f64;
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get()) as f64;
     let mut n = cpu
         .filter(|c| *c > 0.0)
         .map_or(1, |c| (cores / c).round() as usize)
