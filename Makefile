@@ -17,7 +17,7 @@ run: deps build
 build:
 	$(CARGO) build --release --locked
 
-## Run every test (unit, integration, browser, packaging).
+## Run every test (unit, integration, browser, packaging, the bench harness's self-check).
 test: deps test-deps
 	$(CARGO) test --locked --all-targets -- --test-threads=2
 
