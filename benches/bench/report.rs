@@ -96,6 +96,14 @@ fn cpu_median(row: &LoadRow, sluice: bool) -> Option<f64> {
     median(&v)
 }
 
+/// sluice's `q` quantile of teardown times over ffmpeg's.
+fn teardown_ratio(row: &TeardownRow, q: f64) -> Option<f64> {
+    match (quantile(&row.sluice, q), quantile(&row.ffmpeg, q)) {
+        (Some(a), Some(b)) if b > 0.0 => Some(a / b),
+        _ => None,
+    }
+}
+
 /// Every figure's ratio, for the summary and the "where sluice loses" list.
 pub fn verdicts(r: &Results) -> Vec<Verdict> {
     let mut v = Vec::new();
@@ -138,12 +146,18 @@ pub fn verdicts(r: &Results) -> Vec<Verdict> {
         }
     }
     for row in &r.teardown {
-        let pair = |q: f64| match (quantile(&row.sluice, q), quantile(&row.ffmpeg, q)) {
-            (Some(a), Some(b)) if b > 0.0 => Some(a / b),
-            _ => None,
-        };
-        push("teardown p50".into(), &row.profile, pair(0.5), true);
-        push("teardown p99".into(), &row.profile, pair(0.99), true);
+        push(
+            "teardown p50".into(),
+            &row.profile,
+            teardown_ratio(row, 0.5),
+            true,
+        );
+        push(
+            "teardown p99".into(),
+            &row.profile,
+            teardown_ratio(row, 0.99),
+            true,
+        );
     }
     for row in &r.capacity {
         let (s, f) = (row.result[0].0 as f64, row.result[1].0 as f64);
@@ -440,10 +454,7 @@ fn figures_detail(o: &mut String, b: &Bench, r: &Results) {
         .iter()
         .map(|row| {
             let q = |v: &[f64], q: f64| quantile(v, q);
-            let rt = |x: f64| match (q(&row.sluice, x), q(&row.ffmpeg, x)) {
-                (Some(a), Some(b)) if b > 0.0 => Some(a / b),
-                _ => None,
-            };
+            let rt = |x: f64| teardown_ratio(row, x);
             vec![
                 row.profile.clone(),
                 format!("{} / {}", row.sluice.len(), row.ffmpeg.len()),
