@@ -207,6 +207,149 @@ async fn extra_audio_tracks_are_dropped_without_stalling() {
     ts.stop().await;
 }
 
+/// A clip shorter than what each stream may hold before the output side
+/// exists is read to its end first: that end is real, not a failed source.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_clip_read_to_its_end_before_the_output_exists_still_plays() {
+    let ts = start().await;
+    let media = ts.media_dir();
+    make_media(
+        &media.join("short.ts"),
+        1,
+        &["-c:v", "libx264", "-g", "25"],
+        &["-c:a", "aac"],
+        &[],
+    );
+    let url = format!("file://{}", media.join("short.ts").display());
+    add_stream(&ts, "short", &url).await;
+    for (query, file) in [
+        ("transcode=false", "short.mp4"),
+        ("quality=low", "short-low.mp4"),
+    ] {
+        let path = format!("/streams/preview/short?{query}");
+        let resp = client().get(ts.url(&path)).send().await.unwrap();
+        assert_eq!(resp.status(), 200, "{path}");
+        let body = tokio::time::timeout(Duration::from_secs(20), resp.bytes())
+            .await
+            .unwrap_or_else(|_| panic!("{path}: the body did not end"))
+            .unwrap();
+        let out = ts.dir.path().join(file);
+        std::fs::write(&out, &body).unwrap();
+        let (frames, errors) = decode_all(&out);
+        assert!(frames >= 24, "{path}: {frames} of 25 frames ({errors})");
+        assert!(stream_of(&ffprobe(&out), "audio").is_some(), "{path}");
+    }
+    ts.stop().await;
+}
+
+/// Serves `file` over HTTP from byte `offset` at its own byte rate (its
+/// size over `seconds`), the way a live channel reaches a client that
+/// joins mid-stream. One client per connection; returns the port.
+async fn paced_ts_server(file: std::path::PathBuf, offset: usize, seconds: f64) -> u16 {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let data = std::sync::Arc::new(std::fs::read(&file).unwrap());
+    tokio::spawn(async move {
+        while let Ok((mut sock, _)) = listener.accept().await {
+            let data = data.clone();
+            tokio::spawn(async move {
+                let mut req = Vec::new();
+                let mut buf = [0u8; 2048];
+                while !req.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match sock.read(&mut buf).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => req.extend_from_slice(&buf[..n]),
+                    }
+                }
+                let head =
+                    "HTTP/1.1 200 OK\r\nContent-Type: video/mp2t\r\nConnection: close\r\n\r\n";
+                if sock.write_all(head.as_bytes()).await.is_err() {
+                    return;
+                }
+                let per_tick = ((data.len() as f64 / seconds / 50.0) as usize / 188).max(1) * 188;
+                let mut tick = tokio::time::interval(Duration::from_millis(20));
+                for chunk in data[offset..].chunks(per_tick) {
+                    tick.tick().await;
+                    if sock.write_all(chunk).await.is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    port
+}
+
+/// A live channel joined mid-GOP: audio is typed at once, but the video
+/// parser has no SPS until the next keyframe, seconds later. The output
+/// must wait for the picture rather than settle for audio alone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_live_channel_joined_mid_gop_keeps_its_video() {
+    let ts = start().await;
+    let file = ts.dir.path().join("long-gop.ts");
+    // A keyframe every 4 s (SPS and PPS only with it), as many IPTV
+    // channels send.
+    make_media(
+        &file,
+        12,
+        &[
+            "-map",
+            "0:v",
+            "-c:v",
+            "libx264",
+            "-preset",
+            "ultrafast",
+            "-g",
+            "100",
+            "-keyint_min",
+            "100",
+            "-sc_threshold",
+            "0",
+        ],
+        &["-map", "1:a", "-c:a", "aac"],
+        &["-f", "mpegts"],
+    );
+    // Join 0.5 s in: past the first keyframe, 3.5 s before the next.
+    let out = std::process::Command::new("ffprobe")
+        .args(["-v", "error", "-select_streams", "v", "-show_entries"])
+        .args(["packet=pos,pts_time", "-of", "csv=p=0"])
+        .arg(&file)
+        .output()
+        .unwrap();
+    let packets: Vec<(f64, usize)> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| {
+            let (t, pos) = l.split_once(',')?;
+            Some((t.parse().ok()?, pos.trim_end_matches(',').parse().ok()?))
+        })
+        .collect();
+    let start = packets.first().expect("ffprobe lists the video packets").0;
+    let offset = packets
+        .iter()
+        .find(|(t, _)| *t >= start + 0.5)
+        .map(|(_, pos)| pos / 188 * 188)
+        .expect("the clip is longer than 0.5 s");
+    let port = paced_ts_server(file, offset, 12.0).await;
+    add_stream(&ts, "mid-gop", &format!("http://127.0.0.1:{port}/live.ts")).await;
+    let resp = client()
+        .get(ts.url("/streams/preview/mid-gop"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    assert_eq!(resp.headers()["x-sluice-mode"], "remux");
+    let bytes = read_for(resp, Duration::from_secs(3), 8 << 20).await;
+    let saved = ts.dir.path().join("mid-gop.mp4");
+    std::fs::write(&saved, complete_prefix(&bytes)).unwrap();
+    let probe = ffprobe(&saved);
+    assert!(stream_of(&probe, "video").is_some(), "no video: {probe}");
+    assert!(stream_of(&probe, "audio").is_some(), "no audio: {probe}");
+    let (frames, errors) = decode_all(&saved);
+    assert!(frames >= 25, "{frames} frames decoded ({errors})");
+    ts.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn video_only_sources_give_video_only_output() {
     let ts = start().await;

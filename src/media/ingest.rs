@@ -26,6 +26,12 @@ use super::MediaError;
 
 /// Media each source stream may buffer while the output side is being chosen.
 const PREDECISION_QUEUE_NS: u64 = 3_000_000_000;
+/// The same once the decision waits for a video stream still being typed:
+/// longer than that wait (`session::VIDEO_SETTLE`), or the full audio queue
+/// would block the demuxer feeding both and the video keyframe being waited
+/// for would never come. Only then: a file read ahead this far would reach
+/// its end before the output side exists.
+pub const PREDECISION_LONG_QUEUE_NS: u64 = 12_000_000_000;
 
 /// Application message posted when a generation's stream ends or fails.
 pub const SOURCE_LOST: &str = "sluice-source-lost";
@@ -141,6 +147,7 @@ pub fn add_generation(
     shared.source_done.store(false, Ordering::Release);
     shared.parsers_open.store(0, Ordering::Release);
     shared.parsers_silent.store(0, Ordering::Release);
+    shared.video_parsers.store(0, Ordering::Release);
     shared.source_pads_expected.store(0, Ordering::Release);
     shared.source_pads_seen.store(0, Ordering::Release);
     shared.uri_index.store(index, Ordering::Release);
@@ -316,11 +323,31 @@ fn attach_parsebin(
         let Some(pipeline) = weak_pipeline.upgrade() else {
             return;
         };
+        // Held first, then no longer silent: a stream must never be
+        // missing from both counts at once, or the streams would look
+        // complete without it.
+        let held = hold_stream(&pipeline, pad, &sh, gen);
         if !first_pad.swap(true, Ordering::AcqRel) && sh.generation.load(Ordering::Acquire) == gen {
             sh.parsers_silent.fetch_sub(1, Ordering::AcqRel);
         }
-        if let Err(e) = hold_stream(&pipeline, pad, &sh, gen) {
+        sh.notify.notify_waiters();
+        if let Err(e) = held {
             gst::element_error!(parsebin, gst::CoreError::Negotiation, ("{}", e));
+        }
+    });
+    let weak = Arc::downgrade(shared);
+    let bin = parsebin
+        .downcast_ref::<gst::Bin>()
+        .expect("parsebin is a bin");
+    bin.connect_deep_element_added(move |_, _, el| {
+        let video_parser = el.factory().is_some_and(|f| {
+            let klass = f.klass();
+            klass.contains("Parser") && klass.contains("Video")
+        });
+        if let (true, Some(sh)) = (video_parser, weak.upgrade()) {
+            if sh.generation.load(Ordering::Acquire) == gen {
+                sh.video_parsers.fetch_add(1, Ordering::AcqRel);
+            }
         }
     });
     let sh = shared.clone();
@@ -372,9 +399,11 @@ fn hold_stream(
         gst::PadProbeReturn::Ok
     });
 
-    // EOS of an endless source means it dropped (and a source that ends
-    // before its media was used has failed): it is kept from the output
-    // and reported, so the output goes on with the next generation.
+    // EOS of an endless source means it dropped (and a source without a
+    // duration that ends before its media was used has failed): it is kept
+    // from the output and reported, so the output goes on with the next
+    // generation. A finite source (a file) may simply have been read to its
+    // end before the output side was built; its EOS is real and passes.
     let weak = Arc::downgrade(shared);
     q.static_pad("sink").expect("queue sink pad").add_probe(
         gst::PadProbeType::EVENT_DOWNSTREAM,
@@ -388,7 +417,13 @@ fn hold_stream(
             if sh.closing.load(Ordering::Acquire) {
                 return gst::PadProbeReturn::Ok;
             }
-            if !sh.committed.load(Ordering::Acquire) || sh.endless.load(Ordering::Acquire) {
+            let lost = if sh.committed.load(Ordering::Acquire) {
+                sh.endless.load(Ordering::Acquire)
+            } else {
+                pad.peer_query_duration::<gst::ClockTime>()
+                    .is_none_or(|d| d == gst::ClockTime::ZERO)
+            };
+            if lost {
                 post_lost(pad, gen, "the source ended the stream");
                 // Replaced rather than dropped: GStreamer 1.22 logs a
                 // critical when a probe drops an event.

@@ -62,6 +62,10 @@ pub struct Shared {
     /// The current generation's parsebins that have not exposed a pad yet
     /// (a stream still being typed).
     pub(super) parsers_silent: AtomicUsize,
+    /// Video parsers the current generation's parsebins have plugged: a
+    /// video stream exists even while none is exposed yet (a live stream
+    /// joined mid-GOP types its video only at the next keyframe).
+    pub(super) video_parsers: AtomicUsize,
     /// Source pads the source element announced (rtspsrc: one per SDP
     /// stream, known at its no-more-pads); usize::MAX while it may add more.
     pub(super) source_pads_expected: AtomicUsize,
@@ -315,6 +319,50 @@ impl Opened {
                     }
                     p.caps.is_some()
                 }))
+    }
+
+    /// The pad bookkeeping in one line, for debug logs.
+    pub fn pad_state(&self) -> String {
+        let sh = &self.shared;
+        let caps: Vec<String> = sh
+            .pending
+            .lock()
+            .iter()
+            .map(|p| {
+                p.caps
+                    .as_ref()
+                    .and_then(|c| c.structure(0).map(|s| s.name().to_string()))
+                    .unwrap_or_else(|| "untyped".into())
+            })
+            .collect();
+        format!(
+            "gen={} done={} open={} silent={} video_parsers={} seen={} expected={} pads=[{}]",
+            sh.generation.load(Ordering::Acquire),
+            sh.source_done.load(Ordering::Acquire),
+            sh.parsers_open.load(Ordering::Acquire),
+            sh.parsers_silent.load(Ordering::Acquire),
+            sh.video_parsers.load(Ordering::Acquire),
+            sh.source_pads_seen.load(Ordering::Acquire),
+            sh.source_pads_expected.load(Ordering::Acquire),
+            caps.join(", ")
+        )
+    }
+
+    /// Lets every held stream queue up to
+    /// [`ingest::PREDECISION_LONG_QUEUE_NS`] (a queue that is full wakes
+    /// its writer when its limit grows).
+    pub fn lengthen_holds(&self) {
+        for p in self.shared.pending.lock().iter() {
+            if let Some(q) = p.pad.parent_element() {
+                q.set_property("max-size-time", ingest::PREDECISION_LONG_QUEUE_NS);
+            }
+        }
+    }
+
+    /// Whether a parsebin has plugged a parser for a video stream.
+    pub fn video_stream_seen(&self) -> bool {
+        matches!(self.source, SourceUri::Test(_))
+            || self.shared.video_parsers.load(Ordering::Acquire) > 0
     }
 
     /// Whether at least one source pad has appeared.

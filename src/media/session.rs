@@ -32,6 +32,11 @@ const MAX_CHUNK: usize = 256 * 1024;
 const PAD_SETTLE: Duration = Duration::from_millis(400);
 /// The same while some stream found so far is not typed yet.
 const UNTYPED_SETTLE: Duration = Duration::from_secs(3);
+/// The same while no video has been typed but one exists or may still
+/// appear: a preview without its picture is the worst outcome, and a live
+/// stream joined mid-GOP types its video only at the next keyframe (the
+/// parser has no SPS before it).
+const VIDEO_SETTLE: Duration = Duration::from_secs(10);
 
 /// How a session ended, handed to teardown hooks.
 #[derive(Debug, Clone, Copy)]
@@ -315,7 +320,8 @@ impl MediaSession {
 
     /// Waits until the source's streams are known (or it fails).
     pub async fn streams(&self) -> Result<SourceStreams, MediaError> {
-        let mut settle_from: Option<(usize, Instant)> = None;
+        let mut settle_from: Option<(usize, bool, Instant)> = None;
+        let mut lengthened = false;
         loop {
             let notified = self.shared.notify.notified();
             if let Some(e) = self.error() {
@@ -330,6 +336,7 @@ impl MediaSession {
                     return Err(MediaError::Ended(EndReason::SourceError));
                 };
                 if o.streams_known() {
+                    tracing::debug!(state = %o.pad_state(), "streams known");
                     return Ok(o.streams());
                 }
                 if o.any_stream() {
@@ -342,20 +349,32 @@ impl MediaSession {
                         return Ok(found);
                     }
                     let n = found.video.is_some() as usize + found.audio.is_some() as usize;
+                    let typed = o.streams_typed();
+                    let wait_for_video = found.video.is_none() && (!typed || o.video_stream_seen());
+                    if wait_for_video && !lengthened {
+                        o.lengthen_holds();
+                        lengthened = true;
+                    }
+                    // The wait restarts whenever what was found changes, so
+                    // a decision always follows a whole settle period of
+                    // the same streams in the same state.
                     match settle_from {
-                        Some((seen, at)) if seen == n => {
+                        Some((seen, was_typed, at)) if seen == n && was_typed == typed => {
                             // Streams still being typed (rtspsrc adds its
                             // pads one by one) get longer to show up.
-                            let settle = if o.streams_typed() {
+                            let settle = if wait_for_video {
+                                VIDEO_SETTLE
+                            } else if typed {
                                 PAD_SETTLE
                             } else {
                                 UNTYPED_SETTLE
                             };
                             if at.elapsed() >= settle {
+                                tracing::debug!(state = %o.pad_state(), settle_ms = settle.as_millis() as u64, "streams settled");
                                 return Ok(o.streams());
                             }
                         }
-                        _ => settle_from = Some((n, Instant::now())),
+                        _ => settle_from = Some((n, typed, Instant::now())),
                     }
                 }
             }
