@@ -288,8 +288,9 @@ async fn paced_ts_server(file: std::path::PathBuf, offset: usize, seconds: f64) 
 async fn a_live_channel_joined_mid_gop_keeps_its_video() {
     let ts = start().await;
     let file = ts.dir.path().join("long-gop.ts");
-    // A keyframe every 4 s (SPS and PPS only with it), as many IPTV
-    // channels send.
+    // A keyframe every 4 s (SPS and PPS only with it) and two audio
+    // languages, as many IPTV channels send. Every audio queue must outlast
+    // the wait, or a full one blocks the demuxer before the keyframe.
     make_media(
         &file,
         12,
@@ -307,7 +308,7 @@ async fn a_live_channel_joined_mid_gop_keeps_its_video() {
             "-sc_threshold",
             "0",
         ],
-        &["-map", "1:a", "-c:a", "aac"],
+        &["-map", "1:a", "-map", "1:a", "-c:a", "aac"],
         &["-f", "mpegts"],
     );
     // Join 0.5 s in: past the first keyframe, 3.5 s before the next.

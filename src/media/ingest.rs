@@ -31,7 +31,7 @@ const PREDECISION_QUEUE_NS: u64 = 3_000_000_000;
 /// would block the demuxer feeding both and the video keyframe being waited
 /// for would never come. Only then: a file read ahead this far would reach
 /// its end before the output side exists.
-pub const PREDECISION_LONG_QUEUE_NS: u64 = 12_000_000_000;
+pub(super) const PREDECISION_LONG_QUEUE_NS: u64 = 12_000_000_000;
 
 /// Application message posted when a generation's stream ends or fails.
 pub const SOURCE_LOST: &str = "sluice-source-lost";
@@ -148,6 +148,7 @@ pub fn add_generation(
     shared.parsers_open.store(0, Ordering::Release);
     shared.parsers_silent.store(0, Ordering::Release);
     shared.video_parsers.store(0, Ordering::Release);
+    shared.long_holds.store(false, Ordering::Release);
     shared.source_pads_expected.store(0, Ordering::Release);
     shared.source_pads_seen.store(0, Ordering::Release);
     shared.uri_index.store(index, Ordering::Release);
@@ -483,6 +484,11 @@ fn hold_stream(
         first_rt: None,
         timing,
     });
+    // Checked once the pad is listed, so a lengthening that went over the
+    // list just before still reaches it.
+    if shared.long_holds.load(Ordering::Acquire) {
+        lengthen_hold(&held);
+    }
     pad.link(&q.static_pad("sink").expect("queue sink pad"))
         .map_err(|e| MediaError::SourceFailed(format!("cannot queue a source stream: {e:?}")))?;
     // The output side was chosen before this stream showed up (a second
@@ -496,6 +502,14 @@ fn hold_stream(
     }
     shared.notify.notify_waiters();
     Ok(())
+}
+
+/// Raises the limit of the queue holding `held` (its source pad) to
+/// [`PREDECISION_LONG_QUEUE_NS`].
+pub(super) fn lengthen_hold(held: &gst::Pad) {
+    if let Some(q) = held.parent_element() {
+        q.set_property("max-size-time", PREDECISION_LONG_QUEUE_NS);
+    }
 }
 
 /// Posts [`SOURCE_LOST`] for generation `gen` from the element owning `pad`.

@@ -66,6 +66,9 @@ pub struct Shared {
     /// video stream exists even while none is exposed yet (a live stream
     /// joined mid-GOP types its video only at the next keyframe).
     pub(super) video_parsers: AtomicUsize,
+    /// The current generation's held streams queue up to
+    /// [`ingest::PREDECISION_LONG_QUEUE_NS`] (see [`Opened::lengthen_holds`]).
+    pub(super) long_holds: AtomicBool,
     /// Source pads the source element announced (rtspsrc: one per SDP
     /// stream, known at its no-more-pads); usize::MAX while it may add more.
     pub(super) source_pads_expected: AtomicUsize,
@@ -348,14 +351,15 @@ impl Opened {
         )
     }
 
-    /// Lets every held stream queue up to
-    /// [`ingest::PREDECISION_LONG_QUEUE_NS`] (a queue that is full wakes
-    /// its writer when its limit grows).
+    /// Lets every held stream of the current generation, and each one it
+    /// holds from now on, queue up to [`ingest::PREDECISION_LONG_QUEUE_NS`]
+    /// (a queue that is full wakes its writer when its limit grows).
     pub fn lengthen_holds(&self) {
+        if self.shared.long_holds.swap(true, Ordering::AcqRel) {
+            return;
+        }
         for p in self.shared.pending.lock().iter() {
-            if let Some(q) = p.pad.parent_element() {
-                q.set_property("max-size-time", ingest::PREDECISION_LONG_QUEUE_NS);
-            }
+            ingest::lengthen_hold(&p.pad);
         }
     }
 

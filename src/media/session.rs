@@ -321,7 +321,6 @@ impl MediaSession {
     /// Waits until the source's streams are known (or it fails).
     pub async fn streams(&self) -> Result<SourceStreams, MediaError> {
         let mut settle_from: Option<(usize, bool, Instant)> = None;
-        let mut lengthened = false;
         loop {
             let notified = self.shared.notify.notified();
             if let Some(e) = self.error() {
@@ -351,9 +350,8 @@ impl MediaSession {
                     let n = found.video.is_some() as usize + found.audio.is_some() as usize;
                     let typed = o.streams_typed();
                     let wait_for_video = found.video.is_none() && (!typed || o.video_stream_seen());
-                    if wait_for_video && !lengthened {
+                    if wait_for_video {
                         o.lengthen_holds();
-                        lengthened = true;
                     }
                     // The wait restarts whenever what was found changes, so
                     // a decision always follows a whole settle period of
