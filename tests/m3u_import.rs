@@ -28,15 +28,9 @@ async fn serve(files: Vec<(&str, &str, Vec<u8>)>) -> SocketAddr {
         while let Ok((mut tcp, _)) = listener.accept().await {
             let files = files.clone();
             tokio::spawn(async move {
-                let mut head = Vec::new();
-                let mut buf = [0u8; 4096];
-                while !head.windows(4).any(|w| w == b"\r\n\r\n") {
-                    match tcp.read(&mut buf).await {
-                        Ok(0) | Err(_) => return,
-                        Ok(n) => head.extend_from_slice(&buf[..n]),
-                    }
-                }
-                let text = String::from_utf8_lossy(&head);
+                let Some(text) = read_request_head(&mut tcp).await else {
+                    return;
+                };
                 let path = text.split_whitespace().nth(1).unwrap_or("/").to_string();
                 let (status, ct, body) = match files.get(&path) {
                     Some((ct, body)) => ("200 OK", ct.as_str(), body.as_slice()),

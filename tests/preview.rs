@@ -191,15 +191,8 @@ async fn extra_audio_tracks_are_dropped_without_stalling() {
             ""
         };
         let path = format!("/streams/preview/two-audio?{query}{format}");
-        let resp = client().get(ts.url(&path)).send().await.unwrap();
-        assert_eq!(resp.status(), 200, "{path}");
         // The whole file arrives and the body ends: nothing stalled.
-        let body = tokio::time::timeout(Duration::from_secs(40), resp.bytes())
-            .await
-            .unwrap_or_else(|_| panic!("{path}: the body did not end"))
-            .unwrap();
-        let out = ts.dir.path().join(file);
-        std::fs::write(&out, &body).unwrap();
+        let out = fetch_to_end(&ts, &path, file, Duration::from_secs(40)).await;
         let (frames, errors) = decode_all(&out);
         assert!(frames >= 195, "{path}: {frames} of 200 frames ({errors})");
         assert!(stream_of(&ffprobe(&out), "audio").is_some(), "{path}");
@@ -227,14 +220,7 @@ async fn a_clip_read_to_its_end_before_the_output_exists_still_plays() {
         ("quality=low", "short-low.mp4"),
     ] {
         let path = format!("/streams/preview/short?{query}");
-        let resp = client().get(ts.url(&path)).send().await.unwrap();
-        assert_eq!(resp.status(), 200, "{path}");
-        let body = tokio::time::timeout(Duration::from_secs(20), resp.bytes())
-            .await
-            .unwrap_or_else(|_| panic!("{path}: the body did not end"))
-            .unwrap();
-        let out = ts.dir.path().join(file);
-        std::fs::write(&out, &body).unwrap();
+        let out = fetch_to_end(&ts, &path, file, Duration::from_secs(20)).await;
         let (frames, errors) = decode_all(&out);
         assert!(frames >= 24, "{path}: {frames} of 25 frames ({errors})");
         assert!(stream_of(&ffprobe(&out), "audio").is_some(), "{path}");
@@ -246,7 +232,7 @@ async fn a_clip_read_to_its_end_before_the_output_exists_still_plays() {
 /// size over `seconds`), the way a live channel reaches a client that
 /// joins mid-stream. One client per connection; returns the port.
 async fn paced_ts_server(file: std::path::PathBuf, offset: usize, seconds: f64) -> u16 {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::io::AsyncWriteExt;
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let port = listener.local_addr().unwrap().port();
     let data = std::sync::Arc::new(std::fs::read(&file).unwrap());
@@ -254,13 +240,8 @@ async fn paced_ts_server(file: std::path::PathBuf, offset: usize, seconds: f64) 
         while let Ok((mut sock, _)) = listener.accept().await {
             let data = data.clone();
             tokio::spawn(async move {
-                let mut req = Vec::new();
-                let mut buf = [0u8; 2048];
-                while !req.windows(4).any(|w| w == b"\r\n\r\n") {
-                    match sock.read(&mut buf).await {
-                        Ok(0) | Err(_) => return,
-                        Ok(n) => req.extend_from_slice(&buf[..n]),
-                    }
+                if read_request_head(&mut sock).await.is_none() {
+                    return;
                 }
                 let head =
                     "HTTP/1.1 200 OK\r\nContent-Type: video/mp2t\r\nConnection: close\r\n\r\n";

@@ -11,7 +11,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::*;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
 
 /// What an upstream serves on each connection.
@@ -109,18 +109,9 @@ impl Drop for Upstream {
 }
 
 async fn serve(mut sock: TcpStream, content: Content, segments_404: Arc<AtomicBool>) {
-    let mut req = Vec::new();
-    let mut buf = [0u8; 2048];
-    while !req.windows(4).any(|w| w == b"\r\n\r\n") {
-        match sock.read(&mut buf).await {
-            Ok(0) | Err(_) => return,
-            Ok(n) => req.extend_from_slice(&buf[..n]),
-        }
-        if req.len() > 64 * 1024 {
-            return;
-        }
-    }
-    let line = String::from_utf8_lossy(&req);
+    let Some(line) = read_request_head(&mut sock).await else {
+        return;
+    };
     let path = line
         .split_whitespace()
         .nth(1)

@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use common::*;
 use serde_json::{json, Value};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncWriteExt;
 
 /// Tests here run one at a time: the leak check counts the process's
 /// threads and file descriptors, which a concurrent test would disturb.
@@ -32,15 +32,9 @@ async fn serve(files: Vec<(&str, &str, Vec<u8>)>) -> SocketAddr {
         while let Ok((mut tcp, _)) = listener.accept().await {
             let files = files.clone();
             tokio::spawn(async move {
-                let mut head = Vec::new();
-                let mut buf = [0u8; 4096];
-                while !head.windows(4).any(|w| w == b"\r\n\r\n") {
-                    match tcp.read(&mut buf).await {
-                        Ok(0) | Err(_) => return,
-                        Ok(n) => head.extend_from_slice(&buf[..n]),
-                    }
-                }
-                let text = String::from_utf8_lossy(&head);
+                let Some(text) = read_request_head(&mut tcp).await else {
+                    return;
+                };
                 let path = text.split_whitespace().nth(1).unwrap_or("/");
                 let path = path.split('?').next().unwrap_or(path);
                 let (status, ct, body) = match files.get(path) {

@@ -97,6 +97,38 @@ pub async fn read_for(resp: reqwest::Response, dur: Duration, max_bytes: usize) 
     out
 }
 
+/// Reads an HTTP request head from a test upstream's connection: its text,
+/// or None if the peer closed first or sent more than 64 KiB.
+pub async fn read_request_head(sock: &mut tokio::net::TcpStream) -> Option<String> {
+    use tokio::io::AsyncReadExt;
+    let mut head = Vec::new();
+    let mut buf = [0u8; 4096];
+    while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+        match sock.read(&mut buf).await {
+            Ok(0) | Err(_) => return None,
+            Ok(n) => head.extend_from_slice(&buf[..n]),
+        }
+        if head.len() > 64 * 1024 {
+            return None;
+        }
+    }
+    Some(String::from_utf8_lossy(&head).into_owned())
+}
+
+/// Requests `path` and reads the whole body, which must end within
+/// `limit`; saves it as `file` in the test's dir and returns that path.
+pub async fn fetch_to_end(ts: &TestServer, path: &str, file: &str, limit: Duration) -> PathBuf {
+    let resp = client().get(ts.url(path)).send().await.unwrap();
+    assert_eq!(resp.status(), 200, "{path}");
+    let body = tokio::time::timeout(limit, resp.bytes())
+        .await
+        .unwrap_or_else(|_| panic!("{path}: the body did not end"))
+        .unwrap();
+    let out = ts.dir.path().join(file);
+    std::fs::write(&out, &body).unwrap();
+    out
+}
+
 /// Creates a catalog stream through the API (as loopback admin).
 pub async fn add_stream(ts: &TestServer, id: &str, url: &str) {
     let r = client()

@@ -8,7 +8,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncWriteExt;
 
 /// Longest wait for an upstream to be ready to serve.
 pub const UPSTREAM_READY: Duration = Duration::from_secs(20);
@@ -227,15 +227,9 @@ impl Drop for FileServer {
 }
 
 async fn serve_file(mut tcp: tokio::net::TcpStream, root: PathBuf, log: Arc<Mutex<Vec<String>>>) {
-    let mut head = Vec::new();
-    let mut buf = [0u8; 4096];
-    while !head.windows(4).any(|w| w == b"\r\n\r\n") {
-        match tcp.read(&mut buf).await {
-            Ok(0) | Err(_) => return,
-            Ok(n) => head.extend_from_slice(&buf[..n]),
-        }
-    }
-    let text = String::from_utf8_lossy(&head);
+    let Some(text) = crate::common::read_request_head(&mut tcp).await else {
+        return;
+    };
     let path = text.split_whitespace().nth(1).unwrap_or("/");
     let path = path.split('?').next().unwrap_or(path).to_string();
     log.lock().unwrap().push(path.clone());
