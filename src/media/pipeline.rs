@@ -363,10 +363,10 @@ impl Opened {
         }
     }
 
-    /// Whether a parsebin has plugged a parser for a video stream.
+    /// Whether a parsebin has plugged a parser for a video stream (asked
+    /// only of network and file sources: a `test://` one is known at once).
     pub fn video_stream_seen(&self) -> bool {
-        matches!(self.source, SourceUri::Test(_))
-            || self.shared.video_parsers.load(Ordering::Acquire) > 0
+        self.shared.video_parsers.load(Ordering::Acquire) > 0
     }
 
     /// Whether at least one source pad has appeared.
