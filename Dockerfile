@@ -12,10 +12,15 @@
 # or `docker compose up` with compose.yaml.
 
 # ---- build -------------------------------------------------------------------
-FROM rust:1-bookworm AS builder
+# A fixed Rust release (at least Cargo.toml's rust-version) on the same Debian
+# release as the runtime stage; raise it deliberately.
+FROM rust:1.95.0-bookworm AS builder
 WORKDIR /src
 
-# Build-role packages (pkg-config, GStreamer headers) from the one list.
+# Build-role packages (compilers, pkg-config, GStreamer headers) from the one
+# list; install-deps.sh checks the image's cargo against Cargo.toml's
+# rust-version, so no rustup install happens here.
+COPY Cargo.toml ./
 COPY packaging/debian-packages.txt packaging/install-deps.sh packaging/
 RUN bash packaging/install-deps.sh build \
  && rm -rf /var/lib/apt/lists/*

@@ -12,4 +12,5 @@
 mod debian;
 mod deploy;
 mod docker;
+mod install;
 mod support;
