@@ -11,6 +11,8 @@
       systems = [ "x86_64-linux" "aarch64-linux" ];
       forAllSystems = f: lib.genAttrs systems (system: f nixpkgs.legacyPackages.${system});
       cargoToml = lib.importTOML ./Cargo.toml;
+      # The module's dataDir and mediaDir rules (builtins only, tested on their own).
+      paths = import ./packaging/nixos-paths.nix;
 
       # GStreamer core and the plugin sets that provide every element in
       # REQUIRED_ELEMENTS (src/media/elements.rs): x264enc is in ugly,
@@ -46,6 +48,11 @@
         # Debian tools of tests/packaging.rs: it runs under `make test`, and
         # checks.<system>.nixos below exercises this package as a service.
         doCheck = false;
+
+        # The release profile's line tables and the local symbols (drop glue of
+        # nested filter types has names of up to a megabyte) are stripped in
+        # the fixup phase, as in the Dockerfile: about 9 MB instead of 360 MB.
+        stripDebugFlags = [ "--strip-debug" "--discard-all" ];
 
         postInstall = ''
           install -Dm644 pipelines/profiles.toml "$out/share/sluice/profiles.toml"
@@ -134,8 +141,10 @@
             (name: !(lib.elem name settingNames) && !(ownOptions ? ${name}))
             (lib.attrNames cfg.settings);
           toEnv = value: if lib.isBool value then lib.boolToString value else toString value;
-          mediaUnderHome = cfg.mediaDir != null
-            && (lib.hasPrefix "/home/" cfg.mediaDir || lib.hasPrefix "/root/" cfg.mediaDir);
+          stateDir = paths.stateDirectory cfg.dataDir;
+          dataDir = if stateDir == null then cfg.dataDir else "/var/lib/${stateDir}";
+          # The sandbox setting that would hide mediaDir is relaxed for it.
+          mediaHiddenBy = if cfg.mediaDir == null then null else paths.mediaDirHiddenBy cfg.mediaDir;
           lowPort = cfg.port < 1024;
         in
         {
@@ -166,8 +175,9 @@
               type = lib.types.str;
               default = "/var/lib/sluice";
               description = ''
-                Catalog and state (SLUICE_DATA_DIR). Must be below /var/lib: the
-                unit runs as a DynamicUser and systemd creates it as its StateDirectory.
+                Catalog and state (SLUICE_DATA_DIR). Must name a directory below
+                /var/lib (a trailing slash is fine): the unit runs as a DynamicUser
+                and systemd creates it as its StateDirectory.
               '';
             };
 
@@ -175,7 +185,25 @@
               type = lib.types.nullOr lib.types.str;
               default = null;
               example = "/srv/media";
-              description = "The only directory file:// sources may read (SLUICE_MEDIA_DIR); null refuses file://.";
+              description = ''
+                The only directory file:// sources may read (SLUICE_MEDIA_DIR); null
+                refuses file://. The service's dynamic user reads it through world
+                permissions or a group in `supplementaryGroups`. Under /tmp or
+                /var/tmp the unit runs without PrivateTmp, under /home, /root or
+                /run/user with ProtectHome read-only (a warning says so for /tmp
+                and /run/user); a directory such as /srv/media needs neither.
+              '';
+            };
+
+            supplementaryGroups = lib.mkOption {
+              type = lib.types.listOf lib.types.str;
+              default = [ ];
+              example = [ "media" ];
+              description = ''
+                Extra groups of the service's dynamic user (SupplementaryGroups),
+                e.g. a group that may read `mediaDir`, which otherwise must be
+                world-readable.
+              '';
             };
 
             openFirewall = lib.mkOption {
@@ -223,8 +251,8 @@
           config = lib.mkIf cfg.enable {
             assertions = [
               {
-                assertion = lib.hasPrefix "/var/lib/" cfg.dataDir;
-                message = "services.sluice.dataDir must be below /var/lib/ (DynamicUser with StateDirectory), got ${cfg.dataDir}.";
+                assertion = stateDir != null;
+                message = "services.sluice.dataDir must name a directory below /var/lib/ (DynamicUser with StateDirectory), such as /var/lib/sluice; got ${cfg.dataDir}.";
               }
               {
                 assertion = unknownSettings == [ ];
@@ -237,6 +265,19 @@
               })
               ownOptions;
 
+            warnings =
+              lib.optional (mediaHiddenBy == "PrivateTmp") ''
+                services.sluice.mediaDir ${cfg.mediaDir} is under /tmp or /var/tmp, which
+                PrivateTmp would hide from sluice: the unit runs without PrivateTmp.
+                A directory such as /srv/media keeps the sandbox whole (and is not
+                cleaned by systemd-tmpfiles).''
+              ++ lib.optional (mediaHiddenBy == "ProtectHome" && lib.hasPrefix "/run/user" (paths.normalize cfg.mediaDir)) ''
+                services.sluice.mediaDir ${cfg.mediaDir} is under /run/user, which
+                ProtectHome would hide from sluice: the unit runs with ProtectHome
+                read-only. /run/user/<uid> is a user's runtime directory (mode 0700,
+                emptied at logout), which the service's dynamic user cannot read
+                unless a group in supplementaryGroups or world permissions allow it.'';
+
             networking.firewall.allowedTCPPorts = lib.mkIf cfg.openFirewall [ cfg.port ];
 
             systemd.services.sluice = {
@@ -248,7 +289,7 @@
               environment = {
                 PORT = toString cfg.port;
                 HOST = cfg.host;
-                SLUICE_DATA_DIR = cfg.dataDir;
+                SLUICE_DATA_DIR = dataDir;
                 # GStreamer's plugin registry cache (CacheDirectory below).
                 XDG_CACHE_HOME = "/var/cache/sluice";
               }
@@ -264,16 +305,17 @@
                 TimeoutStopSec = cfg.settings.SHUTDOWN_GRACE / 1000 + 15;
 
                 DynamicUser = true;
-                StateDirectory = lib.removePrefix "/var/lib/" cfg.dataDir;
+                StateDirectory = if stateDir == null then "sluice" else stateDir;
                 StateDirectoryMode = "0700";
                 CacheDirectory = "sluice";
-                WorkingDirectory = cfg.dataDir;
+                WorkingDirectory = dataDir;
+                SupplementaryGroups = cfg.supplementaryGroups;
                 UMask = "0077";
 
                 NoNewPrivileges = true;
                 ProtectSystem = "strict";
-                ProtectHome = if mediaUnderHome then "read-only" else true;
-                PrivateTmp = true;
+                ProtectHome = if mediaHiddenBy == "ProtectHome" then "read-only" else true;
+                PrivateTmp = mediaHiddenBy != "PrivateTmp";
                 # No /dev/dri yet: hardware encoding would need DeviceAllow here.
                 PrivateDevices = true;
                 ProtectKernelTunables = true;

@@ -197,3 +197,132 @@ fn the_flake_parses_wraps_the_plugins_and_knows_every_setting() {
         "{shape}"
     );
 }
+
+/// flake.nix's NixOS module evaluated for one `services.sluice` setting
+/// (tests/packaging/nixos-module.nix stands in for nixpkgs' lib).
+fn nixos_module(overrides: &str) -> serde_json::Value {
+    let out = run(Command::new("nix-instantiate")
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .args(["--store", "dummy://", "--eval", "--strict", "--json", "-E"])
+        .arg(format!(
+            "(import ./tests/packaging/nixos-module.nix) {overrides}"
+        )));
+    serde_json::from_str(&out).expect("nix --json")
+}
+
+#[test]
+fn the_nixos_module_turns_any_data_dir_below_var_lib_into_a_state_directory() {
+    if !have("nix-instantiate") {
+        return;
+    }
+    for (data_dir, state) in [
+        ("/var/lib/sluice", "sluice"),
+        ("/var/lib/sluice/", "sluice"),
+        ("/var/lib//sluice//", "sluice"),
+        ("/var/lib/media/sluice", "media/sluice"),
+    ] {
+        let m = nixos_module(&format!("{{ dataDir = \"{data_dir}\"; }}"));
+        assert_eq!(m["failedAssertions"], serde_json::json!([]), "{data_dir}");
+        assert_eq!(m["serviceConfig"]["StateDirectory"], state, "{data_dir}");
+        let dir = format!("/var/lib/{state}");
+        assert_eq!(m["serviceConfig"]["WorkingDirectory"], dir.as_str());
+        assert_eq!(m["environment"]["SLUICE_DATA_DIR"], dir.as_str());
+    }
+    for data_dir in [
+        "/var/lib/",
+        "/var/lib",
+        "/srv/sluice",
+        "/var/lib/../etc",
+        "var/lib/sluice",
+        "/var/library/sluice",
+    ] {
+        let m = nixos_module(&format!("{{ dataDir = \"{data_dir}\"; }}"));
+        let failed = m["failedAssertions"].to_string();
+        assert!(
+            failed.contains("services.sluice.dataDir must name a directory below /var/lib/"),
+            "{data_dir}: {failed}"
+        );
+    }
+}
+
+#[test]
+fn the_nixos_module_grants_groups_and_keeps_media_dirs_visible() {
+    if !have("nix-instantiate") {
+        return;
+    }
+    let m = nixos_module("{ }");
+    assert_eq!(
+        m["serviceConfig"]["SupplementaryGroups"],
+        serde_json::json!([])
+    );
+    assert_eq!(m["serviceConfig"]["PrivateTmp"], true);
+    assert_eq!(m["serviceConfig"]["ProtectHome"], true);
+    assert_eq!(m["warnings"], serde_json::json!([]));
+
+    let m = nixos_module("{ mediaDir = \"/srv/media\"; supplementaryGroups = [ \"media\" ]; }");
+    assert_eq!(
+        m["serviceConfig"]["SupplementaryGroups"],
+        serde_json::json!(["media"])
+    );
+    assert_eq!(m["serviceConfig"]["PrivateTmp"], true);
+    assert_eq!(m["serviceConfig"]["ProtectHome"], true);
+    assert_eq!(m["environment"]["SLUICE_MEDIA_DIR"], "/srv/media");
+    assert_eq!(m["warnings"], serde_json::json!([]));
+
+    // (mediaDir, PrivateTmp, ProtectHome, a warning that names)
+    for (media, private_tmp, protect_home, warning) in [
+        (
+            "/tmp/media",
+            false,
+            serde_json::json!(true),
+            Some("PrivateTmp"),
+        ),
+        (
+            "/var/tmp/media/",
+            false,
+            serde_json::json!(true),
+            Some("PrivateTmp"),
+        ),
+        (
+            "/run/user/1000/media",
+            true,
+            serde_json::json!("read-only"),
+            Some("ProtectHome"),
+        ),
+        (
+            "/home/alice/Videos",
+            true,
+            serde_json::json!("read-only"),
+            None,
+        ),
+        ("/tmpfiles/media", true, serde_json::json!(true), None),
+    ] {
+        let m = nixos_module(&format!("{{ mediaDir = \"{media}\"; }}"));
+        assert_eq!(m["serviceConfig"]["PrivateTmp"], private_tmp, "{media}");
+        assert_eq!(m["serviceConfig"]["ProtectHome"], protect_home, "{media}");
+        let warnings = m["warnings"].as_array().unwrap();
+        match warning {
+            Some(setting) => assert!(
+                warnings.len() == 1
+                    && warnings[0]
+                        .as_str()
+                        .is_some_and(|w| w.contains(media) && w.contains(setting)),
+                "{media}: {warnings:?}"
+            ),
+            None => assert!(warnings.is_empty(), "{media}: {warnings:?}"),
+        }
+    }
+}
+
+#[test]
+fn the_nix_package_strips_local_symbols_and_debug_info() {
+    let flake = read("flake.nix");
+    assert!(
+        flake.contains("stripDebugFlags = [ \"--strip-debug\" \"--discard-all\" ];"),
+        "the Nix package must strip like the Dockerfile"
+    );
+    assert!(
+        !flake.contains("dontStrip"),
+        "the Nix package must be stripped"
+    );
+}

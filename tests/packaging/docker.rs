@@ -59,6 +59,42 @@ fn the_dockerfile_builds_then_runs_with_only_the_runtime_packages() {
         froms[0].contains("bookworm"),
         "builder and runtime must share a Debian release: {froms:?}"
     );
+    // The builder is a fixed Rust release, new enough for rust-version.
+    let (image, _) = froms[0].split_once(" AS ").unwrap();
+    let tag = image.strip_prefix("rust:").expect("a rust: builder image");
+    let version = tag.strip_suffix("-bookworm").expect("a bookworm tag");
+    let parts: Vec<u32> = version
+        .split('.')
+        .map(|p| {
+            p.parse()
+                .unwrap_or_else(|_| panic!("{tag}: not a fixed release"))
+        })
+        .collect();
+    assert_eq!(parts.len(), 3, "{tag}: pin major.minor.patch");
+    let manifest: toml::Table = toml::from_str(&read("Cargo.toml")).unwrap();
+    let need: Vec<u32> = manifest["package"]["rust-version"]
+        .as_str()
+        .unwrap()
+        .split('.')
+        .map(|p| p.parse().unwrap())
+        .collect();
+    assert!(
+        parts[..need.len()] >= need[..],
+        "{tag} is older than rust-version {need:?}"
+    );
+    // install-deps.sh checks cargo against Cargo.toml, so it is copied first.
+    let stage1: Vec<&(usize, String, String)> = ins.iter().filter(|i| i.0 == 1).collect();
+    let manifest_copy = stage1
+        .iter()
+        .position(|i| i.1 == "COPY" && i.2.split_whitespace().next() == Some("Cargo.toml"));
+    let deps_run = stage1
+        .iter()
+        .position(|i| i.1 == "RUN" && i.2.contains("install-deps.sh build"));
+    assert!(
+        manifest_copy.is_some() && manifest_copy < deps_run,
+        "the builder must copy Cargo.toml before install-deps.sh build"
+    );
+
     let build_runs = find(1, "RUN").join(" && ");
     assert!(
         build_runs.contains("install-deps.sh build &&"),
@@ -66,6 +102,16 @@ fn the_dockerfile_builds_then_runs_with_only_the_runtime_packages() {
     );
     assert!(
         build_runs.contains("cargo build --release --locked"),
+        "builder: {build_runs}"
+    );
+    // The binary that leaves the builder is stripped (tests/packaging/release.rs
+    // measures what this strip makes of the release build).
+    let after_build = build_runs
+        .split("cargo build --release --locked")
+        .nth(1)
+        .unwrap_or("");
+    assert!(
+        after_build.contains("strip --strip-debug --discard-all /out/sluice"),
         "builder: {build_runs}"
     );
     let runs = find(last, "RUN").join(" && ");
