@@ -259,15 +259,36 @@ fn capsfilter(caps: gst::Caps) -> Result<gst::Element, MediaError> {
 /// Builds the first source generation (none for `test://`) and starts it.
 /// Must run off the async runtime (it changes pipeline state).
 pub fn open(name: &str, plan: SourcePlan, format: Format) -> Result<Opened, MediaError> {
-    let pipeline = gst::Pipeline::builder().name(name).build();
+    open_in(gst::Pipeline::builder().name(name).build(), plan, format)
+}
+
+/// [`open`] into a given (empty) pipeline. On failure the pipeline is back
+/// at NULL: a pipeline left in READY or PAUSED is never freed (its bus
+/// keeps the pipeline's own state messages, which reference it, until the
+/// bus is flushed at NULL) and would keep its sockets and threads.
+fn open_in(
+    pipeline: gst::Pipeline,
+    plan: SourcePlan,
+    format: Format,
+) -> Result<Opened, MediaError> {
     let shared = Arc::new(Shared {
         first_pts: AtomicU64::new(u64::MAX),
         last_sample_ms: AtomicU64::new(now_ms()),
         ..Default::default()
     });
     if matches!(plan.primary(), SourceUri::Uri { .. }) {
-        ingest::add_generation(&pipeline, &shared, &plan, 0, 1)?;
-        pipeline.set_state(gst::State::Playing)?;
+        let started = ingest::add_generation(&pipeline, &shared, &plan, 0, 1).and_then(|()| {
+            pipeline
+                .set_state(gst::State::Playing)
+                .map(drop)
+                .map_err(|e| start_error(&pipeline, e))
+        });
+        if let Err(e) = started {
+            if pipeline.set_state(gst::State::Null).is_err() {
+                tracing::warn!("a pipeline that failed to start did not reach NULL cleanly");
+            }
+            return Err(e);
+        }
     }
     Ok(Opened {
         pipeline,
@@ -277,6 +298,20 @@ pub fn open(name: &str, plan: SourcePlan, format: Format) -> Result<Opened, Medi
         format,
         mode: Mutex::new(None),
     })
+}
+
+/// Why `pipeline` failed to start: the error an element posted, which
+/// says more than the failed state change (credential-free).
+fn start_error(pipeline: &gst::Pipeline, change: gst::StateChangeError) -> MediaError {
+    let posted = pipeline
+        .bus()
+        .and_then(|bus| bus.pop_filtered(&[gst::MessageType::Error]));
+    match posted.as_ref().map(|m| m.view()) {
+        Some(gst::MessageView::Error(err)) => MediaError::SourceFailed(
+            super::session::describe_error(&err.error(), err.debug().as_deref()),
+        ),
+        _ => MediaError::StateChange(change),
+    }
 }
 
 /// Describes caps as a short codec id and a human description.
@@ -941,6 +976,32 @@ mod tests {
             b = b.field("framerate", gst::Fraction::new(n, d));
         }
         b.build()
+    }
+
+    /// A source that fails on the way to PLAYING (udpsrc cannot bind an
+    /// address this host does not have): the pipeline is brought back to
+    /// NULL and freed, and the error says why.
+    #[test]
+    fn a_source_that_fails_at_playing_is_brought_to_null_and_freed() {
+        crate::media::init().unwrap();
+        let pipeline = gst::Pipeline::builder().name("fails-at-playing").build();
+        let weak = pipeline.downgrade();
+        let source = SourceUri::Uri {
+            uri: "udp://203.0.113.1:5000".into(),
+            scheme: "udp".into(),
+        };
+        let err = match open_in(pipeline, SourcePlan::single(source), Format::Ts) {
+            Ok(_) => panic!("a source that cannot bind must not open"),
+            Err(e) => e,
+        };
+        assert!(
+            weak.upgrade().is_none(),
+            "the pipeline outlived its failed start (not brought to NULL)"
+        );
+        assert!(
+            err.to_string().contains("203.0.113.1"),
+            "the error names the reason: {err}"
+        );
     }
 
     #[test]
