@@ -66,6 +66,9 @@ pub struct Shared {
     /// video stream exists even while none is exposed yet (a live stream
     /// joined mid-GOP types its video only at the next keyframe).
     pub(super) video_parsers: AtomicUsize,
+    /// The current generation's container says it carries video (an FLV
+    /// stream's metadata or header flags) before any video stream exists.
+    pub(super) video_declared: AtomicBool,
     /// The current generation's held streams queue up to
     /// [`ingest::PREDECISION_LONG_QUEUE_NS`] (see [`Opened::lengthen_holds`]).
     pub(super) long_holds: AtomicBool,
@@ -374,12 +377,13 @@ impl Opened {
             })
             .collect();
         format!(
-            "gen={} done={} open={} silent={} video_parsers={} seen={} expected={} pads=[{}]",
+            "gen={} done={} open={} silent={} video_parsers={} video_declared={} seen={} expected={} pads=[{}]",
             sh.generation.load(Ordering::Acquire),
             sh.source_done.load(Ordering::Acquire),
             sh.parsers_open.load(Ordering::Acquire),
             sh.parsers_silent.load(Ordering::Acquire),
             sh.video_parsers.load(Ordering::Acquire),
+            sh.video_declared.load(Ordering::Acquire),
             sh.source_pads_seen.load(Ordering::Acquire),
             sh.source_pads_expected.load(Ordering::Acquire),
             caps.join(", ")
@@ -402,6 +406,7 @@ impl Opened {
     /// only of network and file sources: a `test://` one is known at once).
     pub fn video_stream_seen(&self) -> bool {
         self.shared.video_parsers.load(Ordering::Acquire) > 0
+            || self.shared.video_declared.load(Ordering::Acquire)
     }
 
     /// Whether at least one source pad has appeared.
