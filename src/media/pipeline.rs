@@ -15,6 +15,7 @@
 //!                  -> capsfilter(48 kHz stereo) -> queue(leaky if live) -> avenc_aac -> aacparse -> mux
 //! remux:           pad -> queue -> h264parse|aacparse -> capsfilter -> mux
 //! mux:             mp4mux (fragmented) | mpegtsmux -> appsink
+//! file://:         identity(sync) between each branch and the mux plays the file in real time
 //! test://:         videotestsrc(live) / audiotestsrc(live) feed the transcode chains directly
 //! ```
 //!
@@ -610,6 +611,13 @@ impl Opened {
         result
     }
 
+    /// Whether the output is held to real time: a local file would
+    /// otherwise be read, converted and sent as fast as the machine goes,
+    /// and end at once.
+    fn paced(&self) -> bool {
+        matches!(&self.source, SourceUri::Uri { scheme, .. } if scheme == "file")
+    }
+
     /// Whether the source reports a duration (files, VOD playlists) rather
     /// than running without end (live streams).
     fn has_duration(&self) -> bool {
@@ -633,6 +641,12 @@ impl Opened {
         live: bool,
     ) -> Result<(), MediaError> {
         let p = &self.pipeline;
+        let pace = if self.paced() {
+            Some(pacer(p, mux, video, self.format)?)
+        } else {
+            None
+        };
+        let mux = pace.as_ref().unwrap_or(mux);
         let head: gst::Element = match (mode, video) {
             (Mode::Remux, true) => {
                 let parse = make("h264parse")?;
@@ -706,6 +720,30 @@ impl Opened {
             .map_err(|e| MediaError::SourceFailed(format!("cannot link source stream: {e:?}")))?;
         Ok(())
     }
+}
+
+/// An `identity` that hands a branch's output to `mux` at its running time
+/// on the pipeline clock, so a file plays in real time as a live channel
+/// would. Linked to the muxer (with the branch's output caps, so mp4mux
+/// gives it the right kind of pad) and running; the branch links into it.
+fn pacer(
+    p: &gst::Pipeline,
+    mux: &gst::Element,
+    video: bool,
+    format: Format,
+) -> Result<gst::Element, MediaError> {
+    let pace = make("identity")?;
+    pace.set_property("sync", true);
+    pace.set_property("silent", true);
+    p.add(&pace)?;
+    let caps = if video {
+        h264_output_caps(format, None)
+    } else {
+        aac_output_caps(format)
+    };
+    pace.link_filtered(mux, &caps)?;
+    pace.sync_state_with_parent()?;
+    Ok(pace)
 }
 
 /// Source pixel rate up to which one decoder thread is used: 1080p30.
