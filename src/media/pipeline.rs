@@ -16,6 +16,7 @@
 //! remux:           pad -> queue -> h264parse|aacparse -> capsfilter -> mux
 //! mux:             mp4mux (fragmented) | mpegtsmux -> appsink
 //! file://:         identity(sync) between each branch and the mux plays the file in real time
+//! H.264 branches:  a probe on the branch's sink joins pictures that arrive in untimed pieces
 //! test://:         videotestsrc(live) / audiotestsrc(live) feed the transcode chains directly
 //! ```
 //!
@@ -715,6 +716,14 @@ impl Opened {
         };
         head.sync_state_with_parent()?;
         let sink = head.static_pad("sink").expect("branch sink pad");
+        if video
+            && pad
+                .current_caps()
+                .and_then(|c| c.structure(0).map(|s| s.name() == "video/x-h264"))
+                .unwrap_or(false)
+        {
+            join_split_access_units(&sink);
+        }
         self.shared.branches.lock()[usize::from(!video)] = Some(sink.downgrade());
         pad.link(&sink)
             .map_err(|e| MediaError::SourceFailed(format!("cannot link source stream: {e:?}")))?;
@@ -826,6 +835,72 @@ fn aac_output_caps(format: Format) -> gst::Caps {
             if format == Format::Ts { "adts" } else { "raw" },
         )
         .build()
+}
+
+/// Joins the pieces of an H.264 picture that arrive as separate buffers
+/// into one. A picture coded as several slices, with SPS/PPS repeated in
+/// front of each (some cameras and encoders; RTP payloaders that insert them
+/// before every IDR slice), is cut by the depayloader at each SPS: only the
+/// first piece carries the timestamp, and parsers pass the pieces on as
+/// they are. A muxer then writes pieces without a time as pictures of their
+/// own, and no player can decode them.
+///
+/// Each timestamped buffer is held until the next one arrives, and the
+/// untimed buffers in between are appended to it (one picture of delay).
+/// What is held when the stream starts over (a new segment, a flush, a
+/// reconnect) or ends is dropped.
+fn join_split_access_units(pad: &gst::Pad) {
+    let held: Mutex<Option<gst::Buffer>> = Mutex::new(None);
+    pad.add_probe(
+        gst::PadProbeType::BUFFER
+            | gst::PadProbeType::EVENT_DOWNSTREAM
+            | gst::PadProbeType::EVENT_FLUSH,
+        move |_, info| {
+            // The buffer is taken from the probe and the probe says it
+            // handled it (a dropped buffer makes GStreamer 1.22 log a critical).
+            fn consume(info: &mut gst::PadProbeInfo) -> gst::PadProbeReturn {
+                info.data = None;
+                gst::PadProbeReturn::Handled
+            }
+            match &mut info.data {
+                Some(gst::PadProbeData::Buffer(buf)) => {
+                    let mut held = held.lock();
+                    if buf.pts().is_none() && buf.dts().is_none() {
+                        return match held.as_mut() {
+                            Some(h) => {
+                                // Appending needs the only reference.
+                                h.make_mut();
+                                h.append(buf.clone());
+                                consume(info)
+                            }
+                            // Nothing to join it to: it goes as it came.
+                            None => gst::PadProbeReturn::Ok,
+                        };
+                    }
+                    match held.replace(buf.clone()) {
+                        Some(previous) => {
+                            *buf = previous;
+                            gst::PadProbeReturn::Ok
+                        }
+                        None => consume(info),
+                    }
+                }
+                Some(gst::PadProbeData::Event(ev)) => {
+                    if matches!(
+                        ev.type_(),
+                        gst::EventType::Eos
+                            | gst::EventType::FlushStop
+                            | gst::EventType::StreamStart
+                            | gst::EventType::Segment
+                    ) {
+                        held.lock().take();
+                    }
+                    gst::PadProbeReturn::Ok
+                }
+                _ => gst::PadProbeReturn::Ok,
+            }
+        },
+    );
 }
 
 /// Drops video until the first keyframe so output always starts decodable.

@@ -227,6 +227,11 @@ async fn dash_live_manifest() {
 
 /// gst-rtsp-server (tests/fixtures/rtsp_server.py) offering only `transport`.
 async fn rtsp_server(dir: &Path, transport: &str) -> (Upstream, u16) {
+    rtsp_server_with(dir, transport, &[]).await
+}
+
+/// [`rtsp_server`] with the fixture's extra arguments (`slices`).
+async fn rtsp_server_with(dir: &Path, transport: &str, extra: &[&str]) -> (Upstream, u16) {
     let python = "/usr/bin/python3";
     assert!(
         Path::new(python).exists(),
@@ -239,7 +244,8 @@ async fn rtsp_server(dir: &Path, transport: &str) -> (Upstream, u16) {
         &format!("rtsp-{transport}"),
         Command::new(python)
             .arg(script)
-            .args([&port.to_string(), "live", transport]),
+            .args([&port.to_string(), "live", transport])
+            .args(extra),
         dir,
     );
     up.wait_until("ready", |u| u.log().lines().any(|l| l == "ready"))
@@ -272,6 +278,26 @@ async fn rtsp_over_tcp() {
         "no TCP SETUP: {}",
         up.log()
     );
+    ts.stop().await;
+}
+
+/// A camera-like stream: each picture coded as 4 slices, SPS/PPS repeated
+/// in front of the slices. The depayloader hands such a picture on in
+/// pieces of which only the first has a timestamp; remuxed, the preview
+/// must still have its video, whole and decodable, in both containers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rtsp_h264_in_slices_with_repeated_headers_remuxes_with_its_video() {
+    let ts = server().await;
+    let (_up, port) = rtsp_server_with(ts.dir.path(), "tcp", &["slices"]).await;
+    let url = format!("rtsp://127.0.0.1:{port}/live");
+    add_stream(&ts, "slices", &url).await;
+    add_stream(&ts, "slices-ts", &url).await;
+    let (mp4, mpegts) = tokio::join!(
+        preview(&ts, "slices", "format=mp4"),
+        preview(&ts, "slices-ts", "format=ts&transcode=false"),
+    );
+    check("rtsp slices mp4", &mp4, "remux");
+    check("rtsp slices ts", &mpegts, "remux");
     ts.stop().await;
 }
 
