@@ -206,7 +206,7 @@ pub async fn start(
     let result = tokio::time::timeout_at(deadline, startup).await;
     let (chosen, streams) = match result {
         Ok(Ok(v)) => v,
-        Ok(Err(e)) => return Err(fail(&media, e, timeout_ms, &source_uri).await),
+        Ok(Err(e)) => return Err(fail(&media, e, timeout_ms, &source_uri, &stream.headers).await),
         Err(_) => {
             media.end(EndReason::StartTimeout);
             return Err(PreviewError::StartTimeout(timeout_ms));
@@ -242,7 +242,7 @@ pub async fn start(
     .await;
     let first = match committed {
         Ok(Ok(b)) => b,
-        Ok(Err(e)) => return Err(fail(&media, e, timeout_ms, &source_uri).await),
+        Ok(Err(e)) => return Err(fail(&media, e, timeout_ms, &source_uri, &stream.headers).await),
         Err(_) => {
             media.end(EndReason::StartTimeout);
             return Err(PreviewError::StartTimeout(timeout_ms));
@@ -322,6 +322,7 @@ async fn fail(
     e: MediaError,
     timeout_ms: u64,
     source: &SourceUri,
+    headers: &std::collections::BTreeMap<String, String>,
 ) -> PreviewError {
     match e {
         MediaError::Incompatible(m) => {
@@ -344,7 +345,7 @@ async fn fail(
         MediaError::SourceFailed(msg) => {
             media.end(EndReason::SourceError);
             let why = match source {
-                SourceUri::Uri { uri, .. } => crate::media::diagnose::explain(uri).await,
+                SourceUri::Uri { uri, .. } => crate::media::diagnose::explain(uri, headers).await,
                 SourceUri::Test(_) => None,
             };
             PreviewError::SourceFailed(match why {

@@ -228,6 +228,52 @@ async fn a_clip_read_to_its_end_before_the_output_exists_still_plays() {
     ts.stop().await;
 }
 
+/// A file plays at its own pace, like a live channel: a preview of a 6 s
+/// clip lasts about 6 s (it used to arrive as fast as it could be read and
+/// converted, and end at once), in remux and in transcode, with every frame.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_file_is_paced_like_a_live_channel() {
+    let ts = start().await;
+    let media = ts.media_dir();
+    let seconds = 6;
+    make_media(
+        &media.join("paced.ts"),
+        seconds,
+        &[
+            "-s",
+            "640x360",
+            "-c:v",
+            "libx264",
+            "-preset",
+            "ultrafast",
+            "-g",
+            "25",
+        ],
+        &["-c:a", "aac"],
+        &[],
+    );
+    let url = format!("file://{}", media.join("paced.ts").display());
+    add_stream(&ts, "paced", &url).await;
+    for (query, file) in [
+        ("transcode=false&format=ts", "paced.ts"),
+        ("quality=low", "paced-low.mp4"),
+    ] {
+        let path = format!("/streams/preview/paced?{query}");
+        let t0 = std::time::Instant::now();
+        let out = fetch_to_end(&ts, &path, file, Duration::from_secs(40)).await;
+        let took = t0.elapsed();
+        println!("{path}: {seconds} s of media took {took:?}");
+        assert!(
+            took >= Duration::from_secs_f64(0.8 * f64::from(seconds)),
+            "{path}: {seconds} s of media arrived in {took:?}"
+        );
+        let (frames, errors) = decode_all(&out);
+        assert!(frames >= 145, "{path}: {frames} of 150 frames ({errors})");
+        assert!(stream_of(&ffprobe(&out), "audio").is_some(), "{path}");
+    }
+    ts.stop().await;
+}
+
 /// Serves `file` over HTTP from byte `offset` at its own byte rate (its
 /// size over `seconds`), the way a live channel reaches a client that
 /// joins mid-stream. One client per connection; returns the port.

@@ -122,6 +122,32 @@ async fn hangups_stop_pipelines_and_leak_nothing() {
     );
     assert!(weak_refs.len() >= 80);
 
+    // A source that fails on its way to PLAYING (udpsrc cannot bind an
+    // address this host does not have): a JSON 502 that says why, and no
+    // pipeline left counted or running.
+    add_stream(&ts, "unbindable", "udp://203.0.113.1:5000").await;
+    for _ in 0..5 {
+        let resp = client()
+            .get(ts.url("/streams/preview/unbindable?quality=low"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 502);
+        let body: serde_json::Value = resp.json().await.unwrap();
+        assert_eq!(body["error"], "source_failed", "{body}");
+        assert!(
+            body["message"]
+                .as_str()
+                .is_some_and(|m| m.contains("203.0.113.1")),
+            "{body}"
+        );
+    }
+    assert!(
+        eventually(Duration::from_secs(5), || idle(&ts)).await,
+        "a failed start left {} pipelines",
+        sluice::media::session::live_pipelines()
+    );
+
     // Streaming threads end with their pipelines; tokio's idle blocking
     // threads retire after 10 s, so allow that long for the count to settle.
     let threads_ok = eventually(Duration::from_secs(20), || thread_count() <= 40).await;

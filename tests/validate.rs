@@ -197,6 +197,7 @@ async fn a_file_in_the_media_dir_and_a_video_only_mp4() {
     assert_eq!(status, 200, "{r}");
     assert_eq!(r["valid"], true, "{r}");
     assert_eq!(r["protocol"], "file");
+    assert_eq!(r["live"], false, "a file has an end: {r}");
     assert_eq!(r["container"], "mp4");
     assert_eq!(r["video"]["codec"], "h264");
     assert_eq!(r["audio"], Value::Null, "no audio stream: null");
@@ -293,6 +294,72 @@ async fn dead_garbage_and_hanging_sources_answer_invalid_within_the_deadline() {
     assert!(took >= Duration::from_millis(1400), "{took:?}");
     assert!(took < Duration::from_secs(8), "{took:?}");
     held.abort();
+    ts.stop().await;
+}
+
+/// A server that answers 403 to requests without `X-Token: abc` and 404 to
+/// the others, keeping every request head it was sent.
+async fn gatekeeper() -> (SocketAddr, Arc<std::sync::Mutex<Vec<String>>>) {
+    let heads: Arc<std::sync::Mutex<Vec<String>>> = Arc::default();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let kept = heads.clone();
+    tokio::spawn(async move {
+        while let Ok((mut tcp, _)) = listener.accept().await {
+            let kept = kept.clone();
+            tokio::spawn(async move {
+                let Some(head) = read_request_head(&mut tcp).await else {
+                    return;
+                };
+                let allowed = head
+                    .lines()
+                    .any(|l| l.to_ascii_lowercase().replace(' ', "") == "x-token:abc");
+                kept.lock().unwrap().push(head);
+                let status = if allowed {
+                    "404 Not Found"
+                } else {
+                    "403 Forbidden"
+                };
+                let answer =
+                    format!("HTTP/1.1 {status}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n");
+                let _ = tcp.write_all(answer.as_bytes()).await;
+                let _ = tcp.shutdown().await;
+            });
+        }
+    });
+    (addr, heads)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failing_source_is_explained_with_the_streams_own_headers() {
+    let _serial = SERIAL.lock().await;
+    let ts = start().await;
+    let (upstream, heads) = gatekeeper().await;
+    let (status, r) = validate(
+        &ts,
+        json!({
+            "url": format!("http://{upstream}/gone.ts"),
+            "headers": {"X-Token": "abc"},
+            "timeout": 5000
+        }),
+    )
+    .await;
+    assert_eq!(status, 200);
+    assert_eq!(r["valid"], false, "{r}");
+    let error = r["error"].as_str().unwrap_or_default();
+    assert!(
+        error.contains("HTTP 404") && !error.contains("403"),
+        "the check must be asked as the source was: {r}"
+    );
+    let heads = heads.lock().unwrap().clone();
+    let check = heads
+        .iter()
+        .find(|h| h.to_ascii_lowercase().contains("user-agent: sluice/"))
+        .unwrap_or_else(|| panic!("no request from the check: {heads:?}"));
+    assert!(
+        check.to_ascii_lowercase().contains("x-token: abc"),
+        "{check}"
+    );
     ts.stop().await;
 }
 

@@ -1,16 +1,21 @@
 //! Explains a network source failure in words a user can act on. GStreamer's
 //! HTTP source reports a refused connection or an HTTP 404 only as "Internal
 //! data stream error"; a short direct check of the server tells which it was.
-//! Messages name host and port only, never paths or credentials.
+//! HTTP(S) sources are asked with the same HTTP client sluice uses elsewhere
+//! and with the stream's own headers (a server that wants a token or a
+//! Referer answers differently without them); other network sources get a
+//! TCP connect. Messages name host and port only, never paths or credentials.
 
+use std::collections::BTreeMap;
 use std::time::Duration;
 
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use reqwest::header::{HeaderMap, HeaderName, HeaderValue};
 
 const CHECK_TIMEOUT: Duration = Duration::from_secs(3);
 
-/// A reason for `uri` failing, if a direct check finds one.
-pub async fn explain(uri: &str) -> Option<String> {
+/// A reason for `uri` failing, if a direct check finds one. `headers` are
+/// the stream's HTTP headers, sent on the check as on the source's requests.
+pub async fn explain(uri: &str, headers: &BTreeMap<String, String>) -> Option<String> {
     let url = url::Url::parse(uri).ok()?;
     let scheme = url.scheme();
     let tcp = matches!(
@@ -29,51 +34,96 @@ pub async fn explain(uri: &str) -> Option<String> {
         _ => None,
     })?;
     let target = format!("{host}:{port}");
-    let mut sock =
-        match tokio::time::timeout(CHECK_TIMEOUT, tokio::net::TcpStream::connect(&target)).await {
-            Err(_) => return Some(format!("connecting to {target} timed out")),
-            Ok(Err(e)) => {
-                return Some(format!(
-                    "cannot connect to {target}: {}",
-                    plain_io_error(&e)
-                ))
-            }
-            Ok(Ok(s)) => s,
-        };
-    if scheme != "http" {
-        return None;
+    if matches!(scheme, "http" | "https") {
+        return http_status(url, &target, headers).await;
     }
-    let path = match url.query() {
-        Some(q) => format!("{}?{}", url.path(), q),
-        None => url.path().to_string(),
-    };
-    let request = format!(
-        "GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\nUser-Agent: sluice\r\n\r\n"
-    );
-    let status = async {
-        sock.write_all(request.as_bytes()).await.ok()?;
-        let mut buf = vec![0u8; 256];
-        let n = sock.read(&mut buf).await.ok()?;
-        let head = String::from_utf8_lossy(&buf[..n]).to_string();
-        head.lines().next().map(str::to_string)
-    };
-    match tokio::time::timeout(CHECK_TIMEOUT, status).await {
-        Ok(Some(line)) => {
-            let mut parts = line.splitn(3, ' ');
-            let _version = parts.next();
-            let code: u16 = parts.next()?.parse().ok()?;
-            let text = parts.next().unwrap_or("").trim();
-            (code >= 400).then(|| {
-                format!("{target} answered HTTP {code} {text}")
-                    .trim_end()
-                    .to_string()
+    match tokio::time::timeout(CHECK_TIMEOUT, tokio::net::TcpStream::connect(&target)).await {
+        Err(_) => Some(format!("connecting to {target} timed out")),
+        Ok(Err(e)) => Some(format!(
+            "cannot connect to {target}: {}",
+            plain_io_error(&e)
+        )),
+        Ok(Ok(_)) => None,
+    }
+}
+
+/// The request headers of a check: the stream's, minus any that are not
+/// valid HTTP (the source element would not send those either).
+fn header_map(headers: &BTreeMap<String, String>) -> HeaderMap {
+    headers
+        .iter()
+        .filter_map(|(k, v)| {
+            Some((
+                HeaderName::from_bytes(k.as_bytes()).ok()?,
+                HeaderValue::from_str(v).ok()?,
+            ))
+        })
+        .collect()
+}
+
+/// Asks an HTTP(S) source for its status; a reason when it is an error or
+/// the server cannot be asked.
+async fn http_status(
+    url: url::Url,
+    target: &str,
+    headers: &BTreeMap<String, String>,
+) -> Option<String> {
+    let client = reqwest::Client::builder()
+        .connect_timeout(CHECK_TIMEOUT)
+        .timeout(CHECK_TIMEOUT)
+        .redirect(reqwest::redirect::Policy::limited(5))
+        .user_agent(concat!("sluice/", env!("CARGO_PKG_VERSION")))
+        .build()
+        .ok()?;
+    // Only the status line and headers are read; the body is never asked for.
+    let sent = client.get(url).headers(header_map(headers)).send().await;
+    match sent {
+        Ok(resp) => {
+            let status = resp.status();
+            (status.as_u16() >= 400).then(|| {
+                format!(
+                    "{target} answered HTTP {} {}",
+                    status.as_u16(),
+                    status.canonical_reason().unwrap_or("")
+                )
+                .trim_end()
+                .to_string()
             })
         }
-        Ok(None) => Some(format!("{target} closed the connection without answering")),
-        Err(_) => Some(format!(
+        Err(e) if e.is_connect() => Some(match io_cause(&e) {
+            Some(io) => format!("cannot connect to {target}: {}", plain_io_error(io)),
+            None if e.is_timeout() => format!("connecting to {target} timed out"),
+            None => format!("cannot connect to {target}: {}", innermost(&e)),
+        }),
+        Err(e) if e.is_timeout() => Some(format!(
             "{target} accepted the connection but did not answer"
         )),
+        Err(e) if e.is_request() || e.is_body() => {
+            Some(format!("{target} closed the connection without answering"))
+        }
+        Err(e) => Some(format!("{target}: {}", innermost(&e))),
     }
+}
+
+/// The I/O error under a reqwest error, if there is one.
+fn io_cause<'a>(e: &'a (dyn std::error::Error + 'static)) -> Option<&'a std::io::Error> {
+    let mut cur: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    while let Some(err) = cur {
+        if let Some(io) = err.downcast_ref::<std::io::Error>() {
+            return Some(io);
+        }
+        cur = err.source();
+    }
+    None
+}
+
+/// The deepest cause's text (reqwest's own says only "error sending request").
+fn innermost(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut cur = e;
+    while let Some(next) = cur.source() {
+        cur = next;
+    }
+    cur.to_string()
 }
 
 fn plain_io_error(e: &std::io::Error) -> String {
@@ -81,5 +131,24 @@ fn plain_io_error(e: &std::io::Error) -> String {
         std::io::ErrorKind::ConnectionRefused => "connection refused".into(),
         std::io::ErrorKind::TimedOut => "timed out".into(),
         _ => e.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn headers_that_are_not_http_are_left_out() {
+        let headers = BTreeMap::from([
+            ("Referer".to_string(), "https://tv.example/".to_string()),
+            ("X-Token".to_string(), "abc".to_string()),
+            ("Bad Name".to_string(), "x".to_string()),
+            ("X-Newline".to_string(), "a\nb".to_string()),
+        ]);
+        let map = header_map(&headers);
+        assert_eq!(map.len(), 2);
+        assert_eq!(map["referer"], "https://tv.example/");
+        assert_eq!(map["x-token"], "abc");
     }
 }

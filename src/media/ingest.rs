@@ -148,6 +148,7 @@ pub fn add_generation(
     shared.parsers_open.store(0, Ordering::Release);
     shared.parsers_silent.store(0, Ordering::Release);
     shared.video_parsers.store(0, Ordering::Release);
+    shared.video_declared.store(false, Ordering::Release);
     shared.long_holds.store(false, Ordering::Release);
     shared.source_pads_expected.store(0, Ordering::Release);
     shared.source_pads_seen.store(0, Ordering::Release);
@@ -341,6 +342,9 @@ fn attach_parsebin(
         .downcast_ref::<gst::Bin>()
         .expect("parsebin is a bin");
     bin.connect_deep_element_added(move |_, _, el| {
+        if el.factory().is_some_and(|f| f.name() == "flvdemux") {
+            watch_flv_start(el, &weak, gen);
+        }
         let video_parser = el.factory().is_some_and(|f| {
             let klass = f.klass();
             klass.contains("Parser") && klass.contains("Video")
@@ -370,6 +374,42 @@ fn attach_parsebin(
     pad.link(&sink)
         .map_err(|e| MediaError::SourceFailed(format!("cannot link source to parser: {e:?}")))?;
     Ok(())
+}
+
+/// Reads the start of the stream going into `demux` (an flvdemux) and
+/// marks video as declared when its metadata or header says there is
+/// video: flvdemux exposes the video stream only once the codec headers
+/// came, which a live server joined between keyframes may send long after
+/// the audio.
+fn watch_flv_start(demux: &gst::Element, shared: &std::sync::Weak<Shared>, gen: u64) {
+    let Some(sink) = demux.static_pad("sink") else {
+        return;
+    };
+    let weak = shared.clone();
+    let start = parking_lot::Mutex::new(Vec::<u8>::new());
+    sink.add_probe(gst::PadProbeType::BUFFER, move |_, info| {
+        let Some(sh) = weak.upgrade() else {
+            return gst::PadProbeReturn::Remove;
+        };
+        if sh.generation.load(Ordering::Acquire) != gen {
+            return gst::PadProbeReturn::Remove;
+        }
+        let mut start = start.lock();
+        if let Some(map) = info.buffer().and_then(|b| b.map_readable().ok()) {
+            let room = super::flv::MAX_LOOKAHEAD.saturating_sub(start.len());
+            start.extend_from_slice(&map[..map.len().min(room)]);
+        }
+        match super::flv::declares_video(&start) {
+            None => gst::PadProbeReturn::Ok,
+            Some(video) => {
+                if video {
+                    sh.video_declared.store(true, Ordering::Release);
+                    sh.notify.notify_waiters();
+                }
+                gst::PadProbeReturn::Remove
+            }
+        }
+    });
 }
 
 /// Gives one elementary stream its own queue at once (so a demuxer feeding

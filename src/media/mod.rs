@@ -9,6 +9,7 @@
 
 pub mod diagnose;
 pub mod elements;
+mod flv;
 pub mod ingest;
 pub mod pipeline;
 pub mod probe;

@@ -15,6 +15,8 @@
 //!                  -> capsfilter(48 kHz stereo) -> queue(leaky if live) -> avenc_aac -> aacparse -> mux
 //! remux:           pad -> queue -> h264parse|aacparse -> capsfilter -> mux
 //! mux:             mp4mux (fragmented) | mpegtsmux -> appsink
+//! file://:         identity(sync) between each branch and the mux plays the file in real time
+//! H.264 branches:  a probe on the branch's sink joins pictures that arrive in untimed pieces
 //! test://:         videotestsrc(live) / audiotestsrc(live) feed the transcode chains directly
 //! ```
 //!
@@ -66,6 +68,9 @@ pub struct Shared {
     /// video stream exists even while none is exposed yet (a live stream
     /// joined mid-GOP types its video only at the next keyframe).
     pub(super) video_parsers: AtomicUsize,
+    /// The current generation's container says it carries video (an FLV
+    /// stream's metadata or header flags) before any video stream exists.
+    pub(super) video_declared: AtomicBool,
     /// The current generation's held streams queue up to
     /// [`ingest::PREDECISION_LONG_QUEUE_NS`] (see [`Opened::lengthen_holds`]).
     pub(super) long_holds: AtomicBool,
@@ -259,15 +264,36 @@ fn capsfilter(caps: gst::Caps) -> Result<gst::Element, MediaError> {
 /// Builds the first source generation (none for `test://`) and starts it.
 /// Must run off the async runtime (it changes pipeline state).
 pub fn open(name: &str, plan: SourcePlan, format: Format) -> Result<Opened, MediaError> {
-    let pipeline = gst::Pipeline::builder().name(name).build();
+    open_in(gst::Pipeline::builder().name(name).build(), plan, format)
+}
+
+/// [`open`] into a given (empty) pipeline. On failure the pipeline is back
+/// at NULL: a pipeline left in READY or PAUSED is never freed (its bus
+/// keeps the pipeline's own state messages, which reference it, until the
+/// bus is flushed at NULL) and would keep its sockets and threads.
+fn open_in(
+    pipeline: gst::Pipeline,
+    plan: SourcePlan,
+    format: Format,
+) -> Result<Opened, MediaError> {
     let shared = Arc::new(Shared {
         first_pts: AtomicU64::new(u64::MAX),
         last_sample_ms: AtomicU64::new(now_ms()),
         ..Default::default()
     });
     if matches!(plan.primary(), SourceUri::Uri { .. }) {
-        ingest::add_generation(&pipeline, &shared, &plan, 0, 1)?;
-        pipeline.set_state(gst::State::Playing)?;
+        let started = ingest::add_generation(&pipeline, &shared, &plan, 0, 1).and_then(|()| {
+            pipeline
+                .set_state(gst::State::Playing)
+                .map(drop)
+                .map_err(|e| start_error(&pipeline, e))
+        });
+        if let Err(e) = started {
+            if pipeline.set_state(gst::State::Null).is_err() {
+                tracing::warn!("a pipeline that failed to start did not reach NULL cleanly");
+            }
+            return Err(e);
+        }
     }
     Ok(Opened {
         pipeline,
@@ -277,6 +303,20 @@ pub fn open(name: &str, plan: SourcePlan, format: Format) -> Result<Opened, Medi
         format,
         mode: Mutex::new(None),
     })
+}
+
+/// Why `pipeline` failed to start: the error an element posted, which
+/// says more than the failed state change (credential-free).
+fn start_error(pipeline: &gst::Pipeline, change: gst::StateChangeError) -> MediaError {
+    let posted = pipeline
+        .bus()
+        .and_then(|bus| bus.pop_filtered(&[gst::MessageType::Error]));
+    match posted.as_ref().map(|m| m.view()) {
+        Some(gst::MessageView::Error(err)) => MediaError::SourceFailed(
+            super::session::describe_error(&err.error(), err.debug().as_deref()),
+        ),
+        _ => MediaError::StateChange(change),
+    }
 }
 
 /// Describes caps as a short codec id and a human description.
@@ -339,12 +379,13 @@ impl Opened {
             })
             .collect();
         format!(
-            "gen={} done={} open={} silent={} video_parsers={} seen={} expected={} pads=[{}]",
+            "gen={} done={} open={} silent={} video_parsers={} video_declared={} seen={} expected={} pads=[{}]",
             sh.generation.load(Ordering::Acquire),
             sh.source_done.load(Ordering::Acquire),
             sh.parsers_open.load(Ordering::Acquire),
             sh.parsers_silent.load(Ordering::Acquire),
             sh.video_parsers.load(Ordering::Acquire),
+            sh.video_declared.load(Ordering::Acquire),
             sh.source_pads_seen.load(Ordering::Acquire),
             sh.source_pads_expected.load(Ordering::Acquire),
             caps.join(", ")
@@ -367,6 +408,7 @@ impl Opened {
     /// only of network and file sources: a `test://` one is known at once).
     pub fn video_stream_seen(&self) -> bool {
         self.shared.video_parsers.load(Ordering::Acquire) > 0
+            || self.shared.video_declared.load(Ordering::Acquire)
     }
 
     /// Whether at least one source pad has appeared.
@@ -570,6 +612,13 @@ impl Opened {
         result
     }
 
+    /// Whether the output is held to real time: a local file would
+    /// otherwise be read, converted and sent as fast as the machine goes,
+    /// and end at once.
+    fn paced(&self) -> bool {
+        matches!(&self.source, SourceUri::Uri { scheme, .. } if scheme == "file")
+    }
+
     /// Whether the source reports a duration (files, VOD playlists) rather
     /// than running without end (live streams).
     fn has_duration(&self) -> bool {
@@ -593,6 +642,12 @@ impl Opened {
         live: bool,
     ) -> Result<(), MediaError> {
         let p = &self.pipeline;
+        let pace = if self.paced() {
+            Some(pacer(p, mux, video, self.format)?)
+        } else {
+            None
+        };
+        let mux = pace.as_ref().unwrap_or(mux);
         let head: gst::Element = match (mode, video) {
             (Mode::Remux, true) => {
                 let parse = make("h264parse")?;
@@ -661,11 +716,43 @@ impl Opened {
         };
         head.sync_state_with_parent()?;
         let sink = head.static_pad("sink").expect("branch sink pad");
+        if video
+            && pad
+                .current_caps()
+                .and_then(|c| c.structure(0).map(|s| s.name() == "video/x-h264"))
+                .unwrap_or(false)
+        {
+            join_split_access_units(&sink);
+        }
         self.shared.branches.lock()[usize::from(!video)] = Some(sink.downgrade());
         pad.link(&sink)
             .map_err(|e| MediaError::SourceFailed(format!("cannot link source stream: {e:?}")))?;
         Ok(())
     }
+}
+
+/// An `identity` that hands a branch's output to `mux` at its running time
+/// on the pipeline clock, so a file plays in real time as a live channel
+/// would. Linked to the muxer (with the branch's output caps, so mp4mux
+/// gives it the right kind of pad) and running; the branch links into it.
+fn pacer(
+    p: &gst::Pipeline,
+    mux: &gst::Element,
+    video: bool,
+    format: Format,
+) -> Result<gst::Element, MediaError> {
+    let pace = make("identity")?;
+    pace.set_property("sync", true);
+    pace.set_property("silent", true);
+    p.add(&pace)?;
+    let caps = if video {
+        h264_output_caps(format, None)
+    } else {
+        aac_output_caps(format)
+    };
+    pace.link_filtered(mux, &caps)?;
+    pace.sync_state_with_parent()?;
+    Ok(pace)
 }
 
 /// Source pixel rate up to which one decoder thread is used: 1080p30.
@@ -748,6 +835,72 @@ fn aac_output_caps(format: Format) -> gst::Caps {
             if format == Format::Ts { "adts" } else { "raw" },
         )
         .build()
+}
+
+/// Joins the pieces of an H.264 picture that arrive as separate buffers
+/// into one. A picture coded as several slices, with SPS/PPS repeated in
+/// front of each (some cameras and encoders; RTP payloaders that insert them
+/// before every IDR slice), is cut by the depayloader at each SPS: only the
+/// first piece carries the timestamp, and parsers pass the pieces on as
+/// they are. A muxer then writes pieces without a time as pictures of their
+/// own, and no player can decode them.
+///
+/// Each timestamped buffer is held until the next one arrives, and the
+/// untimed buffers in between are appended to it (one picture of delay).
+/// What is held when the stream starts over (a new segment, a flush, a
+/// reconnect) or ends is dropped.
+fn join_split_access_units(pad: &gst::Pad) {
+    let held: Mutex<Option<gst::Buffer>> = Mutex::new(None);
+    pad.add_probe(
+        gst::PadProbeType::BUFFER
+            | gst::PadProbeType::EVENT_DOWNSTREAM
+            | gst::PadProbeType::EVENT_FLUSH,
+        move |_, info| {
+            // The buffer is taken from the probe and the probe says it
+            // handled it (a dropped buffer makes GStreamer 1.22 log a critical).
+            fn consume(info: &mut gst::PadProbeInfo) -> gst::PadProbeReturn {
+                info.data = None;
+                gst::PadProbeReturn::Handled
+            }
+            match &mut info.data {
+                Some(gst::PadProbeData::Buffer(buf)) => {
+                    let mut held = held.lock();
+                    if buf.pts().is_none() && buf.dts().is_none() {
+                        return match held.as_mut() {
+                            Some(h) => {
+                                // Appending needs the only reference.
+                                h.make_mut();
+                                h.append(buf.clone());
+                                consume(info)
+                            }
+                            // Nothing to join it to: it goes as it came.
+                            None => gst::PadProbeReturn::Ok,
+                        };
+                    }
+                    match held.replace(buf.clone()) {
+                        Some(previous) => {
+                            *buf = previous;
+                            gst::PadProbeReturn::Ok
+                        }
+                        None => consume(info),
+                    }
+                }
+                Some(gst::PadProbeData::Event(ev)) => {
+                    if matches!(
+                        ev.type_(),
+                        gst::EventType::Eos
+                            | gst::EventType::FlushStop
+                            | gst::EventType::StreamStart
+                            | gst::EventType::Segment
+                    ) {
+                        held.lock().take();
+                    }
+                    gst::PadProbeReturn::Ok
+                }
+                _ => gst::PadProbeReturn::Ok,
+            }
+        },
+    );
 }
 
 /// Drops video until the first keyframe so output always starts decodable.
@@ -941,6 +1094,32 @@ mod tests {
             b = b.field("framerate", gst::Fraction::new(n, d));
         }
         b.build()
+    }
+
+    /// A source that fails on the way to PLAYING (udpsrc cannot bind an
+    /// address this host does not have): the pipeline is brought back to
+    /// NULL and freed, and the error says why.
+    #[test]
+    fn a_source_that_fails_at_playing_is_brought_to_null_and_freed() {
+        crate::media::init().unwrap();
+        let pipeline = gst::Pipeline::builder().name("fails-at-playing").build();
+        let weak = pipeline.downgrade();
+        let source = SourceUri::Uri {
+            uri: "udp://203.0.113.1:5000".into(),
+            scheme: "udp".into(),
+        };
+        let err = match open_in(pipeline, SourcePlan::single(source), Format::Ts) {
+            Ok(_) => panic!("a source that cannot bind must not open"),
+            Err(e) => e,
+        };
+        assert!(
+            weak.upgrade().is_none(),
+            "the pipeline outlived its failed start (not brought to NULL)"
+        );
+        assert!(
+            err.to_string().contains("203.0.113.1"),
+            "the error names the reason: {err}"
+        );
     }
 
     #[test]

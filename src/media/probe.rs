@@ -169,10 +169,10 @@ pub async fn probe(
     let budget = timeout
         .saturating_sub(started.elapsed())
         .max(Duration::from_millis(MIN_PROBE_TIMEOUT_MS / 2));
-    let headers = headers.clone();
+    let sent_headers = headers.clone();
     RUNNING.fetch_add(1, Ordering::SeqCst);
     let task = tokio::task::spawn_blocking(move || {
-        let found = discover(&uri, headers, budget);
+        let found = discover(&uri, sent_headers, budget);
         RUNNING.fetch_sub(1, Ordering::SeqCst);
         drop(permit);
         found
@@ -226,7 +226,7 @@ pub async fn probe(
             let left = hard_deadline.saturating_duration_since(tokio::time::Instant::now());
             let reason = match source {
                 SourceUri::Uri { uri, .. } => {
-                    tokio::time::timeout(left, super::diagnose::explain(uri))
+                    tokio::time::timeout(left, super::diagnose::explain(uri, headers))
                         .await
                         .ok()
                         .flatten()

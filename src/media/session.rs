@@ -626,7 +626,7 @@ fn from_first_pat(data: &Bytes) -> Option<Bytes> {
         .map(|i| data.slice(i..))
 }
 
-fn describe_error(err: &gst::glib::Error, debug: Option<&str>) -> String {
+pub(super) fn describe_error(err: &gst::glib::Error, debug: Option<&str>) -> String {
     let mut text = err.message().to_string();
     if let Some(d) = debug {
         // The last line of GStreamer's debug text is usually the useful reason.

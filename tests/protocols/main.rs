@@ -227,6 +227,11 @@ async fn dash_live_manifest() {
 
 /// gst-rtsp-server (tests/fixtures/rtsp_server.py) offering only `transport`.
 async fn rtsp_server(dir: &Path, transport: &str) -> (Upstream, u16) {
+    rtsp_server_with(dir, transport, &[]).await
+}
+
+/// [`rtsp_server`] with the fixture's extra arguments (`slices`).
+async fn rtsp_server_with(dir: &Path, transport: &str, extra: &[&str]) -> (Upstream, u16) {
     let python = "/usr/bin/python3";
     assert!(
         Path::new(python).exists(),
@@ -239,7 +244,8 @@ async fn rtsp_server(dir: &Path, transport: &str) -> (Upstream, u16) {
         &format!("rtsp-{transport}"),
         Command::new(python)
             .arg(script)
-            .args([&port.to_string(), "live", transport]),
+            .args([&port.to_string(), "live", transport])
+            .args(extra),
         dir,
     );
     up.wait_until("ready", |u| u.log().lines().any(|l| l == "ready"))
@@ -275,6 +281,26 @@ async fn rtsp_over_tcp() {
     ts.stop().await;
 }
 
+/// A camera-like stream: each picture coded as 4 slices, SPS/PPS repeated
+/// in front of the slices. The depayloader hands such a picture on in
+/// pieces of which only the first has a timestamp; remuxed, the preview
+/// must still have its video, whole and decodable, in both containers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rtsp_h264_in_slices_with_repeated_headers_remuxes_with_its_video() {
+    let ts = server().await;
+    let (_up, port) = rtsp_server_with(ts.dir.path(), "tcp", &["slices"]).await;
+    let url = format!("rtsp://127.0.0.1:{port}/live");
+    add_stream(&ts, "slices", &url).await;
+    add_stream(&ts, "slices-ts", &url).await;
+    let (mp4, mpegts) = tokio::join!(
+        preview(&ts, "slices", "format=mp4"),
+        preview(&ts, "slices-ts", "format=ts&transcode=false"),
+    );
+    check("rtsp slices mp4", &mp4, "remux");
+    check("rtsp slices ts", &mpegts, "remux");
+    ts.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rtsp_over_udp() {
     let ts = server().await;
@@ -295,8 +321,10 @@ async fn rtsp_over_udp() {
     ts.stop().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn rtmp_through_nginx() {
+/// nginx with the rtmp module, its `live` application configured with
+/// `directives`, listening on 127.0.0.1; returns it, its port and the path
+/// of its error log (where it logs each publisher and player).
+async fn nginx_rtmp(ts: &TestServer, directives: &str) -> (Upstream, u16, std::path::PathBuf) {
     require("nginx", "nginx");
     let module = "/usr/lib/nginx/modules/ngx_rtmp_module.so";
     assert!(
@@ -304,7 +332,6 @@ async fn rtmp_through_nginx() {
         "{module} is missing: install the Debian package libnginx-mod-rtmp \
          (./packaging/install-deps.sh test)"
     );
-    let ts = server().await;
     let dir = ts.dir.path().join("nginx");
     std::fs::create_dir_all(&dir).unwrap();
     let port = free_tcp_port();
@@ -318,7 +345,7 @@ async fn rtmp_through_nginx() {
              pid {d}/nginx.pid;\nerror_log {d}/error.log info;\n\
              events {{ worker_connections 64; }}\n\
              rtmp {{ server {{ listen 127.0.0.1:{port};\n\
-               application live {{ live on; wait_key on; wait_video on; }} }} }}\n"
+               application live {{ live on; {directives} }} }} }}\n"
         ),
     )
     .unwrap();
@@ -336,17 +363,93 @@ async fn rtmp_through_nginx() {
     nginx
         .wait_until("listening", |_| tcp_port_taken(port))
         .await;
-    let url = format!("rtmp://127.0.0.1:{port}/live/x");
-    let mut publisher = ffmpeg_send("rtmp-publisher", ts.dir.path(), "flv", &url);
-    let error_log = dir.join("error.log");
+    (nginx, port, dir.join("error.log"))
+}
+
+/// Waits until nginx's error log shows the publisher of stream `name`.
+async fn wait_for_publisher(publisher: &mut Upstream, error_log: &Path, name: &str) {
+    let line = format!("publish: name='{name}'");
     publisher
         .wait_until("nginx accepted the publisher", |_| {
-            std::fs::read_to_string(&error_log).is_ok_and(|l| l.contains("publish: name='x'"))
+            std::fs::read_to_string(error_log).is_ok_and(|l| l.contains(&line))
         })
         .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rtmp_through_nginx() {
+    let ts = server().await;
+    let (mut nginx, port, error_log) = nginx_rtmp(&ts, "wait_key on; wait_video on;").await;
+    let url = format!("rtmp://127.0.0.1:{port}/live/x");
+    let mut publisher = ffmpeg_send("rtmp-publisher", ts.dir.path(), "flv", &url);
+    wait_for_publisher(&mut publisher, &error_log, "x").await;
     add_stream(&ts, "rtmp", &url).await;
     add_stream(&ts, "rtmp-ts", &url).await;
     prove("rtmp", &ts, "rtmp", "rtmp-ts").await;
+    nginx.assert_running();
+    ts.stop().await;
+}
+
+/// nginx-rtmp as most people run it (`live on;` and nothing else: no
+/// wait_key, no wait_video) hands a player that joins between keyframes
+/// the audio at once and the video's codec headers only later. A file with
+/// a keyframe every 2 s is published as is; players join 1 s, 5 s and 30 s
+/// after the publisher started, and each preview has its video.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rtmp_with_default_nginx_settings_joined_between_keyframes() {
+    let ts = server().await;
+    let (mut nginx, port, error_log) = nginx_rtmp(&ts, "").await;
+    let clip = ts.dir.path().join("gop2.flv");
+    make_media(
+        &clip,
+        10,
+        &[
+            "-s",
+            SIZE,
+            "-c:v",
+            "libx264",
+            "-preset",
+            "ultrafast",
+            "-pix_fmt",
+            "yuv420p",
+            "-g",
+            "50",
+            "-keyint_min",
+            "50",
+            "-sc_threshold",
+            "0",
+        ],
+        &["-c:a", "aac", "-b:a", "64k"],
+        &[],
+    );
+    let url = format!("rtmp://127.0.0.1:{port}/live/d");
+    let mut publisher = Upstream::spawn(
+        "rtmp-publisher",
+        Command::new("ffmpeg")
+            .args(["-hide_banner", "-nostdin", "-loglevel", "warning", "-re"])
+            .args(["-stream_loop", "-1", "-i"])
+            .arg(&clip)
+            .args(["-c", "copy", "-f", "flv", &url]),
+        ts.dir.path(),
+    );
+    wait_for_publisher(&mut publisher, &error_log, "d").await;
+    let published = Instant::now();
+    add_stream(&ts, "rtmp-default", &url).await;
+    for (after, query, mode) in [
+        (1, "format=ts&quality=low", "transcode"),
+        (5, "format=mp4", "remux"),
+        (30, "format=ts&quality=low", "transcode"),
+    ] {
+        let join = published + Duration::from_secs(after);
+        tokio::time::sleep_until(join.into()).await;
+        let p = preview(&ts, "rtmp-default", query).await;
+        check(&format!("rtmp joined after {after} s ({query})"), &p, mode);
+        println!(
+            "rtmp default settings: joined after {after} s, ttfb_ms={}",
+            p.ttfb.as_millis()
+        );
+    }
+    publisher.assert_running();
     nginx.assert_running();
     ts.stop().await;
 }
