@@ -16,8 +16,8 @@
 //!   deadline (the preview start has its own `timeout`).
 //! - Connections: at most [`MAX_CONNECTIONS`] open, [`MAX_CONNECTIONS_PER_IP`]
 //!   from one TCP peer; the rest get a bare 503 JSON answer and are closed.
-//!   The request head is bounded in size and time by the hyper settings in
-//!   [`super::serve`].
+//!   The request head is bounded in size by [`super::head`] and in time by
+//!   the hyper settings in [`super::serve`].
 
 use std::collections::HashMap;
 use std::convert::Infallible;

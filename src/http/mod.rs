@@ -7,6 +7,7 @@ pub mod cors;
 pub mod error;
 pub mod extract;
 pub mod hangup;
+pub mod head;
 pub mod health;
 pub mod import;
 pub mod limits;
@@ -33,10 +34,13 @@ pub use extract::{admin_flag, client_ip, is_admin, require_admin, PeerAddr};
 
 /// Largest catalog write body.
 pub const MAX_CATALOG_BODY: u64 = 1024 * 1024;
-/// Largest request head (request line + headers).
+/// Largest request head (request line + headers); see [`head`].
 pub const MAX_HEADER_BYTES: usize = 64 * 1024;
 /// Time a client has to send its request head.
 pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long input is still read (and dropped) after a refused request head,
+/// so the client gets to read the answer.
+pub const REFUSED_LINGER: Duration = Duration::from_secs(2);
 
 /// The query string as key/value pairs (empty when absent).
 pub fn query_map() -> impl Filter<Extract = (HashMap<String, String>,), Error = Infallible> + Clone
@@ -172,16 +176,25 @@ pub async fn serve<F>(
                 continue;
             }
         };
+        let (tcp, gate) = head::HeadGate::new(tcp, MAX_HEADER_BYTES);
+        let (refused, lingering) = (gate.clone(), hangup.clone());
         let svc = svc.clone();
         let watcher = graceful.watcher();
         tokio::spawn(async move {
             let _admitted = admitted;
             let service = hyper::service::service_fn(
-                move |mut req: hyper::Request<hyper::body::Incoming>| {
+                move |req: hyper::Request<hyper::body::Incoming>| {
+                    let refused = gate.refusal(&req);
+                    let mut req = req.map(|body| gate.watch_body(body));
                     req.extensions_mut().insert(PeerAddr(peer));
                     let call = limits::call_with_deadline(svc.clone(), req);
                     let hangup = hangup.clone();
                     async move {
+                        if let Some(why) = refused {
+                            let res = why.response();
+                            tracing::info!(%peer, status = res.status().as_u16(), "request head refused");
+                            return Ok(res);
+                        }
                         let Some(hangup) = hangup else {
                             return call.await;
                         };
@@ -199,11 +212,18 @@ pub async fn serve<F>(
             let conn = hyper::server::conn::http1::Builder::new()
                 .timer(TokioTimer::new())
                 .header_read_timeout(HEADER_READ_TIMEOUT)
-                .max_buf_size(MAX_HEADER_BYTES)
+                // The gate checks heads first; these hold for bytes it
+                // leaves to hyper (pipelined before a body was read).
+                .max_header_size(MAX_HEADER_BYTES)
+                .max_headers(head::MAX_HEADERS)
+                .max_buf_size(2 * MAX_HEADER_BYTES)
                 .serve_connection(TokioIo::new(tcp), service);
             let conn = watcher.watch(conn);
             if let Err(e) = conn.await {
                 tracing::debug!(error = %e, "connection ended with an error");
+            }
+            if let (true, Some(watch)) = (refused.refused(), lingering) {
+                watch.linger(REFUSED_LINGER).await;
             }
         });
     }
