@@ -976,3 +976,60 @@ fn start_up_warns_beyond_loopback_without_a_key() {
     assert!(!warned(&quiet, "ADMIN_API_KEY"), "{quiet}");
     assert!(!warned(&quiet, "TRUST_PROXY"), "{quiet}");
 }
+
+#[tokio::test]
+async fn every_route_in_the_table_is_served_and_labelled() {
+    let ts = common::start_with(|s| s.rate_limit_api = Rate::Off).await;
+    let c = common::client();
+    for route in sluice::http::routes::ROUTES {
+        let path = route
+            .template
+            .split('/')
+            .map(|seg| if seg.starts_with(':') { "x" } else { seg })
+            .collect::<Vec<_>>()
+            .join("/");
+        let path = if path.is_empty() {
+            "/".to_string()
+        } else {
+            path
+        };
+        assert_eq!(
+            sluice::http::log::route_template(&path),
+            Some(route.template),
+            "{path}"
+        );
+        let r = c.get(ts.url(&path)).send().await.unwrap();
+        let status = r.status();
+        if status == StatusCode::NOT_FOUND {
+            let body: Value = r.json().await.unwrap();
+            assert_ne!(body["message"], "no such route", "{path}: {body}");
+        }
+    }
+    ts.stop().await;
+}
+
+#[tokio::test]
+async fn only_a_trusted_proxy_may_say_the_client_came_over_https() {
+    for (setting, scheme) in [
+        ("false", "http"),
+        ("127.0.0.1", "https"),
+        ("10.0.0.0/8", "http"),
+    ] {
+        let ts = common::start_with(|s| s.trust_proxy = trust(setting)).await;
+        let text = common::client()
+            .get(ts.url("/playlist.m3u"))
+            .header("x-forwarded-proto", "https")
+            .header("host", "tv.example.com")
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        assert!(
+            text.contains(&format!("\n{scheme}://tv.example.com/streams/preview/")),
+            "{setting}: {text}"
+        );
+        ts.stop().await;
+    }
+}

@@ -64,7 +64,8 @@ pub fn routes(
     state: Arc<AppState>,
 ) -> impl Filter<Extract = (warp::reply::Response,), Error = Rejection> + Clone {
     let st = state.clone();
-    let import = warp::path!("api" / "streams" / "import")
+    let import = super::routes::STREAM_IMPORT
+        .path()
         .and(warp::post())
         .and(require_admin(state.clone()))
         .and(warp::header::optional::<String>("content-type"))
@@ -74,7 +75,8 @@ pub fn routes(
             async move { import(st, ct, body).await.map_err(warp::reject::custom) }
         });
     let st = state.clone();
-    let export = warp::path!("playlist.m3u")
+    let export = super::routes::PLAYLIST
+        .path()
         .and(warp::get())
         .and(warp::header::optional::<String>("host"))
         .and(warp::header::optional::<String>("x-forwarded-proto"))

@@ -110,15 +110,11 @@ where
 
 /// How long a request may take: `None` for streaming routes.
 pub fn deadline_for(method: &Method, path: &str) -> Option<Duration> {
-    let streaming = path.starts_with("/streams/preview/")
-        || path == "/api/streams/transcoding/events"
-        || path == "/metrics/stream";
-    if streaming {
-        None
-    } else if *method == Method::POST && path == "/api/streams/import" {
-        Some(IMPORT_TIMEOUT)
-    } else {
-        Some(REQUEST_TIMEOUT)
+    use super::routes::Deadline;
+    match super::routes::find(path).map(|r| r.deadline) {
+        Some(Deadline::Streaming) => None,
+        Some(Deadline::Import) if *method == Method::POST => Some(IMPORT_TIMEOUT),
+        _ => Some(REQUEST_TIMEOUT),
     }
 }
 
@@ -324,6 +320,15 @@ mod tests {
         assert_eq!(
             deadline_for(&Method::POST, "/api/streams/import"),
             Some(IMPORT_TIMEOUT)
+        );
+        // Only routes that exist stream.
+        assert_eq!(
+            deadline_for(&Method::GET, "/metrics/stream"),
+            Some(REQUEST_TIMEOUT)
+        );
+        assert_eq!(
+            deadline_for(&Method::GET, "/streams/preview/a/b"),
+            Some(REQUEST_TIMEOUT)
         );
     }
 

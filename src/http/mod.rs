@@ -15,6 +15,7 @@ pub mod log;
 pub mod metrics;
 pub mod preview;
 pub mod ratelimit;
+pub mod routes;
 pub mod status;
 pub mod validate;
 pub mod web;
