@@ -541,3 +541,45 @@ async fn later_requests_on_a_keep_alive_connection_are_capped_too() {
     assert_json_close(&mut s, 400, "bad_request").await;
     ts.stop().await;
 }
+
+#[tokio::test]
+async fn pipelined_requests_are_capped_one_by_one() {
+    use tokio::io::AsyncWriteExt;
+    let ts = common::start().await;
+    let mut s = connect(&ts).await;
+    let body = br#"{"url": "ftp://example.test/x"}"#;
+    let mut wire = b"GET /live HTTP/1.1\r\nHost: x\r\n\r\n".to_vec();
+    wire.extend(
+        format!(
+            "POST /api/streams/validate HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n",
+            body.len()
+        )
+        .as_bytes(),
+    );
+    wire.extend(body);
+    wire.extend(head_with_pad("/live", 100_000));
+    let _ = s.write_all(&wire).await;
+    // Three answers in order, then the server closes.
+    let mut all = Vec::new();
+    tokio::time::timeout(
+        Duration::from_secs(20),
+        tokio::io::AsyncReadExt::read_to_end(&mut s, &mut all),
+    )
+    .await
+    .expect("the server closes after the 431")
+    .unwrap();
+    let text = String::from_utf8_lossy(&all);
+    let statuses: Vec<&str> = text
+        .match_indices("HTTP/1.1 ")
+        .map(|(i, _)| &text[i + 9..i + 12])
+        .collect();
+    assert_eq!(statuses, ["200", "400", "431"], "{text}");
+    let last = &text[text.rfind("HTTP/1.1 ").unwrap()..];
+    assert!(last.contains("connection: close"), "{last}");
+    assert!(last.contains("application/json"), "{last}");
+    assert!(
+        last.contains(r#""error":"request_header_too_large""#),
+        "{last}"
+    );
+    ts.stop().await;
+}

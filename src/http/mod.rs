@@ -184,9 +184,8 @@ pub async fn serve<F>(
         tokio::spawn(async move {
             let _admitted = admitted;
             let service = hyper::service::service_fn(
-                move |req: hyper::Request<hyper::body::Incoming>| {
+                move |mut req: hyper::Request<hyper::body::Incoming>| {
                     let refused = gate.refusal(&req);
-                    let mut req = req.map(|body| gate.watch_body(body));
                     req.extensions_mut().insert(PeerAddr(peer));
                     let call = limits::call_with_deadline(svc.clone(), req);
                     let hangup = hangup.clone();
@@ -213,8 +212,8 @@ pub async fn serve<F>(
             let conn = hyper::server::conn::http1::Builder::new()
                 .timer(TokioTimer::new())
                 .header_read_timeout(HEADER_READ_TIMEOUT)
-                // The gate checks heads first; these hold for bytes it
-                // leaves to hyper (pipelined before a body was read).
+                // The gate checks heads first; these hold for heads it
+                // leaves to hyper (after a chunked body).
                 .max_header_size(MAX_HEADER_BYTES)
                 .max_headers(head::MAX_HEADERS)
                 .max_buf_size(2 * MAX_HEADER_BYTES)
