@@ -392,13 +392,20 @@ impl<T: AsyncRead + Unpin> AsyncRead for HeadGate<T> {
                     return Poll::Ready(Ok(()));
                 }
                 State::Body { remaining } => {
-                    let max = out.remaining().min(READ_CHUNK);
-                    let max = (*remaining).min(max as u64) as usize;
-                    let mut chunk = [0u8; READ_CHUNK];
-                    let mut rb = ReadBuf::new(&mut chunk[..max]);
-                    ready!(Pin::new(&mut this.io).poll_read(cx, &mut rb))?;
-                    let n = rb.filled().len();
-                    out.put_slice(rb.filled());
+                    let n = if out.remaining() as u64 <= *remaining {
+                        // All hyper asks for is body: read straight into it.
+                        let before = out.filled().len();
+                        ready!(Pin::new(&mut this.io).poll_read(cx, out))?;
+                        out.filled().len() - before
+                    } else {
+                        // The body ends within this read: stop at its end.
+                        let max = (*remaining).min(READ_CHUNK as u64) as usize;
+                        let mut chunk = [0u8; READ_CHUNK];
+                        let mut rb = ReadBuf::new(&mut chunk[..max]);
+                        ready!(Pin::new(&mut this.io).poll_read(cx, &mut rb))?;
+                        out.put_slice(rb.filled());
+                        rb.filled().len()
+                    };
                     *remaining -= n as u64;
                     if n == 0 {
                         this.state = State::Eof;
@@ -687,6 +694,26 @@ mod tests {
         wr.write_all(&all).await.unwrap();
         assert_eq!(take(&mut gate, one.len()).await, one);
         assert_eq!(take(&mut gate, two.len()).await, two);
+        let got = take(&mut gate, 4096).await;
+        assert!(
+            matches!(marker_of(&handle, &got), Some(Refused::Malformed(_))),
+            "{got:?}"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_long_body_passes_in_reads_of_any_size_and_the_next_head_is_gated() {
+        let (client, server) = tokio::io::duplex(64 * 1024);
+        let (mut gate, handle) = HeadGate::new(server, CAP);
+        let (_rd, mut wr) = tokio::io::split(client);
+        let head = b"PUT /x HTTP/1.1\r\nContent-Length: 5000\r\n\r\n";
+        wr.write_all(head).await.unwrap();
+        assert_eq!(take(&mut gate, head.len()).await, head);
+        // The body arrives after the head, so it is passed on as it comes.
+        let body = vec![b'\n'; 5000];
+        wr.write_all(&body).await.unwrap();
+        assert_eq!(take(&mut gate, body.len()).await, body);
+        wr.write_all(b"nonsense\r\n\r\n").await.unwrap();
         let got = take(&mut gate, 4096).await;
         assert!(
             matches!(marker_of(&handle, &got), Some(Refused::Malformed(_))),
