@@ -583,3 +583,27 @@ async fn pipelined_requests_are_capped_one_by_one() {
     );
     ts.stop().await;
 }
+
+#[tokio::test]
+async fn heads_after_a_chunked_body_are_capped_too() {
+    use tokio::io::AsyncWriteExt;
+    let ts = common::start().await;
+    let mut s = connect(&ts).await;
+    let body = br#"{"url": "ftp://example.test/x"}"#;
+    let mut wire = b"POST /api/streams/validate HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n".to_vec();
+    wire.extend(format!("{:x}\r\n", 10).as_bytes());
+    wire.extend(&body[..10]);
+    wire.extend(format!("\r\n{:x};note=rest\r\n", body.len() - 10).as_bytes());
+    wire.extend(&body[10..]);
+    wire.extend(b"\r\n0\r\n\r\n");
+    s.write_all(&wire).await.unwrap();
+    let (status, head, answer) = read_response(&mut s).await;
+    assert_eq!(status, 400, "{head}{}", String::from_utf8_lossy(&answer));
+    assert!(
+        String::from_utf8_lossy(&answer).contains("ftp"),
+        "the body arrived whole"
+    );
+    let _ = s.write_all(&head_with_pad("/live", 100_000)).await;
+    assert_json_close(&mut s, 431, "request_header_too_large").await;
+    ts.stop().await;
+}

@@ -10,12 +10,13 @@
 //! at once; a refused head is replaced by a one-off request to a
 //! per-connection marker path that the service answers with the error
 //! ([`GateHandle::refusal`]), so the answer is written in order, after any
-//! response still in flight. The head says how long the body is
-//! (`Content-Length`, or none): exactly that many bytes pass through, and
-//! the next head is checked the same way, pipelined or on a keep-alive
-//! connection. A chunked body (or a `CONNECT`) ends the gating for the
-//! connection; later heads there are left to hyper, whose `max_header_size`
-//! is set to the same cap.
+//! response still in flight. The head says where the body ends
+//! (`Content-Length`, chunked, or no body): the body passes through to its
+//! end, and the next head is checked the same way, pipelined or on a
+//! keep-alive connection. A body whose end cannot be told (another transfer
+//! coding, a `CONNECT` tunnel, broken chunks, which hyper refuses anyway)
+//! ends the gating for the connection; later heads there are left to hyper,
+//! whose `max_header_size` is set to the same cap.
 //!
 //! This module only frames and checks heads; it never parses them for the
 //! routes.
@@ -88,7 +89,9 @@ pub enum Framing {
     None,
     /// `Content-Length` bytes.
     Length(u64),
-    /// Chunked (or a tunnel): its end is not tracked here.
+    /// `Transfer-Encoding: chunked`: chunks up to the last one and trailers.
+    Chunked,
+    /// Another transfer coding, or a tunnel: its end is not tracked here.
     Unknown,
 }
 
@@ -209,7 +212,8 @@ impl HeadScan {
         let tunnel = lines.next().is_some_and(|l| l.starts_with(b"CONNECT "));
         let mut count = 0;
         let mut length: Option<u64> = None;
-        let mut chunked = false;
+        // The last transfer coding named, if any.
+        let mut coding: Option<&[u8]> = None;
         for line in lines.map(strip_cr).filter(|l| !l.is_empty()) {
             count += 1;
             if count > MAX_HEADERS {
@@ -222,7 +226,10 @@ impl HeadScan {
             }
             let (name, value) = line.split_at(line.iter().position(|&b| b == b':').unwrap_or(0));
             if name.eq_ignore_ascii_case(b"transfer-encoding") {
-                chunked = true;
+                coding = value[1..]
+                    .rsplit(|&b| b == b',')
+                    .next()
+                    .map(<[u8]>::trim_ascii);
             } else if name.eq_ignore_ascii_case(b"content-length") {
                 for v in value[1..].split(|&b| b == b',') {
                     let v = v.trim_ascii();
@@ -243,12 +250,108 @@ impl HeadScan {
             }
         }
         *self = HeadScan::default();
-        let body = match length {
-            _ if chunked || tunnel => Framing::Unknown,
-            Some(n) if n > 0 => Framing::Length(n),
-            _ => Framing::None,
+        let body = match (coding, length) {
+            _ if tunnel => Framing::Unknown,
+            (Some(c), _) if c.eq_ignore_ascii_case(b"chunked") => Framing::Chunked,
+            (Some(_), _) => Framing::Unknown,
+            (None, Some(n)) if n > 0 => Framing::Length(n),
+            (None, _) => Framing::None,
         };
         HeadCheck::Complete { len: end, body }
+    }
+}
+
+/// Where a chunked body ends (RFC 9112 §7.1): chunk-size lines, chunk data
+/// and its CRLF, the last (zero) chunk, then trailer lines up to a blank one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Chunks {
+    /// In a chunk-size line: the size so far, whether a digit was seen, and
+    /// whether the extensions after it began.
+    Size { size: u64, digits: bool, ext: bool },
+    /// In chunk data: this many bytes to go.
+    Data(u64),
+    /// After chunk data: the CRLF (`true`: the CR was seen).
+    DataEnd(bool),
+    /// In the trailers: bytes on the current line (CR aside).
+    Trailer(usize),
+}
+
+/// What feeding bytes to [`Chunks`] found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Fed {
+    /// The body goes on past these bytes.
+    More,
+    /// The body ends after this many of them.
+    Done(usize),
+    /// Not a chunked body hyper would accept; tracking stops.
+    Lost,
+}
+
+impl Default for Chunks {
+    fn default() -> Self {
+        Chunks::Size {
+            size: 0,
+            digits: false,
+            ext: false,
+        }
+    }
+}
+
+impl Chunks {
+    /// Follows the body through `bytes`.
+    pub fn feed(&mut self, bytes: &[u8]) -> Fed {
+        let mut i = 0;
+        while i < bytes.len() {
+            let b = bytes[i];
+            match self {
+                Chunks::Data(left) => {
+                    let take = (*left).min((bytes.len() - i) as u64);
+                    *left -= take;
+                    i += take as usize;
+                    if *left == 0 {
+                        *self = Chunks::DataEnd(false);
+                    }
+                    continue;
+                }
+                Chunks::Size { size, digits, ext } => match b {
+                    b'\n' => {
+                        if !*digits {
+                            return Fed::Lost;
+                        }
+                        *self = if *size == 0 {
+                            Chunks::Trailer(0)
+                        } else {
+                            Chunks::Data(*size)
+                        };
+                    }
+                    _ if *ext => {}
+                    b';' | b' ' | b'\t' | b'\r' => *ext = true,
+                    _ => match (b as char).to_digit(16) {
+                        Some(d) => {
+                            let Some(next) = size.checked_mul(16).map(|v| v + u64::from(d)) else {
+                                return Fed::Lost;
+                            };
+                            *size = next;
+                            *digits = true;
+                        }
+                        None => return Fed::Lost,
+                    },
+                },
+                Chunks::DataEnd(cr) => match b {
+                    b'\r' if !*cr => *cr = true,
+                    b'\n' => *self = Chunks::default(),
+                    _ => return Fed::Lost,
+                },
+                Chunks::Trailer(len) => match b {
+                    b'\n' if *len == 0 => return Fed::Done(i + 1),
+                    b'\n' => *len = 0,
+                    b'\r' => {}
+                    _ => *len += 1,
+                },
+            }
+            i += 1;
+        }
+        Fed::More
     }
 }
 
@@ -291,6 +394,8 @@ enum State {
     Body {
         remaining: u64,
     },
+    /// A chunked body passes through, followed to its end.
+    Chunked(Chunks),
     /// Everything passes straight through (a body whose end is not tracked).
     Pass,
     /// After a refusal: whatever else the client sends is read and dropped
@@ -353,6 +458,23 @@ fn after_head(mut buf: BytesMut, len: usize, body: Framing) -> State {
             out.unsplit(buf);
             State::Pass
         }
+        Framing::Chunked => {
+            let mut chunks = Chunks::default();
+            match chunks.feed(&buf) {
+                Fed::Done(n) => {
+                    out.unsplit(buf.split_to(n));
+                    State::head(buf)
+                }
+                Fed::More => {
+                    out.unsplit(buf);
+                    State::Chunked(chunks)
+                }
+                Fed::Lost => {
+                    out.unsplit(buf);
+                    State::Pass
+                }
+            }
+        }
         Framing::Length(n) => {
             let here = (buf.len() as u64).min(n) as usize;
             out.unsplit(buf.split_to(here));
@@ -411,6 +533,30 @@ impl<T: AsyncRead + Unpin> AsyncRead for HeadGate<T> {
                         this.state = State::Eof;
                     } else if *remaining == 0 {
                         this.state = State::head(BytesMut::new());
+                    }
+                    return Poll::Ready(Ok(()));
+                }
+                State::Chunked(chunks) => {
+                    let max = out.remaining().min(READ_CHUNK);
+                    let mut chunk = [0u8; READ_CHUNK];
+                    let mut rb = ReadBuf::new(&mut chunk[..max]);
+                    ready!(Pin::new(&mut this.io).poll_read(cx, &mut rb))?;
+                    let got = rb.filled();
+                    if got.is_empty() {
+                        this.state = State::Eof;
+                        return Poll::Ready(Ok(()));
+                    }
+                    match chunks.feed(got) {
+                        Fed::More => out.put_slice(got),
+                        Fed::Lost => {
+                            out.put_slice(got);
+                            this.state = State::Pass;
+                        }
+                        Fed::Done(n) => {
+                            // What follows the body is the next head.
+                            out.put_slice(&got[..n]);
+                            this.state = State::head(BytesMut::from(&got[n..]));
+                        }
                     }
                     return Poll::Ready(Ok(()));
                 }
@@ -533,11 +679,12 @@ mod tests {
         assert_eq!(framing("Content-Length: 12\r\n"), Framing::Length(12));
         assert_eq!(framing("content-length:7, 7\r\n"), Framing::Length(7));
         assert_eq!(framing("Content-Length: 0\r\n"), Framing::None);
-        assert_eq!(framing("Transfer-Encoding: chunked\r\n"), Framing::Unknown);
+        assert_eq!(framing("Transfer-Encoding: chunked\r\n"), Framing::Chunked);
         assert_eq!(
-            framing("Content-Length: 3\r\nTransfer-Encoding: chunked\r\n"),
-            Framing::Unknown
+            framing("Content-Length: 3\r\nTransfer-Encoding: gzip, Chunked\r\n"),
+            Framing::Chunked
         );
+        assert_eq!(framing("Transfer-Encoding: gzip\r\n"), Framing::Unknown);
         for bad in [
             "Content-Length: 1, 2\r\n",
             "Content-Length: -1\r\n",
@@ -721,12 +868,61 @@ mod tests {
         );
     }
 
+    #[test]
+    fn chunked_bodies_end_after_the_last_chunk_and_trailers() {
+        let body = b"3\r\nabc\r\n10;ext=\"x\"\r\n0123456789abcdef\r\n0\r\nX-Sum: 1\r\n\r\nNEXT";
+        let end = body.len() - 4;
+        assert_eq!(Chunks::default().feed(body), Fed::Done(end));
+        // Byte by byte, the same end.
+        let mut c = Chunks::default();
+        for (i, b) in body.iter().enumerate() {
+            match c.feed(std::slice::from_ref(b)) {
+                Fed::More => assert!(i + 1 < end, "{i}"),
+                Fed::Done(1) => {
+                    assert_eq!(i + 1, end);
+                    break;
+                }
+                other => panic!("{i}: {other:?}"),
+            }
+        }
+        assert_eq!(Chunks::default().feed(b"0\n\n"), Fed::Done(3));
+        assert_eq!(Chunks::default().feed(b"5\r\nab"), Fed::More);
+        for bad in [
+            &b"zz\r\n"[..],
+            b"\r\n",
+            b"1\r\naXY",
+            b"fffffffffffffffff\r\n",
+        ] {
+            assert_eq!(Chunks::default().feed(bad), Fed::Lost, "{bad:?}");
+        }
+    }
+
     #[tokio::test]
-    async fn a_chunked_body_ends_the_gating() {
+    async fn a_chunked_body_is_followed_to_its_end() {
         let (client, server) = tokio::io::duplex(64 * 1024);
         let (mut gate, handle) = HeadGate::new(server, CAP);
         let (_rd, mut wr) = tokio::io::split(client);
-        let req = b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\nJUNK\r\n\r\n";
+        let head = b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n";
+        wr.write_all(head).await.unwrap();
+        assert_eq!(take(&mut gate, head.len()).await, head);
+        // The rest arrives later, with the next (broken) head behind it.
+        wr.write_all(b"4\r\n\r\n\r\n\r\n0\r\n\r\nJUNK\r\n\r\n")
+            .await
+            .unwrap();
+        assert_eq!(take(&mut gate, 14).await, b"4\r\n\r\n\r\n\r\n0\r\n\r\n");
+        let got = take(&mut gate, 4096).await;
+        assert!(
+            matches!(marker_of(&handle, &got), Some(Refused::Malformed(_))),
+            "{got:?}"
+        );
+    }
+
+    #[tokio::test]
+    async fn an_unknown_transfer_coding_ends_the_gating() {
+        let (client, server) = tokio::io::duplex(64 * 1024);
+        let (mut gate, handle) = HeadGate::new(server, CAP);
+        let (_rd, mut wr) = tokio::io::split(client);
+        let req = b"POST / HTTP/1.1\r\nTransfer-Encoding: gzip\r\n\r\nJUNK\r\n\r\n";
         wr.write_all(req).await.unwrap();
         assert_eq!(take(&mut gate, req.len()).await, req);
         assert!(!handle.refused());

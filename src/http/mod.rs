@@ -213,7 +213,7 @@ pub async fn serve<F>(
                 .timer(TokioTimer::new())
                 .header_read_timeout(HEADER_READ_TIMEOUT)
                 // The gate checks heads first; these hold for heads it
-                // leaves to hyper (after a chunked body).
+                // leaves to hyper (after a body it cannot follow).
                 .max_header_size(MAX_HEADER_BYTES)
                 .max_headers(head::MAX_HEADERS)
                 .max_buf_size(2 * MAX_HEADER_BYTES)
