@@ -132,10 +132,10 @@ pub struct Settings {
     )]
     pub admin_api_key: Option<String>,
 
-    /// Take the client IP from X-Forwarded-For (only behind a trusted proxy).
-    #[arg(long = "trust-proxy", env = "TRUST_PROXY", value_name = "TRUST_PROXY", default_value_t = false,
-          action = clap::ArgAction::Set, value_parser = parse_bool)]
-    pub trust_proxy: bool,
+    /// Proxies in front of sluice whose forwarding headers (X-Forwarded-For, Forwarded, X-Real-IP) are believed: false, true (1 hop), a hop count, or a comma list of proxy addresses/CIDRs such as 10.0.0.0/8,127.0.0.1.
+    #[arg(long = "trust-proxy", env = "TRUST_PROXY", value_name = "TRUST_PROXY", default_value = "false",
+          value_parser = TrustProxy::parse)]
+    pub trust_proxy: TrustProxy,
 
     /// Log filter: error, warn, info, debug, trace (or a tracing filter).
     #[arg(
@@ -237,11 +237,111 @@ fn positive_u64(s: &str) -> Result<u64, String> {
     }
 }
 
-fn parse_bool(s: &str) -> Result<bool, String> {
-    match s.trim().to_ascii_lowercase().as_str() {
-        "1" | "true" | "yes" | "on" => Ok(true),
-        "0" | "false" | "no" | "off" | "" => Ok(false),
-        _ => Err("expected true or false".into()),
+/// Which proxies in front of sluice are believed when they name the client
+/// (SPEC §8). The client is the rightmost forwarded address that is not a
+/// trusted proxy, as nginx's realip (`real_ip_recursive on`) and Express's
+/// `trust proxy` find it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TrustProxy {
+    /// Forwarding headers are ignored: the client is the TCP peer.
+    Off,
+    /// This many proxies (counted from sluice outwards, the TCP peer first)
+    /// are trusted, whatever their addresses.
+    Hops(u32),
+    /// Proxies at these addresses are trusted.
+    Networks(Vec<IpNet>),
+}
+
+impl TrustProxy {
+    /// Parses `false`, `true` (1 hop), a hop count, or a comma list of
+    /// addresses and CIDRs (`10.0.0.0/8,127.0.0.1,fd00::/8`).
+    pub fn parse(s: &str) -> Result<TrustProxy, String> {
+        const FORM: &str = "expected false, true (1 hop), a hop count such as 2, \
+                            or a comma list of proxy addresses/CIDRs such as 10.0.0.0/8,127.0.0.1";
+        let t = s.trim().to_ascii_lowercase();
+        match t.as_str() {
+            "false" | "no" | "off" | "0" | "" => return Ok(TrustProxy::Off),
+            "true" | "yes" | "on" => return Ok(TrustProxy::Hops(1)),
+            _ => {}
+        }
+        if t.bytes().all(|b| b.is_ascii_digit()) {
+            return t
+                .parse::<u32>()
+                .map(TrustProxy::Hops)
+                .map_err(|_| FORM.to_string());
+        }
+        t.split(',')
+            .map(|part| {
+                IpNet::parse(part.trim()).ok_or_else(|| format!("'{}': {FORM}", part.trim()))
+            })
+            .collect::<Result<Vec<_>, _>>()
+            .map(TrustProxy::Networks)
+    }
+
+    /// Whether forwarding headers are looked at at all.
+    pub fn enabled(&self) -> bool {
+        !matches!(self, TrustProxy::Off)
+    }
+
+    /// Whether the address `hop` proxies away from sluice (0: the TCP peer)
+    /// is a trusted proxy.
+    pub fn trusts(&self, ip: IpAddr, hop: usize) -> bool {
+        match self {
+            TrustProxy::Off => false,
+            TrustProxy::Hops(n) => hop < *n as usize,
+            TrustProxy::Networks(nets) => nets.iter().any(|n| n.contains(ip)),
+        }
+    }
+}
+
+/// An address block: `10.0.0.0/8`, `fd00::/8`, or one address.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct IpNet {
+    addr: IpAddr,
+    prefix: u8,
+}
+
+impl IpNet {
+    /// Parses `addr/prefix` or a bare address; IPv4-mapped IPv6 becomes IPv4.
+    pub fn parse(s: &str) -> Option<IpNet> {
+        let (addr, prefix) = match s.split_once('/') {
+            Some((a, p)) => (a, Some(p)),
+            None => (s, None),
+        };
+        let addr: IpAddr = addr.parse().ok()?;
+        let mapped = matches!(addr, IpAddr::V6(_)) && addr.to_canonical().is_ipv4();
+        let addr = addr.to_canonical();
+        let max: u8 = if addr.is_ipv4() { 32 } else { 128 };
+        let prefix = match prefix {
+            None => max,
+            Some(p) if !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit()) => {
+                let p: u8 = p.parse().ok()?;
+                // ::ffff:10.0.0.0/104 is 10.0.0.0/8.
+                let p = if mapped { p.checked_sub(96)? } else { p };
+                (p <= max).then_some(p)?
+            }
+            Some(_) => return None,
+        };
+        Some(IpNet { addr, prefix })
+    }
+
+    /// Whether `ip` (canonicalised) lies in the block.
+    pub fn contains(&self, ip: IpAddr) -> bool {
+        match (self.addr, ip.to_canonical()) {
+            (IpAddr::V4(net), IpAddr::V4(ip)) => {
+                let mask = u32::MAX
+                    .checked_shl(32 - u32::from(self.prefix))
+                    .unwrap_or(0);
+                u32::from(net) & mask == u32::from(ip) & mask
+            }
+            (IpAddr::V6(net), IpAddr::V6(ip)) => {
+                let mask = u128::MAX
+                    .checked_shl(128 - u32::from(self.prefix))
+                    .unwrap_or(0);
+                u128::from(net) & mask == u128::from(ip) & mask
+            }
+            _ => false,
+        }
     }
 }
 
@@ -321,6 +421,59 @@ mod tests {
         let s = Settings::for_data_dir("/tmp/x");
         assert_eq!(s.rate_limit_admin.to_string(), "30/900s");
         assert!(s.cors_origin.is_none());
+    }
+
+    #[test]
+    fn trust_proxy_takes_booleans_hops_and_networks() {
+        assert_eq!(TrustProxy::parse("false"), Ok(TrustProxy::Off));
+        assert_eq!(TrustProxy::parse("0"), Ok(TrustProxy::Off));
+        assert_eq!(TrustProxy::parse("true"), Ok(TrustProxy::Hops(1)));
+        assert_eq!(TrustProxy::parse("1"), Ok(TrustProxy::Hops(1)));
+        assert_eq!(TrustProxy::parse(" 3 "), Ok(TrustProxy::Hops(3)));
+        let TrustProxy::Networks(nets) =
+            TrustProxy::parse("10.0.0.0/8, 127.0.0.1,fd00::/8").unwrap()
+        else {
+            panic!("a network list");
+        };
+        assert_eq!(nets.len(), 3);
+        let ip = |s: &str| s.parse::<IpAddr>().unwrap();
+        assert!(nets[0].contains(ip("10.200.3.4")));
+        assert!(!nets[0].contains(ip("11.0.0.1")));
+        assert!(
+            nets[0].contains(ip("::ffff:10.9.9.9")),
+            "mapped IPv4 is IPv4"
+        );
+        assert!(nets[1].contains(ip("127.0.0.1")));
+        assert!(!nets[1].contains(ip("127.0.0.2")));
+        assert!(nets[2].contains(ip("fd12::1")));
+        assert!(!nets[2].contains(ip("2001:db8::1")));
+        assert!(!nets[2].contains(ip("10.0.0.1")));
+        let mapped = IpNet::parse("::ffff:192.168.0.0/112").unwrap();
+        assert!(mapped.contains(ip("192.168.7.7")));
+        assert!(IpNet::parse("0.0.0.0/0")
+            .unwrap()
+            .contains(ip("203.0.113.9")));
+        for bad in [
+            "maybe",
+            "10.0.0.0/33",
+            "10.0.0.0/",
+            "10.0.0/8",
+            "1,2",
+            "-1",
+            "::1/129",
+            "10.0.0.1,",
+        ] {
+            assert!(TrustProxy::parse(bad).is_err(), "{bad} should be refused");
+        }
+    }
+
+    #[test]
+    fn bad_trust_proxy_names_the_variable_and_the_forms() {
+        let err = Settings::try_parse_from(["sluice", "--trust-proxy", "sometimes"]).unwrap_err();
+        let text = err.to_string();
+        assert!(text.contains("TRUST_PROXY"), "{text}");
+        assert!(text.contains("hop count"), "{text}");
+        assert!(text.contains("10.0.0.0/8"), "{text}");
     }
 
     #[test]

@@ -141,7 +141,12 @@ impl Server {
             .local_addr()
             .map_err(|source| StartError::Bind { addr, source })?;
         if state.settings.admin_api_key.is_none() && !addr.ip().is_loopback() {
-            tracing::warn!(%addr, "listening beyond loopback without ADMIN_API_KEY: catalog changes are accepted from loopback clients only");
+            tracing::warn!(%addr, "listening beyond loopback without ADMIN_API_KEY: catalog changes are accepted only from loopback clients that come through no proxy; set one (for example ADMIN_API_KEY=$(openssl rand -hex 24)) and send it as X-Admin-Key");
+        }
+        if let config::TrustProxy::Hops(hops) = state.settings.trust_proxy {
+            if !addr.ip().is_loopback() {
+                tracing::warn!(%addr, hops, "TRUST_PROXY trusts hops whatever their address while sluice is reachable beyond loopback: a client that connects directly can claim any IP; list the proxy addresses instead (TRUST_PROXY=10.0.0.0/8,127.0.0.1)");
+            }
         }
         let filter = http::routes(state.clone());
         let stop_state = state.clone();

@@ -374,3 +374,236 @@ fn hostile_requests_and_slow_connections_do_not_hurt_the_server() {
         rss_after >> 20
     );
 }
+
+/// One response read off a raw connection: status, lower-cased head, body
+/// (by `Content-Length`).
+async fn read_response(s: &mut tokio::net::TcpStream) -> (u16, String, Vec<u8>) {
+    use tokio::io::AsyncReadExt;
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 4096];
+    let head_end = loop {
+        if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+            break i + 4;
+        }
+        let n = tokio::time::timeout(Duration::from_secs(20), s.read(&mut chunk))
+            .await
+            .expect("an answer in time")
+            .unwrap();
+        assert!(
+            n > 0,
+            "closed without an answer: {:?}",
+            String::from_utf8_lossy(&buf)
+        );
+        buf.extend(&chunk[..n]);
+    };
+    let head = String::from_utf8_lossy(&buf[..head_end]).to_ascii_lowercase();
+    let status = head[9..12].parse().unwrap();
+    let length: usize = head
+        .lines()
+        .find_map(|l| l.strip_prefix("content-length:"))
+        .map(|v| v.trim().parse().unwrap())
+        .unwrap_or(0);
+    let mut body = buf[head_end..].to_vec();
+    while body.len() < length {
+        let n = s.read(&mut chunk).await.unwrap();
+        assert!(n > 0, "body cut short");
+        body.extend(&chunk[..n]);
+    }
+    (status, head, body)
+}
+
+/// Asserts a JSON error answer that closes the connection.
+async fn assert_json_close(s: &mut tokio::net::TcpStream, status: u16, code: &str) {
+    use tokio::io::AsyncReadExt;
+    let (got, head, body) = read_response(s).await;
+    let text = String::from_utf8_lossy(&body);
+    assert_eq!(got, status, "{head}{text}");
+    assert!(head.contains("content-type: application/json"), "{head}");
+    assert!(head.contains("connection: close"), "{head}");
+    let v: serde_json::Value = serde_json::from_slice(&body).expect("a JSON body");
+    assert_eq!(v["error"], code, "{v}");
+    assert!(v["message"].as_str().is_some_and(|m| !m.is_empty()), "{v}");
+    // And the server closes the connection.
+    let mut rest = Vec::new();
+    let closed = tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut rest)).await;
+    assert!(
+        matches!(closed, Ok(Ok(0))),
+        "connection left open: {rest:?}"
+    );
+}
+
+fn head_with_pad(path: &str, total: usize) -> Vec<u8> {
+    let start = format!("GET {path} HTTP/1.1\r\nHost: sluice.test\r\nX-Pad: ");
+    let mut head = start.into_bytes();
+    head.extend(std::iter::repeat_n(b'p', total - head.len() - 4));
+    head.extend(b"\r\n\r\n");
+    assert_eq!(head.len(), total);
+    head
+}
+
+async fn connect(ts: &common::TestServer) -> tokio::net::TcpStream {
+    let addr = ts.base.strip_prefix("http://").unwrap();
+    tokio::net::TcpStream::connect(addr).await.unwrap()
+}
+
+#[tokio::test]
+async fn request_heads_are_capped_at_64_kib_with_a_json_431() {
+    use tokio::io::AsyncWriteExt;
+    let ts = common::start().await;
+    let cap = sluice::http::MAX_HEADER_BYTES;
+    assert_eq!(cap, 64 * 1024);
+    // One long header of 100 KB.
+    let mut s = connect(&ts).await;
+    let _ = s.write_all(&head_with_pad("/api/streams", 100_000)).await;
+    assert_json_close(&mut s, 431, "request_header_too_large").await;
+    // One byte over the cap.
+    let mut s = connect(&ts).await;
+    let _ = s.write_all(&head_with_pad("/api/streams", cap + 1)).await;
+    assert_json_close(&mut s, 431, "request_header_too_large").await;
+    // Just under (and at) the cap is served.
+    for size in [cap - 100, cap] {
+        let mut s = connect(&ts).await;
+        s.write_all(&head_with_pad("/api/streams", size))
+            .await
+            .unwrap();
+        let (status, head, _) = read_response(&mut s).await;
+        assert_eq!(status, 200, "{size}: {head}");
+    }
+    // Too many header lines.
+    let many: String = (0..150).map(|i| format!("X-Many-{i}: {i}\r\n")).collect();
+    let mut s = connect(&ts).await;
+    s.write_all(format!("GET /live HTTP/1.1\r\nHost: x\r\n{many}\r\n").as_bytes())
+        .await
+        .unwrap();
+    assert_json_close(&mut s, 431, "request_header_too_large").await;
+    ts.stop().await;
+}
+
+#[tokio::test]
+async fn a_broken_request_line_gets_a_json_400() {
+    use tokio::io::AsyncWriteExt;
+    let ts = common::start().await;
+    for junk in [
+        &b"GARBAGE\r\n\r\n"[..],
+        b"GET /live\r\n\r\n",
+        b"GET /live HTTP/9.9\r\nHost: x\r\n\r\n",
+        b"GET /li\xffve HTTP/1.1\r\nHost: x\r\n\r\n",
+        b"GET /live HTTP/1.1\r\nBad Header Name: x\r\n\r\n",
+    ] {
+        let mut s = connect(&ts).await;
+        s.write_all(junk).await.unwrap();
+        assert_json_close(&mut s, 400, "bad_request").await;
+    }
+    ts.stop().await;
+}
+
+#[tokio::test]
+async fn later_requests_on_a_keep_alive_connection_are_capped_too() {
+    use tokio::io::AsyncWriteExt;
+    let ts = common::start().await;
+    let mut s = connect(&ts).await;
+    // Two ordinary requests on one connection, the second after a body.
+    s.write_all(b"GET /live HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
+    let (status, head, _) = read_response(&mut s).await;
+    assert_eq!(status, 200, "{head}");
+    assert!(!head.contains("connection: close"), "{head}");
+    let body = br#"{"url": "ftp://example.test/x"}"#;
+    s.write_all(
+        format!(
+            "POST /api/streams/validate HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n",
+            body.len()
+        )
+        .as_bytes(),
+    )
+    .await
+    .unwrap();
+    s.write_all(body).await.unwrap();
+    let (status, head, _) = read_response(&mut s).await;
+    assert_eq!(status, 400, "{head}");
+    // A near-cap head is still served on the same connection...
+    s.write_all(&head_with_pad("/live", sluice::http::MAX_HEADER_BYTES - 10))
+        .await
+        .unwrap();
+    let (status, head, _) = read_response(&mut s).await;
+    assert_eq!(status, 200, "{head}");
+    // ...and a huge one gets the JSON 431.
+    let _ = s.write_all(&head_with_pad("/live", 200_000)).await;
+    assert_json_close(&mut s, 431, "request_header_too_large").await;
+    // A broken request line later on is a JSON 400 as well.
+    let mut s = connect(&ts).await;
+    s.write_all(b"GET /live HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
+    assert_eq!(read_response(&mut s).await.0, 200);
+    s.write_all(b"GARBAGE\r\n\r\n").await.unwrap();
+    assert_json_close(&mut s, 400, "bad_request").await;
+    ts.stop().await;
+}
+
+#[tokio::test]
+async fn pipelined_requests_are_capped_one_by_one() {
+    use tokio::io::AsyncWriteExt;
+    let ts = common::start().await;
+    let mut s = connect(&ts).await;
+    let body = br#"{"url": "ftp://example.test/x"}"#;
+    let mut wire = b"GET /live HTTP/1.1\r\nHost: x\r\n\r\n".to_vec();
+    wire.extend(
+        format!(
+            "POST /api/streams/validate HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n",
+            body.len()
+        )
+        .as_bytes(),
+    );
+    wire.extend(body);
+    wire.extend(head_with_pad("/live", 100_000));
+    let _ = s.write_all(&wire).await;
+    // Three answers in order, then the server closes.
+    let mut all = Vec::new();
+    tokio::time::timeout(
+        Duration::from_secs(20),
+        tokio::io::AsyncReadExt::read_to_end(&mut s, &mut all),
+    )
+    .await
+    .expect("the server closes after the 431")
+    .unwrap();
+    let text = String::from_utf8_lossy(&all);
+    let statuses: Vec<&str> = text
+        .match_indices("HTTP/1.1 ")
+        .map(|(i, _)| &text[i + 9..i + 12])
+        .collect();
+    assert_eq!(statuses, ["200", "400", "431"], "{text}");
+    let last = &text[text.rfind("HTTP/1.1 ").unwrap()..];
+    assert!(last.contains("connection: close"), "{last}");
+    assert!(last.contains("application/json"), "{last}");
+    assert!(
+        last.contains(r#""error":"request_header_too_large""#),
+        "{last}"
+    );
+    ts.stop().await;
+}
+
+#[tokio::test]
+async fn heads_after_a_chunked_body_are_capped_too() {
+    use tokio::io::AsyncWriteExt;
+    let ts = common::start().await;
+    let mut s = connect(&ts).await;
+    let body = br#"{"url": "ftp://example.test/x"}"#;
+    let mut wire = b"POST /api/streams/validate HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n".to_vec();
+    wire.extend(format!("{:x}\r\n", 10).as_bytes());
+    wire.extend(&body[..10]);
+    wire.extend(format!("\r\n{:x};note=rest\r\n", body.len() - 10).as_bytes());
+    wire.extend(&body[10..]);
+    wire.extend(b"\r\n0\r\n\r\n");
+    s.write_all(&wire).await.unwrap();
+    let (status, head, answer) = read_response(&mut s).await;
+    assert_eq!(status, 400, "{head}{}", String::from_utf8_lossy(&answer));
+    assert!(
+        String::from_utf8_lossy(&answer).contains("ftp"),
+        "the body arrived whole"
+    );
+    let _ = s.write_all(&head_with_pad("/live", 100_000)).await;
+    assert_json_close(&mut s, 431, "request_header_too_large").await;
+    ts.stop().await;
+}

@@ -148,7 +148,7 @@ async fn a_waiter_that_hangs_up_leaves_the_queue_at_once() {
 async fn per_client_limit_gives_429() {
     let ts = server(|s| {
         s.max_sessions_per_client = 1;
-        s.trust_proxy = true;
+        s.trust_proxy = sluice::config::TrustProxy::Hops(1);
     })
     .await;
     let get = |ip: &'static str| {

@@ -11,6 +11,7 @@ use std::time::Duration;
 
 use reqwest::{Method, StatusCode};
 use serde_json::{json, Value};
+use sluice::config::TrustProxy;
 use sluice::http::cors::CorsOrigins;
 use sluice::http::ratelimit::Rate;
 
@@ -83,7 +84,8 @@ async fn admin_key_guards_every_write() {
 #[tokio::test]
 async fn rate_limits_refuse_with_429_and_headers() {
     let ts = common::start_with(|s| {
-        s.trust_proxy = true;
+        s.trust_proxy = TrustProxy::Hops(1);
+        s.admin_api_key = Some("rate-key".into());
         s.rate_limit_api = Rate::parse("3/min").unwrap();
         s.rate_limit_admin = Rate::parse("2/15min").unwrap();
         s.rate_limit_preview = Rate::parse("1/min").unwrap();
@@ -140,11 +142,12 @@ async fn rate_limits_refuse_with_429_and_headers() {
     assert_eq!(events.status(), 200);
     drop(events);
 
-    // Mutations draw from their own, stricter bucket (a loopback forwarded
-    // address keeps the admin rights that no configured key implies).
+    // Mutations draw from their own, stricter bucket (the key gives the
+    // rights: a forwarded request is never a loopback admin).
     let post = |id: &str| {
         c.post(ts.url("/api/streams"))
-            .header("x-forwarded-for", "127.0.0.1")
+            .header("x-forwarded-for", "198.51.100.4")
+            .header("x-admin-key", "rate-key")
             .json(&json!({"id": id, "name": id, "url": "test://smpte"}))
             .send()
     };
@@ -673,4 +676,360 @@ async fn credentials_never_leave_the_process() {
     assert!(logs.contains("stream created"), "{logs}");
     assert!(logs.lines().count() > 10, "{logs}");
     assert_clean("server logs", &logs);
+}
+
+fn trust(s: &str) -> TrustProxy {
+    TrustProxy::parse(s).unwrap()
+}
+
+/// A catalog write from this (loopback) test client with extra headers.
+async fn post_stream(
+    ts: &common::TestServer,
+    id: &str,
+    headers: &[(&str, &str)],
+) -> reqwest::Response {
+    let mut req = common::client()
+        .post(ts.url("/api/streams"))
+        .json(&json!({"id": id, "name": id, "url": "http://u:S3cretPw0rd@192.0.2.1/x.ts"}));
+    for (k, v) in headers {
+        req = req.header(*k, *v);
+    }
+    req.send().await.unwrap()
+}
+
+#[tokio::test]
+async fn forwarded_requests_from_loopback_are_never_keyless_admins() {
+    for setting in ["false", "true", "2", "127.0.0.1,10.0.0.0/8"] {
+        let ts = common::start_with(|s| {
+            s.trust_proxy = trust(setting);
+            s.rate_limit_admin = Rate::Off;
+        })
+        .await;
+        // What a proxy on the same host sends for an internet client, and
+        // what a client spoofing loopback sends through it.
+        let forwarded: [&[(&str, &str)]; 6] = [
+            &[("x-forwarded-for", "198.51.100.7")],
+            &[("x-forwarded-for", "127.0.0.1")],
+            &[("x-forwarded-for", "127.0.0.1, 198.51.100.7")],
+            &[("forwarded", "for=127.0.0.1")],
+            &[("forwarded", "for=198.51.100.7;proto=https")],
+            &[("x-real-ip", "127.0.0.1")],
+        ];
+        for (i, headers) in forwarded.iter().enumerate() {
+            let r = post_stream(&ts, &format!("f{i}"), headers).await;
+            let body = json_error(r, 401, "unauthorized").await;
+            assert!(
+                body["message"].as_str().unwrap().contains("ADMIN_API_KEY"),
+                "{setting}: {body}"
+            );
+        }
+        // Reads through the proxy see redacted sources; a direct loopback
+        // client is still the admin.
+        assert_eq!(
+            post_stream(&ts, "direct", &[]).await.status(),
+            201,
+            "{setting}"
+        );
+        let c = common::client();
+        let via_proxy = c
+            .get(ts.url("/api/streams/direct"))
+            .header("x-forwarded-for", "127.0.0.1")
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        assert!(!via_proxy.contains("S3cretPw0rd"), "{setting}: {via_proxy}");
+        let direct = c.get(ts.url("/api/streams/direct")).send().await.unwrap();
+        assert!(
+            direct.text().await.unwrap().contains("S3cretPw0rd"),
+            "{setting}"
+        );
+        ts.stop().await;
+    }
+}
+
+#[tokio::test]
+async fn the_key_still_works_through_a_proxy() {
+    let ts = common::start_with(|s| {
+        s.trust_proxy = trust("true");
+        s.admin_api_key = Some("proxied-key".into());
+    })
+    .await;
+    let xff = ("x-forwarded-for", "127.0.0.1, 198.51.100.7");
+    json_error(post_stream(&ts, "a", &[xff]).await, 401, "unauthorized").await;
+    let r = post_stream(&ts, "a", &[xff, ("x-admin-key", "proxied-key")]).await;
+    assert_eq!(r.status(), 201);
+    ts.stop().await;
+}
+
+/// Sends `GET /api/streams` with `headers`; returns the status.
+async fn api_get(ts: &common::TestServer, headers: &[(&str, &str)]) -> u16 {
+    let mut req = common::client().get(ts.url("/api/streams"));
+    for (k, v) in headers {
+        req = req.header(*k, *v);
+    }
+    req.send().await.unwrap().status().as_u16()
+}
+
+/// A server that allows one API request per client and minute, so the
+/// bucket a request drew from tells who sluice took the client to be.
+async fn one_per_client(setting: &str) -> common::TestServer {
+    common::start_with(|s| {
+        s.trust_proxy = trust(setting);
+        s.rate_limit_api = Rate::parse("1/min").unwrap();
+    })
+    .await
+}
+
+#[tokio::test]
+async fn a_spoofed_leftmost_entry_does_not_dodge_rate_limits() {
+    let ts = one_per_client("true").await;
+    let xff = |v: &'static str| [("x-forwarded-for", v)];
+    assert_eq!(api_get(&ts, &xff("127.0.0.1, 198.51.100.7")).await, 200);
+    // The same client, whatever it writes on the left.
+    for spoof in [
+        "10.0.0.9, 198.51.100.7",
+        "203.0.113.1, 198.51.100.7",
+        "198.51.100.7",
+    ] {
+        assert_eq!(api_get(&ts, &xff(spoof)).await, 429, "{spoof}");
+    }
+    // Another client behind the same proxy has its own bucket.
+    assert_eq!(api_get(&ts, &xff("127.0.0.1, 198.51.100.8")).await, 200);
+    ts.stop().await;
+
+    // Without trust, every forwarded request is the proxy's (the TCP peer).
+    let ts = one_per_client("false").await;
+    assert_eq!(api_get(&ts, &xff("198.51.100.7")).await, 200);
+    assert_eq!(api_get(&ts, &xff("198.51.100.8")).await, 429);
+    assert_eq!(api_get(&ts, &[]).await, 429);
+    ts.stop().await;
+}
+
+#[tokio::test]
+async fn hop_counts_skip_that_many_proxies_from_the_right() {
+    let ts = one_per_client("2").await;
+    let xff = |v: &'static str| [("x-forwarded-for", v)];
+    // Peer (hop 1) and 10.0.0.2 (hop 2) are the proxies; 198.51.100.7 the client.
+    assert_eq!(
+        api_get(&ts, &xff("6.6.6.6, 198.51.100.7, 10.0.0.2")).await,
+        200
+    );
+    assert_eq!(
+        api_get(&ts, &xff("7.7.7.7, 198.51.100.7, 10.0.0.3")).await,
+        429
+    );
+    assert_eq!(api_get(&ts, &xff("198.51.100.7, 10.0.0.2")).await, 429);
+    assert_eq!(api_get(&ts, &xff("198.51.100.8, 10.0.0.2")).await, 200);
+    // Fewer entries than hops: the leftmost.
+    assert_eq!(api_get(&ts, &xff("198.51.100.9")).await, 200);
+    assert_eq!(api_get(&ts, &xff("198.51.100.9")).await, 429);
+    ts.stop().await;
+}
+
+#[tokio::test]
+async fn proxy_networks_are_skipped_and_the_first_outsider_is_the_client() {
+    let ts = one_per_client("10.0.0.0/8,127.0.0.1").await;
+    let xff = |v: &'static str| [("x-forwarded-for", v)];
+    assert_eq!(
+        api_get(&ts, &xff("6.6.6.6, 198.51.100.7, 10.1.1.1, 10.2.2.2")).await,
+        200
+    );
+    assert_eq!(api_get(&ts, &xff("198.51.100.7")).await, 429);
+    assert_eq!(
+        api_get(&ts, &xff("127.0.0.1, 198.51.100.7, 10.3.3.3")).await,
+        429
+    );
+    // An untrusted address right of the client is the client.
+    assert_eq!(api_get(&ts, &xff("198.51.100.7, 203.0.113.5")).await, 200);
+    assert_eq!(api_get(&ts, &xff("203.0.113.5")).await, 429);
+    // A malformed entry ends the walk at the last good address.
+    assert_eq!(
+        api_get(&ts, &xff("198.51.100.7, junk, 10.4.4.4")).await,
+        200
+    );
+    assert_eq!(api_get(&ts, &xff("10.4.4.4")).await, 429);
+    ts.stop().await;
+}
+
+#[tokio::test]
+async fn forwarded_and_x_real_ip_name_the_client_too() {
+    let ts = one_per_client("127.0.0.1").await;
+    let fwd = [(
+        "forwarded",
+        "for=127.0.0.1, for=\"[2001:db8::7]:4711\";proto=https",
+    )];
+    assert_eq!(api_get(&ts, &fwd).await, 200);
+    // The same IPv6 client (its /64) through X-Forwarded-For.
+    assert_eq!(
+        api_get(&ts, &[("x-forwarded-for", "2001:db8::8")]).await,
+        429
+    );
+    assert_eq!(api_get(&ts, &[("x-real-ip", "198.51.100.21")]).await, 200);
+    assert_eq!(
+        api_get(&ts, &[("forwarded", "for=198.51.100.21")]).await,
+        429
+    );
+    ts.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn per_client_session_limits_follow_the_real_client() {
+    let ts = common::start_with(|s| {
+        s.trust_proxy = trust("true");
+        s.max_sessions_per_client = 1;
+        s.rate_limit_preview = Rate::Off;
+    })
+    .await;
+    common::add_stream(&ts, "tiny", "test://smpte?size=320x240&rate=30").await;
+    let get = |xff: &'static str| {
+        common::client()
+            .get(ts.url("/streams/preview/tiny?quality=low"))
+            .header("x-forwarded-for", xff)
+            .send()
+    };
+    let first = get("127.0.0.1, 198.51.100.7").await.unwrap();
+    assert_eq!(first.status(), 200);
+    let mut body = first.bytes_stream();
+    futures::StreamExt::next(&mut body).await.unwrap().unwrap();
+    let spoofed = get("10.20.30.40, 198.51.100.7").await.unwrap();
+    json_error(spoofed, 429, "too_many_sessions").await;
+    let status: Value = common::client()
+        .get(ts.url("/api/streams/transcoding/status"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(
+        status["sessions"][0]["clientIP"], "198.51.100.7",
+        "{status}"
+    );
+    drop(body);
+    ts.stop().await;
+}
+
+/// Runs the binary with `envs` and `--port 0`; returns its stderr once it
+/// listens (then stops it) or exits.
+fn binary_start_log(host: &str, envs: &[(&str, &str)]) -> (Option<i32>, String) {
+    use std::io::BufRead;
+    let dir = tempfile::tempdir().unwrap();
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_sluice"))
+        .args(["--host", host, "--port", "0", "--data-dir"])
+        .arg(dir.path().join("data"))
+        .env("LOG_FORMAT", "json")
+        .env_remove("ADMIN_API_KEY")
+        .env_remove("TRUST_PROXY")
+        .envs(envs.iter().copied())
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut log = String::new();
+    for line in std::io::BufReader::new(child.stderr.take().unwrap())
+        .lines()
+        .map_while(Result::ok)
+    {
+        log.push_str(&line);
+        log.push('\n');
+        if line.contains("sluice listening") {
+            let _ = child.kill();
+            let _ = child.wait();
+            return (None, log);
+        }
+    }
+    (child.wait().unwrap().code(), log)
+}
+
+#[test]
+fn an_invalid_trust_proxy_stops_start_up_naming_the_forms() {
+    for bad in ["sometimes", "10.0.0.0/33", "10.0.0.1,,"] {
+        let (code, log) = binary_start_log("127.0.0.1", &[("TRUST_PROXY", bad)]);
+        assert!(code.is_some_and(|c| c != 0), "{bad}: {code:?} {log}");
+        assert!(log.contains("TRUST_PROXY"), "{bad}: {log}");
+        assert!(
+            log.contains("hop count") && log.contains("10.0.0.0/8"),
+            "{bad}: {log}"
+        );
+    }
+}
+
+#[test]
+fn start_up_warns_beyond_loopback_without_a_key() {
+    let warned = |log: &str, what: &str| {
+        log.lines().any(|l| {
+            let v: Value = serde_json::from_str(l).unwrap_or_default();
+            v["level"] == "WARN" && v["message"].as_str().is_some_and(|m| m.contains(what))
+        })
+    };
+    let (code, log) = binary_start_log("0.0.0.0", &[("TRUST_PROXY", "1")]);
+    assert_eq!(code, None, "{log}");
+    assert!(warned(&log, "without ADMIN_API_KEY"), "{log}");
+    assert!(warned(&log, "openssl rand"), "{log}");
+    assert!(warned(&log, "TRUST_PROXY trusts hops"), "{log}");
+    let (code, quiet) = binary_start_log("127.0.0.1", &[("TRUST_PROXY", "1")]);
+    assert_eq!(code, None, "{quiet}");
+    assert!(!warned(&quiet, "ADMIN_API_KEY"), "{quiet}");
+    assert!(!warned(&quiet, "TRUST_PROXY"), "{quiet}");
+}
+
+#[tokio::test]
+async fn every_route_in_the_table_is_served_and_labelled() {
+    let ts = common::start_with(|s| s.rate_limit_api = Rate::Off).await;
+    let c = common::client();
+    for route in sluice::http::routes::ROUTES {
+        let path = route
+            .template
+            .split('/')
+            .map(|seg| if seg.starts_with(':') { "x" } else { seg })
+            .collect::<Vec<_>>()
+            .join("/");
+        let path = if path.is_empty() {
+            "/".to_string()
+        } else {
+            path
+        };
+        assert_eq!(
+            sluice::http::log::route_template(&path),
+            Some(route.template),
+            "{path}"
+        );
+        let r = c.get(ts.url(&path)).send().await.unwrap();
+        let status = r.status();
+        if status == StatusCode::NOT_FOUND {
+            let body: Value = r.json().await.unwrap();
+            assert_ne!(body["message"], "no such route", "{path}: {body}");
+        }
+    }
+    ts.stop().await;
+}
+
+#[tokio::test]
+async fn only_a_trusted_proxy_may_say_the_client_came_over_https() {
+    for (setting, scheme) in [
+        ("false", "http"),
+        ("127.0.0.1", "https"),
+        ("10.0.0.0/8", "http"),
+    ] {
+        let ts = common::start_with(|s| s.trust_proxy = trust(setting)).await;
+        let text = common::client()
+            .get(ts.url("/playlist.m3u"))
+            .header("x-forwarded-proto", "https")
+            .header("host", "tv.example.com")
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        assert!(
+            text.contains(&format!("\n{scheme}://tv.example.com/streams/preview/")),
+            "{setting}: {text}"
+        );
+        ts.stop().await;
+    }
 }

@@ -47,7 +47,8 @@ pub fn routes(
     state: Arc<AppState>,
 ) -> impl Filter<Extract = (warp::reply::Response,), Error = Rejection> + Clone {
     let s = state.clone();
-    let list = warp::path!("api" / "streams")
+    let list = super::routes::STREAMS
+        .path()
         .and(warp::get())
         .and(admin_flag(state.clone()))
         .map(move |admin: bool| {
@@ -60,7 +61,8 @@ pub fn routes(
             json(&all, StatusCode::OK)
         });
     let s = state.clone();
-    let get = warp::path!("api" / "streams" / String)
+    let get = super::routes::STREAM
+        .with_param()
         .and(warp::get())
         .and(admin_flag(state.clone()))
         .and_then(move |id: String, admin: bool| {
@@ -74,7 +76,7 @@ pub fn routes(
             }
         });
     let s = state.clone();
-    let create = warp::path!("api" / "streams")
+    let create = super::routes::STREAMS.path()
         .and(warp::post())
         .and(require_admin(state.clone()))
         .and(json_body::<StreamInput>(MAX_CATALOG_BODY))
@@ -87,7 +89,8 @@ pub fn routes(
             }
         });
     let s = state.clone();
-    let update = warp::path!("api" / "streams" / String)
+    let update = super::routes::STREAM
+        .with_param()
         .and(warp::put())
         .and(require_admin(state.clone()))
         .and(json_body::<StreamInput>(MAX_CATALOG_BODY))
@@ -100,7 +103,8 @@ pub fn routes(
             }
         });
     let s = state.clone();
-    let delete = warp::path!("api" / "streams" / String)
+    let delete = super::routes::STREAM
+        .with_param()
         .and(warp::delete())
         .and(require_admin(state))
         .and_then(move |id: String| {

@@ -4,6 +4,7 @@
 //! that is gone. A duplicate of the socket, only ever peeked at, tells.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use tokio::net::TcpStream;
 
@@ -35,5 +36,27 @@ impl HangupWatch {
                 Ok(_) => std::future::pending::<()>().await,
             }
         }
+    }
+
+    /// Reads and drops whatever the peer still sends, for at most `limit`
+    /// or until it closes: closing a socket with unread input resets the
+    /// connection, which can destroy an early answer before the client
+    /// reads it.
+    pub async fn linger(&self, limit: Duration) {
+        let drain = async {
+            let mut buf = [0u8; 8192];
+            loop {
+                if self.0.readable().await.is_err() {
+                    return;
+                }
+                match self.0.try_read(&mut buf) {
+                    Ok(0) => return,
+                    Ok(_) => {}
+                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+                    Err(_) => return,
+                }
+            }
+        };
+        let _ = tokio::time::timeout(limit, drain).await;
     }
 }

@@ -14,14 +14,16 @@ use crate::AppState;
 pub fn routes(
     state: Arc<AppState>,
 ) -> impl Filter<Extract = (warp::reply::Response,), Error = Rejection> + Clone {
-    let live = warp::path!("live")
-        .or(warp::path!("api" / "health" / "live"))
+    let live = super::routes::LIVE
+        .path()
+        .or(super::routes::API_HEALTH_LIVE.path())
         .unify()
         .and(warp::get().or(warp::head()).unify())
         .map(|| json(&serde_json::json!({"status": "alive"}), StatusCode::OK));
     let s = state.clone();
-    let ready = warp::path!("ready")
-        .or(warp::path!("api" / "health" / "ready"))
+    let ready = super::routes::READY
+        .path()
+        .or(super::routes::API_HEALTH_READY.path())
         .unify()
         .and(warp::get().or(warp::head()).unify())
         .map(move || {
@@ -36,8 +38,9 @@ pub fn routes(
             }
         });
     let s = state;
-    let health = warp::path!("health")
-        .or(warp::path!("api" / "health"))
+    let health = super::routes::HEALTH
+        .path()
+        .or(super::routes::API_HEALTH.path())
         .unify()
         .and(warp::get().or(warp::head()).unify())
         .map(move || {

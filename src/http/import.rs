@@ -64,7 +64,8 @@ pub fn routes(
     state: Arc<AppState>,
 ) -> impl Filter<Extract = (warp::reply::Response,), Error = Rejection> + Clone {
     let st = state.clone();
-    let import = warp::path!("api" / "streams" / "import")
+    let import = super::routes::STREAM_IMPORT
+        .path()
         .and(warp::post())
         .and(require_admin(state.clone()))
         .and(warp::header::optional::<String>("content-type"))
@@ -73,14 +74,21 @@ pub fn routes(
             let st = st.clone();
             async move { import(st, ct, body).await.map_err(warp::reject::custom) }
         });
-    let st = state;
-    let export = warp::path!("playlist.m3u")
+    let st = state.clone();
+    let export = super::routes::PLAYLIST
+        .path()
         .and(warp::get())
         .and(warp::header::optional::<String>("host"))
         .and(warp::header::optional::<String>("x-forwarded-proto"))
+        .and(super::extract::client(state))
         .and(query_map())
         .and_then(
-            move |host: Option<String>, proto: Option<String>, q: HashMap<String, String>| {
+            move |host: Option<String>,
+                  proto: Option<String>,
+                  client: super::extract::Client,
+                  q: HashMap<String, String>| {
+                // Only a trusted proxy may say the client came over HTTPS.
+                let proto = proto.filter(|_| client.peer_trusted);
                 let st = st.clone();
                 async move { export(&st, host, proto, &q).map_err(warp::reject::custom) }
             },
@@ -305,7 +313,7 @@ fn export(
         None => std::net::SocketAddr::new(state.settings.host, state.settings.port).to_string(),
     };
     let scheme = match proto.as_deref().map(|p| p.trim().to_ascii_lowercase()) {
-        Some(p) if state.settings.trust_proxy && p == "https" => "https",
+        Some(p) if p == "https" => "https",
         _ => "http",
     };
     let streams = state.catalog.snapshot();

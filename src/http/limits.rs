@@ -16,8 +16,8 @@
 //!   deadline (the preview start has its own `timeout`).
 //! - Connections: at most [`MAX_CONNECTIONS`] open, [`MAX_CONNECTIONS_PER_IP`]
 //!   from one TCP peer; the rest get a bare 503 JSON answer and are closed.
-//!   The request head is bounded in size and time by the hyper settings in
-//!   [`super::serve`].
+//!   The request head is bounded in size by [`super::head`] and in time by
+//!   the hyper settings in [`super::serve`].
 
 use std::collections::HashMap;
 use std::convert::Infallible;
@@ -110,15 +110,11 @@ where
 
 /// How long a request may take: `None` for streaming routes.
 pub fn deadline_for(method: &Method, path: &str) -> Option<Duration> {
-    let streaming = path.starts_with("/streams/preview/")
-        || path == "/api/streams/transcoding/events"
-        || path == "/metrics/stream";
-    if streaming {
-        None
-    } else if *method == Method::POST && path == "/api/streams/import" {
-        Some(IMPORT_TIMEOUT)
-    } else {
-        Some(REQUEST_TIMEOUT)
+    use super::routes::Deadline;
+    match super::routes::find(path).map(|r| r.deadline) {
+        Some(Deadline::Streaming) => None,
+        Some(Deadline::Import) if *method == Method::POST => Some(IMPORT_TIMEOUT),
+        _ => Some(REQUEST_TIMEOUT),
     }
 }
 
@@ -324,6 +320,15 @@ mod tests {
         assert_eq!(
             deadline_for(&Method::POST, "/api/streams/import"),
             Some(IMPORT_TIMEOUT)
+        );
+        // Only routes that exist stream.
+        assert_eq!(
+            deadline_for(&Method::GET, "/metrics/stream"),
+            Some(REQUEST_TIMEOUT)
+        );
+        assert_eq!(
+            deadline_for(&Method::GET, "/streams/preview/a/b"),
+            Some(REQUEST_TIMEOUT)
         );
     }
 

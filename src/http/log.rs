@@ -5,7 +5,7 @@
 //! and duration, is counted in `sluice_http_requests_total`, and gets the id
 //! echoed on its response — errors and streaming responses included.
 //!
-//! Route templates come from [`ROUTE_TEMPLATES`]; a path that matches none is
+//! Route templates come from [`super::routes::ROUTES`]; a path that matches none is
 //! `unmatched` when it was a 404 and `other` otherwise, so labels stay bounded.
 
 use std::convert::Infallible;
@@ -23,30 +23,6 @@ pub const REQUEST_ID_HEADER: &str = "x-request-id";
 /// Longest client-supplied request id that is reused.
 pub const MAX_REQUEST_ID_LEN: usize = 128;
 
-/// Every route sluice serves, as templates (`:name` matches one segment).
-/// Literal routes come before templated ones of the same length.
-pub const ROUTE_TEMPLATES: &[&str] = &[
-    "/",
-    "/live",
-    "/ready",
-    "/health",
-    "/metrics",
-    "/playlist.m3u",
-    "/api/health",
-    "/api/health/live",
-    "/api/health/ready",
-    "/api/profiles",
-    "/api/streams",
-    "/api/streams/import",
-    "/api/streams/validate",
-    "/api/streams/:id",
-    "/api/streams/transcoding/status",
-    "/api/streams/transcoding/events",
-    "/api/streams/transcoding/sessions/:sessionId",
-    "/streams/preview/:id",
-    "/assets/:file",
-];
-
 /// Whether a client-supplied id may be reused: 1-128 of `[A-Za-z0-9._-]`.
 pub fn valid_request_id(id: &str) -> bool {
     !id.is_empty()
@@ -58,18 +34,7 @@ pub fn valid_request_id(id: &str) -> bool {
 
 /// The template `path` was served by, or `None` when no route has that shape.
 pub fn route_template(path: &str) -> Option<&'static str> {
-    let segments: Vec<&str> = path.trim_start_matches('/').split('/').collect();
-    ROUTE_TEMPLATES.iter().copied().find(|t| {
-        let tpl: Vec<&str> = t.trim_start_matches('/').split('/').collect();
-        tpl.len() == segments.len()
-            && tpl.iter().zip(&segments).all(|(t, s)| {
-                if t.starts_with(':') {
-                    !s.is_empty()
-                } else {
-                    t == s
-                }
-            })
-    })
+    super::routes::find(path).map(|r| r.template)
 }
 
 /// The route label for metrics and logs.

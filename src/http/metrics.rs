@@ -13,7 +13,8 @@ use crate::AppState;
 pub fn routes(
     state: Arc<AppState>,
 ) -> impl Filter<Extract = (warp::reply::Response,), Error = Rejection> + Clone {
-    warp::path!("metrics")
+    super::routes::METRICS
+        .path()
         .and(warp::get().or(warp::head()).unify())
         .and_then(move || {
             let state = state.clone();

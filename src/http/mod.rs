@@ -5,7 +5,9 @@
 pub mod catalog;
 pub mod cors;
 pub mod error;
+pub mod extract;
 pub mod hangup;
+pub mod head;
 pub mod health;
 pub mod import;
 pub mod limits;
@@ -13,13 +15,13 @@ pub mod log;
 pub mod metrics;
 pub mod preview;
 pub mod ratelimit;
+pub mod routes;
 pub mod status;
 pub mod validate;
 pub mod web;
 
 use std::collections::HashMap;
 use std::convert::Infallible;
-use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -29,106 +31,17 @@ use warp::{Filter, Rejection, Reply};
 
 use crate::AppState;
 use error::ApiError;
+pub use extract::{admin_flag, client_ip, is_admin, require_admin, PeerAddr};
 
 /// Largest catalog write body.
 pub const MAX_CATALOG_BODY: u64 = 1024 * 1024;
-/// Largest request head (request line + headers).
+/// Largest request head (request line + headers); see [`head`].
 pub const MAX_HEADER_BYTES: usize = 64 * 1024;
 /// Time a client has to send its request head.
 pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
-
-/// The TCP peer of a request, put there by the server loop.
-#[derive(Debug, Clone, Copy)]
-pub struct PeerAddr(pub SocketAddr);
-
-/// The client's IP: the TCP peer, or the first `X-Forwarded-For` entry when
-/// the operator trusts a proxy.
-pub fn client_ip(
-    state: Arc<AppState>,
-) -> impl Filter<Extract = (IpAddr,), Error = Rejection> + Clone {
-    warp::ext::optional::<PeerAddr>()
-        .and(warp::header::optional::<String>("x-forwarded-for"))
-        .map(move |peer: Option<PeerAddr>, xff: Option<String>| {
-            let peer_ip = peer
-                .map(|p| p.0.ip())
-                .unwrap_or(IpAddr::from([127, 0, 0, 1]));
-            if state.settings.trust_proxy {
-                if let Some(ip) = xff
-                    .as_deref()
-                    .and_then(|v| v.split(',').next())
-                    .and_then(|v| v.trim().parse::<IpAddr>().ok())
-                {
-                    return ip;
-                }
-            }
-            peer_ip
-        })
-}
-
-/// Whether a request may mutate: the admin key when one is configured,
-/// otherwise a loopback client.
-pub fn is_admin(
-    state: &AppState,
-    ip: IpAddr,
-    key_header: Option<&str>,
-    bearer: Option<&str>,
-) -> bool {
-    match &state.settings.admin_api_key {
-        Some(key) => {
-            let given = key_header
-                .or_else(|| {
-                    bearer.and_then(|b| {
-                        b.strip_prefix("Bearer ")
-                            .or_else(|| b.strip_prefix("bearer "))
-                    })
-                })
-                .map(str::trim)
-                .unwrap_or("");
-            use subtle::ConstantTimeEq;
-            let (a, b) = (given.as_bytes(), key.as_bytes());
-            a.len() == b.len() && bool::from(a.ct_eq(b))
-        }
-        None => ip.is_loopback() || ip.to_canonical().is_loopback(),
-    }
-}
-
-/// Whether the request carries admin rights (without refusing it).
-pub fn admin_flag(
-    state: Arc<AppState>,
-) -> impl Filter<Extract = (bool,), Error = Rejection> + Clone {
-    client_ip(state.clone())
-        .and(warp::header::optional::<String>("x-admin-key"))
-        .and(warp::header::optional::<String>("authorization"))
-        .map(
-            move |ip: IpAddr, key: Option<String>, auth: Option<String>| {
-                is_admin(&state, ip, key.as_deref(), auth.as_deref())
-            },
-        )
-}
-
-/// Refuses non-admin requests with 401.
-pub fn require_admin(state: Arc<AppState>) -> impl Filter<Extract = (), Error = Rejection> + Clone {
-    let keyed = state.settings.admin_api_key.is_some();
-    admin_flag(state)
-        .and_then(move |ok: bool| async move {
-            if ok {
-                Ok(())
-            } else if keyed {
-                Err(warp::reject::custom(ApiError::new(
-                    http::StatusCode::UNAUTHORIZED,
-                    "unauthorized",
-                    "this route needs the admin key (X-Admin-Key or Authorization: Bearer)",
-                )))
-            } else {
-                Err(warp::reject::custom(ApiError::new(
-                    http::StatusCode::UNAUTHORIZED,
-                    "unauthorized",
-                    "no ADMIN_API_KEY is configured, so changes are accepted from loopback clients only",
-                )))
-            }
-        })
-        .untuple_one()
-}
+/// How long input is still read (and dropped) after a refused request head,
+/// so the client gets to read the answer.
+pub const REFUSED_LINGER: Duration = Duration::from_secs(2);
 
 /// The query string as key/value pairs (empty when absent).
 pub fn query_map() -> impl Filter<Extract = (HashMap<String, String>,), Error = Infallible> + Clone
@@ -264,16 +177,24 @@ pub async fn serve<F>(
                 continue;
             }
         };
+        let (tcp, gate) = head::HeadGate::new(tcp, MAX_HEADER_BYTES);
+        let (refused, lingering) = (gate.clone(), hangup.clone());
         let svc = svc.clone();
         let watcher = graceful.watcher();
         tokio::spawn(async move {
             let _admitted = admitted;
             let service = hyper::service::service_fn(
                 move |mut req: hyper::Request<hyper::body::Incoming>| {
+                    let refused = gate.refusal(&req);
                     req.extensions_mut().insert(PeerAddr(peer));
                     let call = limits::call_with_deadline(svc.clone(), req);
                     let hangup = hangup.clone();
                     async move {
+                        if let Some(why) = refused {
+                            let res = why.response();
+                            tracing::info!(%peer, status = res.status().as_u16(), "request head refused");
+                            return Ok(res);
+                        }
                         let Some(hangup) = hangup else {
                             return call.await;
                         };
@@ -291,11 +212,18 @@ pub async fn serve<F>(
             let conn = hyper::server::conn::http1::Builder::new()
                 .timer(TokioTimer::new())
                 .header_read_timeout(HEADER_READ_TIMEOUT)
-                .max_buf_size(MAX_HEADER_BYTES)
+                // The gate checks heads first; these hold for heads it
+                // leaves to hyper (after a body it cannot follow).
+                .max_header_size(MAX_HEADER_BYTES)
+                .max_headers(head::MAX_HEADERS)
+                .max_buf_size(2 * MAX_HEADER_BYTES)
                 .serve_connection(TokioIo::new(tcp), service);
             let conn = watcher.watch(conn);
             if let Err(e) = conn.await {
                 tracing::debug!(error = %e, "connection ended with an error");
+            }
+            if let (true, Some(watch)) = (refused.refused(), lingering) {
+                watch.linger(REFUSED_LINGER).await;
             }
         });
     }

@@ -19,7 +19,8 @@ pub fn routes(
     state: Arc<AppState>,
 ) -> impl Filter<Extract = (warp::reply::Response,), Error = Rejection> + Clone {
     let st = state.clone();
-    warp::path!("streams" / "preview" / String)
+    super::routes::PREVIEW
+        .with_param()
         .and(warp::get())
         .and(query_map())
         .and(client_ip(state))

@@ -1,10 +1,11 @@
 //! Per-client rate limits (SPEC §8): one token bucket per client IP and
 //! route class, `governor`'s GCRA doing the arithmetic.
 //!
-//! Classes: preview (`/streams/preview/*`, `RATE_LIMIT_PREVIEW`), mutating
-//! requests (any non-GET/HEAD/OPTIONS method, `RATE_LIMIT_ADMIN`), and the
-//! rest of the API (`RATE_LIMIT_API`). Health, readiness, transcoding status,
-//! the events feed and metrics are never limited. A refused request gets
+//! Classes (each route's is in [`super::routes`]): preview
+//! (`/streams/preview/*`, `RATE_LIMIT_PREVIEW`), mutating requests (any
+//! non-GET/HEAD/OPTIONS method, `RATE_LIMIT_ADMIN`), and the rest of the API
+//! (`RATE_LIMIT_API`). Health, readiness, transcoding status, the events feed
+//! and metrics are never limited. A refused request gets
 //! 429 `rate_limited` with `Retry-After`; every limited response carries
 //! `X-RateLimit-Limit`, `X-RateLimit-Remaining` and `X-RateLimit-Reset`.
 //!
@@ -33,6 +34,7 @@ use warp::{Filter, Rejection};
 
 use super::client_ip;
 use super::error::ApiError;
+use super::routes::Limit;
 use crate::AppState;
 
 /// Buckets kept per route class before old ones are evicted.
@@ -99,28 +101,15 @@ pub enum RouteClass {
     Unlimited,
 }
 
-/// Which bucket a request draws from.
+/// Which bucket a request draws from: its route's class; a path that is no
+/// route counts as API when it reads and as a mutation otherwise.
 pub fn classify(method: &Method, path: &str) -> RouteClass {
-    let unlimited = matches!(
-        path,
-        "/live"
-            | "/ready"
-            | "/health"
-            | "/metrics"
-            | "/api/health"
-            | "/api/streams/transcoding/status"
-            | "/api/streams/transcoding/events"
-    ) || path.starts_with("/api/health/");
-    if unlimited {
-        RouteClass::Unlimited
-    } else if path.starts_with("/streams/preview/") {
-        RouteClass::Preview
-    } else if matches!(*method, Method::GET | Method::HEAD | Method::OPTIONS)
-        || path == "/api/streams/validate"
-    {
-        RouteClass::Api
-    } else {
-        RouteClass::Admin
+    let limit = super::routes::find(path).map_or(Limit::ByMethod, |r| r.limit);
+    match limit.for_method(method) {
+        Limit::Unlimited => RouteClass::Unlimited,
+        Limit::Preview => RouteClass::Preview,
+        Limit::Api => RouteClass::Api,
+        Limit::ByMethod => RouteClass::Admin,
     }
 }
 

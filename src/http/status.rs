@@ -62,11 +62,13 @@ pub fn routes(
     state: Arc<AppState>,
 ) -> impl Filter<Extract = (warp::reply::Response,), Error = Rejection> + Clone {
     let s = state.clone();
-    let get = warp::path!("api" / "streams" / "transcoding" / "status")
+    let get = super::routes::STATUS
+        .path()
         .and(warp::get())
         .map(move || json(&status(&s), StatusCode::OK));
     let s = state.clone();
-    let stop = warp::path!("api" / "streams" / "transcoding" / "sessions" / String)
+    let stop = super::routes::SESSION
+        .with_param()
         .and(warp::delete())
         .and(require_admin(state.clone()))
         .and_then(move |id: String| {
@@ -89,34 +91,33 @@ pub fn routes(
             }
         });
     let s = state;
-    let events = warp::path!("api" / "streams" / "transcoding" / "events")
-        .and(warp::get())
-        .map(move || {
-            let session_events =
-                BroadcastStream::new(s.registry.subscribe()).filter_map(|ev| async move {
-                    match ev {
-                        Ok(ev) => Event::default().event(ev.name()).json_data(&ev).ok(),
-                        Err(BroadcastStreamRecvError::Lagged(n)) => {
-                            Some(Event::default().event("lagged").data(n.to_string()))
-                        }
+    let events = super::routes::EVENTS.path().and(warp::get()).map(move || {
+        let session_events =
+            BroadcastStream::new(s.registry.subscribe()).filter_map(|ev| async move {
+                match ev {
+                    Ok(ev) => Event::default().event(ev.name()).json_data(&ev).ok(),
+                    Err(BroadcastStreamRecvError::Lagged(n)) => {
+                        Some(Event::default().event("lagged").data(n.to_string()))
                     }
-                });
-            let st = s.clone();
-            let stats = IntervalStream::new(tokio::time::interval(Duration::from_secs(1)))
-                .filter_map(move |_| {
-                    let doc = status(&st);
-                    async move { Event::default().event("stats").json_data(&doc).ok() }
-                });
-            let stream = futures::stream::select(session_events, stats).map(Ok::<_, Infallible>);
-            let mut res = warp::sse::reply(
-                warp::sse::keep_alive()
-                    .interval(Duration::from_secs(15))
-                    .stream(stream),
-            )
-            .into_response();
-            res.headers_mut()
-                .insert("x-accel-buffering", http::HeaderValue::from_static("no"));
-            res
-        });
+                }
+            });
+        let st = s.clone();
+        let stats = IntervalStream::new(tokio::time::interval(Duration::from_secs(1))).filter_map(
+            move |_| {
+                let doc = status(&st);
+                async move { Event::default().event("stats").json_data(&doc).ok() }
+            },
+        );
+        let stream = futures::stream::select(session_events, stats).map(Ok::<_, Infallible>);
+        let mut res = warp::sse::reply(
+            warp::sse::keep_alive()
+                .interval(Duration::from_secs(15))
+                .stream(stream),
+        )
+        .into_response();
+        res.headers_mut()
+            .insert("x-accel-buffering", http::HeaderValue::from_static("no"));
+        res
+    });
     get.or(stop).unify().or(events).unify()
 }

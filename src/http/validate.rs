@@ -53,7 +53,8 @@ pub fn routes(
     state: Arc<AppState>,
 ) -> impl Filter<Extract = (warp::reply::Response,), Error = Rejection> + Clone {
     let st = state.clone();
-    warp::path!("api" / "streams" / "validate")
+    super::routes::STREAM_VALIDATE
+        .path()
         .and(warp::post())
         .and(require_admin(state))
         .and(json_body::<ValidateRequest>(MAX_CATALOG_BODY))

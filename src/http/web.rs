@@ -106,20 +106,21 @@ fn get_or_head() -> impl Filter<Extract = (), Error = Rejection> + Copy {
 pub fn routes(
     state: Arc<AppState>,
 ) -> impl Filter<Extract = (warp::reply::Response,), Error = Rejection> + Clone {
-    let index = warp::path::end().and(get_or_head()).map(page);
-    let assets =
-        warp::path!("assets" / String)
-            .and(get_or_head())
-            .and_then(|name: String| async move {
-                ASSETS
-                    .iter()
-                    .find(|(n, _, _)| *n == name)
-                    .map(|(_, body, ty)| asset(body, ty))
-                    .ok_or_else(|| {
-                        warp::reject::custom(ApiError::not_found("not_found", "no such asset"))
-                    })
-            });
-    let profiles = warp::path!("api" / "profiles")
+    let index = super::routes::INDEX.path().and(get_or_head()).map(page);
+    let assets = super::routes::ASSET
+        .with_param()
+        .and(get_or_head())
+        .and_then(|name: String| async move {
+            ASSETS
+                .iter()
+                .find(|(n, _, _)| *n == name)
+                .map(|(_, body, ty)| asset(body, ty))
+                .ok_or_else(|| {
+                    warp::reject::custom(ApiError::not_found("not_found", "no such asset"))
+                })
+        });
+    let profiles = super::routes::PROFILES
+        .path()
         .and(warp::get())
         .map(move || {
             let doc = ProfilesDoc {
