@@ -23,6 +23,7 @@ pub const CATALOG_FILE: &str = "streams.json";
 pub const MAX_NAME_LEN: usize = 200;
 pub const MAX_BACKUP_URLS: usize = 8;
 pub const MAX_HEADERS: usize = 16;
+pub const MAX_ATTRIBUTES: usize = 64;
 
 /// One previewable stream.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -42,6 +43,10 @@ pub struct Stream {
     /// Request headers for HTTP(S)/HLS/DASH sources (User-Agent, Referer, Cookie).
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub headers: BTreeMap<String, String>,
+    /// The playlist attributes the stream was imported with (`tvg-name`,
+    /// `tvg-language`, `tvg-country`, ...), exported unchanged.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub attributes: BTreeMap<String, String>,
     #[serde(default = "yes")]
     pub enabled: bool,
     pub created_at: String,
@@ -83,6 +88,7 @@ pub struct StreamInput {
     pub logo: Option<String>,
     pub tvg_id: Option<String>,
     pub headers: Option<BTreeMap<String, String>>,
+    pub attributes: Option<BTreeMap<String, String>>,
     pub enabled: Option<bool>,
     // Accepted (and ignored) so a GET result can be PUT back unchanged.
     #[serde(default)]
@@ -135,6 +141,18 @@ pub fn now_rfc3339() -> String {
     humantime::format_rfc3339_millis(SystemTime::now()).to_string()
 }
 
+/// Whether a playlist attribute can be stored and written back: a key of
+/// 1-64 ASCII letters, digits, `-`, `_`, `.` or `:`, a printable value of at
+/// most 2048 bytes.
+pub fn valid_attribute(key: &str, value: &str) -> bool {
+    (1..=64).contains(&key.len())
+        && key
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-_.:".contains(&b))
+        && value.len() <= 2048
+        && !value.chars().any(|c| c.is_control())
+}
+
 /// Validates a stream's fields; `media_dir` governs file:// sources.
 pub fn validate(stream: &Stream, media_dir: Option<&Path>) -> Result<(), CatalogError> {
     let inv = |m: String| Err(CatalogError::Invalid(m));
@@ -169,6 +187,18 @@ pub fn validate(stream: &Stream, media_dir: Option<&Path>) -> Result<(), Catalog
                 return inv(format!("{label} must be at most 2048 printable characters"));
             }
         }
+    }
+    if stream.attributes.len() > MAX_ATTRIBUTES {
+        return inv(format!("at most {MAX_ATTRIBUTES} attributes"));
+    }
+    if let Some((k, _)) = stream
+        .attributes
+        .iter()
+        .find(|(k, v)| !valid_attribute(k, v))
+    {
+        return inv(format!(
+            "attribute '{k}' must have a key of 1-64 characters of A-Z, a-z, 0-9, '-', '_', '.' or ':' and a printable value of at most 2048 bytes"
+        ));
     }
     if stream.headers.len() > MAX_HEADERS {
         return inv(format!("at most {MAX_HEADERS} headers"));
@@ -306,6 +336,7 @@ impl Catalog {
             logo: input.logo.clone(),
             tvg_id: input.tvg_id.clone(),
             headers: input.headers.clone().unwrap_or_default(),
+            attributes: input.attributes.clone().unwrap_or_default(),
             enabled: input.enabled.unwrap_or(true),
             created_at: now.clone(),
             updated_at: now,
@@ -365,6 +396,9 @@ impl Catalog {
             if let Some(v) = input.headers {
                 next.headers = v;
             }
+            if let Some(v) = input.attributes {
+                next.attributes = v;
+            }
             if let Some(v) = input.enabled {
                 next.enabled = v;
             }
@@ -390,12 +424,15 @@ impl Catalog {
     }
 
     /// Upserts many streams (an M3U import) in one durable write. An entry
-    /// updates the stream with the same `tvgId` and URL, else the same
-    /// `tvgId`, else the same URL (each existing stream matched at most once
-    /// per import, so channels sharing an EPG id stay apart); otherwise it
-    /// creates a stream whose id comes from its `tvgId` or name. Invalid
-    /// entries and repeats of an earlier entry are skipped and reported by
-    /// line; the rest still lands.
+    /// updates the stream with the same `tvgId` and URL, else the same URL
+    /// (each existing stream matched at most once per import, so channels
+    /// sharing an EPG id stay apart); its URL already being a backup URL of
+    /// the stream with its `tvgId` leaves that stream unchanged. A different
+    /// URL under the `tvgId` and name of a stream becomes a backup URL of
+    /// that stream (a mirror), never a replacement of its URL. Otherwise the
+    /// entry creates a stream whose id comes from its `tvgId` or name.
+    /// Invalid entries and repeats of an earlier entry are skipped and
+    /// reported by line; the rest still lands.
     pub async fn import(&self, entries: Vec<ImportEntry>) -> Result<ImportOutcome, CatalogError> {
         let media_dir = self.media_dir.clone();
         self.mutate(move |streams| Ok(apply_import(streams, entries, media_dir.as_deref())))
@@ -420,6 +457,9 @@ pub struct ImportEntry {
     pub logo: Option<String>,
     /// Overlaid on the stream's headers (others the operator set are kept).
     pub headers: BTreeMap<String, String>,
+    /// Every playlist attribute; overlaid on the stream's like `headers`
+    /// (those that cannot be stored are left out).
+    pub attributes: BTreeMap<String, String>,
 }
 
 /// Why one playlist line was not imported.
@@ -429,11 +469,17 @@ pub struct ImportError {
     pub message: String,
 }
 
-/// What an import did: `skipped` counts the entries listed in `errors`.
+/// What an import did, one count per entry: `imported` (a new stream),
+/// `updated` (a stream changed), `unchanged` (matched, nothing to change),
+/// `mergedAsBackup` (the URL joined a stream as a mirror), `skipped` (the
+/// entries listed in `errors`).
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
 pub struct ImportOutcome {
     pub imported: usize,
     pub updated: usize,
+    pub unchanged: usize,
+    pub merged_as_backup: usize,
     pub skipped: usize,
     pub errors: Vec<ImportError>,
 }
@@ -458,57 +504,101 @@ fn apply_import(
     use std::collections::{HashMap, HashSet};
     let now = now_rfc3339();
     let mut out = ImportOutcome::default();
+    let name_key = |n: &str| n.trim().to_lowercase();
     let mut by_pair: HashMap<(String, String), Vec<usize>> = HashMap::new();
-    let mut by_tvg: HashMap<String, Vec<usize>> = HashMap::new();
     let mut by_url: HashMap<String, Vec<usize>> = HashMap::new();
+    let mut by_backup: HashMap<(String, String), usize> = HashMap::new();
+    let mut by_tvg_name: HashMap<(String, String), usize> = HashMap::new();
     for (i, s) in streams.iter().enumerate() {
         let tvg = s.tvg_id.clone().unwrap_or_default();
         by_pair
             .entry((tvg.clone(), s.url.clone()))
             .or_default()
             .push(i);
-        if !tvg.is_empty() {
-            by_tvg.entry(tvg).or_default().push(i);
-        }
         by_url.entry(s.url.clone()).or_default().push(i);
+        if !tvg.is_empty() {
+            for b in &s.backup_urls {
+                by_backup.entry((tvg.clone(), b.clone())).or_insert(i);
+            }
+            by_tvg_name
+                .entry((tvg.clone(), name_key(&s.name)))
+                .or_insert(i);
+        }
     }
     let mut claimed = vec![false; streams.len()];
     let mut ids: HashSet<String> = streams.iter().map(|s| s.id.clone()).collect();
     let mut seen: HashMap<(String, String), usize> = HashMap::new();
-    for e in entries {
+    for mut e in entries {
         let tvg = e.tvg_id.clone().unwrap_or_default();
         let key = (tvg.clone(), e.url.clone());
         if let Some(first) = seen.get(&key) {
             out.skip(e.line, format!("same tvg-id and URL as line {first}"));
             continue;
         }
+        e.attributes.retain(|k, v| valid_attribute(k, v));
+        while e.attributes.len() > MAX_ATTRIBUTES {
+            e.attributes.pop_last();
+        }
         let free =
             |list: Option<&Vec<usize>>| list.and_then(|l| l.iter().copied().find(|&i| !claimed[i]));
-        let found = free(by_pair.get(&key))
-            .or_else(|| (!tvg.is_empty()).then(|| free(by_tvg.get(&tvg))).flatten())
-            .or_else(|| free(by_url.get(&e.url)));
+        let found = free(by_pair.get(&key)).or_else(|| free(by_url.get(&e.url)));
+        if found.is_none() && !tvg.is_empty() {
+            if by_backup.contains_key(&key) {
+                seen.insert(key, e.line);
+                out.unchanged += 1;
+                continue;
+            }
+            if let Some(&i) = by_tvg_name.get(&(tvg.clone(), name_key(&e.name))) {
+                let mut next = streams[i].clone();
+                if next.backup_urls.len() >= MAX_BACKUP_URLS {
+                    out.skip(
+                        e.line,
+                        format!(
+                            "stream '{}' already has {MAX_BACKUP_URLS} backup URLs; this mirror was not added",
+                            next.id
+                        ),
+                    );
+                    continue;
+                }
+                next.backup_urls.push(e.url.clone());
+                for (k, v) in e.attributes {
+                    next.attributes.entry(k).or_insert(v);
+                }
+                if let Err(err) = validate(&next, media_dir) {
+                    out.skip(e.line, err.to_string());
+                    continue;
+                }
+                next.updated_at = now.clone();
+                streams[i] = next;
+                by_backup.insert(key.clone(), i);
+                seen.insert(key, e.line);
+                out.merged_as_backup += 1;
+                continue;
+            }
+        }
         let mut next = match found {
             Some(i) => streams[i].clone(),
             None => Stream {
                 id: String::new(),
                 name: String::new(),
-                url: String::new(),
+                url: e.url.clone(),
                 backup_urls: vec![],
                 group: None,
                 logo: None,
                 tvg_id: None,
                 headers: BTreeMap::new(),
+                attributes: BTreeMap::new(),
                 enabled: true,
                 created_at: now.clone(),
                 updated_at: now.clone(),
             },
         };
         next.name = e.name;
-        next.url = e.url;
         next.tvg_id = e.tvg_id.or(next.tvg_id);
         next.group = e.group.or(next.group);
         next.logo = e.logo.or(next.logo);
         next.headers.extend(e.headers);
+        next.attributes.extend(e.attributes);
         if found.is_none() {
             let base = slugify(next.tvg_id.as_deref().unwrap_or(&next.name));
             next.id = (1..)
@@ -533,12 +623,20 @@ fn apply_import(
                 if streams[i] != next {
                     next.updated_at = now.clone();
                     streams[i] = next;
+                    out.updated += 1;
+                } else {
+                    out.unchanged += 1;
                 }
-                out.updated += 1;
             }
             None => {
                 ids.insert(next.id.clone());
+                if !tvg.is_empty() {
+                    by_tvg_name
+                        .entry((tvg, name_key(&next.name)))
+                        .or_insert(streams.len());
+                }
                 streams.push(next);
+                claimed.push(true);
                 out.imported += 1;
             }
         }
@@ -593,6 +691,7 @@ pub fn demo_streams() -> Vec<Stream> {
         logo: None,
         tvg_id: Some(id.into()),
         headers: BTreeMap::new(),
+        attributes: BTreeMap::new(),
         enabled: true,
         created_at: now.clone(),
         updated_at: now.clone(),
@@ -725,20 +824,90 @@ mod tests {
         assert_eq!(cat.get("one-uk").unwrap().name, "One HD");
         assert_eq!(cat.get("one-uk-2").unwrap().name, "One SD");
         assert_eq!(cat.get("radio").unwrap().url, "http://h/radio");
-        // Tokens rotated: matched by tvg-id in order; the radio by URL.
+        // Another URL under the same tvg-id and name is a mirror: it joins the
+        // stream as a backup, the URL stays. The radio is matched by URL.
         let again = vec![
             e(2, Some("One.uk"), "One HD", "http://h/1?token=b"),
             e(4, Some("One.uk"), "One SD", "http://h/1sd?token=b"),
             e(6, None, "Radio 1", "http://h/radio"),
         ];
-        let out = cat.import(again).await.unwrap();
-        assert_eq!((out.imported, out.updated, out.skipped), (0, 3, 0));
+        let out = cat.import(again.clone()).await.unwrap();
+        assert_eq!(
+            (
+                out.imported,
+                out.updated,
+                out.unchanged,
+                out.merged_as_backup,
+                out.skipped
+            ),
+            (0, 1, 0, 2, 0)
+        );
         assert_eq!(cat.len(), demo + 3);
-        assert_eq!(cat.get("one-uk").unwrap().url, "http://h/1?token=b");
-        assert_eq!(cat.get("one-uk-2").unwrap().url, "http://h/1sd?token=b");
+        let one = cat.get("one-uk").unwrap();
+        assert_eq!(one.url, "http://h/1?token=a");
+        assert_eq!(one.backup_urls, ["http://h/1?token=b"]);
+        assert_eq!(
+            cat.get("one-uk-2").unwrap().backup_urls,
+            ["http://h/1sd?token=b"]
+        );
         assert_eq!(cat.get("radio").unwrap().name, "Radio 1");
+        // The same entries again: every one matched, nothing changes.
+        let before = cat.snapshot();
+        let out = cat.import(again).await.unwrap();
+        assert_eq!(
+            (
+                out.imported,
+                out.updated,
+                out.unchanged,
+                out.merged_as_backup
+            ),
+            (0, 0, 3, 0)
+        );
+        assert_eq!(cat.snapshot(), before);
+        // Same tvg-id, another name: another channel, never a replacement.
+        let out = cat
+            .import(vec![e(2, Some("One.uk"), "One +1", "http://h/1plus1")])
+            .await
+            .unwrap();
+        assert_eq!((out.imported, out.merged_as_backup), (1, 0));
+        assert_eq!(cat.get("one-uk").unwrap().url, "http://h/1?token=a");
         let (reopened, _) = Catalog::open(dir.path(), None).unwrap();
         assert_eq!(reopened.snapshot(), cat.snapshot());
+    }
+
+    #[tokio::test]
+    async fn mirrors_merge_up_to_the_backup_limit_and_attributes_are_kept() {
+        let dir = tempfile::tempdir().unwrap();
+        let (cat, _) = Catalog::open(dir.path(), None).unwrap();
+        let mut entries = Vec::new();
+        for i in 0..=MAX_BACKUP_URLS + 1 {
+            let mut attributes = BTreeMap::new();
+            attributes.insert("tvg-name".to_string(), "News_Int".to_string());
+            attributes.insert(format!("x-mirror-{i}"), i.to_string());
+            attributes.insert("bad key".to_string(), "dropped".to_string());
+            entries.push(ImportEntry {
+                line: 2 * i + 2,
+                name: "News".into(),
+                url: format!("http://mirror{i}.example/news.m3u8"),
+                tvg_id: Some("News.int".into()),
+                attributes,
+                ..Default::default()
+            });
+        }
+        let out = cat.import(entries).await.unwrap();
+        assert_eq!(
+            (out.imported, out.merged_as_backup, out.skipped),
+            (1, MAX_BACKUP_URLS, 1),
+            "{out:?}"
+        );
+        assert!(out.errors[0].message.contains("backup URLs"), "{out:?}");
+        let s = cat.get("news-int").unwrap();
+        assert_eq!(s.url, "http://mirror0.example/news.m3u8");
+        assert_eq!(s.backup_urls.len(), MAX_BACKUP_URLS);
+        assert_eq!(s.attributes["tvg-name"], "News_Int");
+        assert_eq!(s.attributes["x-mirror-0"], "0");
+        assert_eq!(s.attributes["x-mirror-3"], "3", "a mirror adds what is new");
+        assert!(!s.attributes.contains_key("bad key"));
     }
 
     #[test]
