@@ -40,6 +40,10 @@ pub struct Stream {
     pub logo: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tvg_id: Option<String>,
+    /// Channel number (GuideNumber for tuners and guides): from tvg-chno /
+    /// channel-number on import, otherwise assigned in catalog order.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub number: Option<String>,
     /// Request headers for HTTP(S)/HLS/DASH sources (User-Agent, Referer, Cookie).
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub headers: BTreeMap<String, String>,
@@ -87,6 +91,7 @@ pub struct StreamInput {
     pub group: Option<String>,
     pub logo: Option<String>,
     pub tvg_id: Option<String>,
+    pub number: Option<String>,
     pub headers: Option<BTreeMap<String, String>>,
     pub attributes: Option<BTreeMap<String, String>>,
     pub enabled: Option<bool>,
@@ -103,6 +108,8 @@ pub enum CatalogError {
     NotFound(String),
     #[error("a stream with id '{0}' already exists")]
     Conflict(String),
+    #[error("channel number '{0}' is already used by stream '{1}'")]
+    NumberTaken(String, String),
     #[error("{0}")]
     Invalid(String),
     #[error("catalog storage failed: {0}")]
@@ -141,6 +148,54 @@ pub fn now_rfc3339() -> String {
     humantime::format_rfc3339_millis(SystemTime::now()).to_string()
 }
 
+/// Whether a channel number is well formed: 1-6 digits, optionally a dot
+/// and 1-3 more (`7`, `101`, `5.1`), as tuners and guides number channels.
+pub fn valid_number(n: &str) -> bool {
+    let (major, minor) = n.split_once('.').unwrap_or((n, "1"));
+    let digits =
+        |s: &str, max: usize| (1..=max).contains(&s.len()) && s.bytes().all(|b| b.is_ascii_digit());
+    digits(major, 6) && digits(minor, 3)
+}
+
+/// The next channel number to hand out: one past the highest whole number
+/// in use (1 for an empty catalog).
+pub fn next_number<'a>(numbers: impl IntoIterator<Item = &'a str>) -> String {
+    let max = numbers
+        .into_iter()
+        .filter_map(|n| n.split('.').next()?.parse::<u64>().ok())
+        .max()
+        .unwrap_or(0);
+    (max + 1).to_string()
+}
+
+/// Gives every stream without a number (or with one an earlier stream
+/// already holds) the next free number, in catalog order. Whether any
+/// stream changed.
+fn assign_numbers(streams: &mut [Stream]) -> bool {
+    use std::collections::HashSet;
+    let mut used: HashSet<String> = HashSet::new();
+    let mut missing = Vec::new();
+    for (i, s) in streams.iter().enumerate() {
+        match &s.number {
+            Some(n) if valid_number(n) && used.insert(n.clone()) => {}
+            _ => missing.push(i),
+        }
+    }
+    for &i in &missing {
+        let n = next_number(used.iter().map(String::as_str));
+        used.insert(n.clone());
+        streams[i].number = Some(n);
+    }
+    !missing.is_empty()
+}
+
+/// The stream other than `except` that holds channel number `n`.
+fn number_holder<'a>(streams: &'a [Stream], n: &str, except: &str) -> Option<&'a Stream> {
+    streams
+        .iter()
+        .find(|s| s.id != except && s.number.as_deref() == Some(n))
+}
+
 /// Whether a playlist attribute can be stored and written back: a key of
 /// 1-64 ASCII letters, digits, `-`, `_`, `.` or `:`, a printable value of at
 /// most 2048 bytes.
@@ -170,6 +225,13 @@ pub fn validate(stream: &Stream, media_dir: Option<&Path>) -> Result<(), Catalog
     }
     SourceUri::parse(&stream.url, media_dir)
         .map_err(|e| CatalogError::Invalid(format!("url: {e}")))?;
+    if let Some(n) = &stream.number {
+        if !valid_number(n) {
+            return inv(format!(
+                "number '{n}' must be 1-6 digits, optionally followed by '.' and 1-3 digits (e.g. 7, 101, 5.1)"
+            ));
+        }
+    }
     if stream.backup_urls.len() > MAX_BACKUP_URLS {
         return inv(format!("at most {MAX_BACKUP_URLS} backupUrls"));
     }
@@ -243,8 +305,11 @@ impl Catalog {
         let path = data_dir.join(CATALOG_FILE);
         let (streams, opened) = match std::fs::read(&path) {
             Ok(bytes) => match serde_json::from_slice::<Vec<Stream>>(&bytes) {
-                Ok(streams) => {
+                Ok(mut streams) => {
                     let n = streams.len();
+                    if assign_numbers(&mut streams) {
+                        persist(&path, &streams)?;
+                    }
                     (streams, Opened::Loaded(n))
                 }
                 Err(e) => {
@@ -335,6 +400,7 @@ impl Catalog {
             group: input.group.clone(),
             logo: input.logo.clone(),
             tvg_id: input.tvg_id.clone(),
+            number: input.number.clone(),
             headers: input.headers.clone().unwrap_or_default(),
             attributes: input.attributes.clone().unwrap_or_default(),
             enabled: input.enabled.unwrap_or(true),
@@ -353,6 +419,18 @@ impl Catalog {
                 None => unique_id(streams, &slugify(&stream.name)),
             };
             validate(&stream, self.media_dir())?;
+            match &stream.number {
+                Some(n) => {
+                    if let Some(other) = number_holder(streams, n, &stream.id) {
+                        return Err(CatalogError::NumberTaken(n.clone(), other.id.clone()));
+                    }
+                }
+                None => {
+                    stream.number = Some(next_number(
+                        streams.iter().filter_map(|s| s.number.as_deref()),
+                    ))
+                }
+            }
             streams.push(stream.clone());
             Ok(stream)
         })
@@ -371,7 +449,7 @@ impl Catalog {
         let id = id.to_string();
         self.mutate(move |streams| {
             let s = streams
-                .iter_mut()
+                .iter()
                 .find(|s| s.id == id)
                 .ok_or_else(|| CatalogError::NotFound(id.clone()))?;
             let mut next = s.clone();
@@ -393,6 +471,9 @@ impl Catalog {
             if let Some(v) = input.tvg_id {
                 next.tvg_id = Some(v).filter(|g| !g.is_empty());
             }
+            if let Some(v) = input.number {
+                next.number = Some(v);
+            }
             if let Some(v) = input.headers {
                 next.headers = v;
             }
@@ -404,6 +485,15 @@ impl Catalog {
             }
             next.updated_at = now_rfc3339();
             validate(&next, self.media_dir())?;
+            if let Some(n) = &next.number {
+                if let Some(other) = number_holder(streams, n, &id) {
+                    return Err(CatalogError::NumberTaken(n.clone(), other.id.clone()));
+                }
+            }
+            let s = streams
+                .iter_mut()
+                .find(|s| s.id == id)
+                .expect("found above");
             *s = next.clone();
             Ok(next)
         })
@@ -453,6 +543,8 @@ pub struct ImportEntry {
     pub name: String,
     pub url: String,
     pub tvg_id: Option<String>,
+    /// The playlist's channel number (`tvg-chno` / `channel-number`).
+    pub number: Option<String>,
     pub group: Option<String>,
     pub logo: Option<String>,
     /// Overlaid on the stream's headers (others the operator set are kept).
@@ -527,6 +619,13 @@ fn apply_import(
     }
     let mut claimed = vec![false; streams.len()];
     let mut ids: HashSet<String> = streams.iter().map(|s| s.id.clone()).collect();
+    // Channel numbers in use (number -> stream id) and the highest whole one.
+    let mut numbers: HashMap<String, String> = streams
+        .iter()
+        .filter_map(|s| Some((s.number.clone()?, s.id.clone())))
+        .collect();
+    let whole = |n: &str| n.split('.').next().and_then(|w| w.parse::<u64>().ok());
+    let mut top = numbers.keys().filter_map(|n| whole(n)).max().unwrap_or(0);
     let mut seen: HashMap<(String, String), usize> = HashMap::new();
     for mut e in entries {
         let tvg = e.tvg_id.clone().unwrap_or_default();
@@ -586,6 +685,7 @@ fn apply_import(
                 group: None,
                 logo: None,
                 tvg_id: None,
+                number: None,
                 headers: BTreeMap::new(),
                 attributes: BTreeMap::new(),
                 enabled: true,
@@ -612,9 +712,28 @@ fn apply_import(
                 .find(|c| !ids.contains(c))
                 .expect("an unused id exists");
         }
+        // The playlist's number when it is free (or already this stream's);
+        // otherwise the stream keeps its number, or a new one gets the next.
+        let wanted = e
+            .number
+            .filter(|n| valid_number(n) && numbers.get(n).is_none_or(|holder| *holder == next.id));
+        let old_number = next.number.clone();
+        if let Some(n) = wanted {
+            next.number = Some(n);
+        } else if next.number.is_none() {
+            next.number = Some((top + 1).to_string());
+        }
         if let Err(err) = validate(&next, media_dir) {
             out.skip(e.line, err.to_string());
             continue;
+        }
+        if next.number != old_number {
+            if let Some(old) = &old_number {
+                numbers.remove(old);
+            }
+            let n = next.number.clone().expect("set above");
+            top = top.max(whole(&n).unwrap_or(0));
+            numbers.insert(n, next.id.clone());
         }
         seen.insert(key, e.line);
         match found {
@@ -690,13 +809,14 @@ pub fn demo_streams() -> Vec<Stream> {
         group: Some("Demo".into()),
         logo: None,
         tvg_id: Some(id.into()),
+        number: None,
         headers: BTreeMap::new(),
         attributes: BTreeMap::new(),
         enabled: true,
         created_at: now.clone(),
         updated_at: now.clone(),
     };
-    vec![
+    let mut demo = vec![
         mk(
             "demo-smpte",
             "SMPTE bars 1080p30 with tone",
@@ -717,7 +837,9 @@ pub fn demo_streams() -> Vec<Stream> {
             "Colour bars, no audio 720p30",
             "test://smpte75?size=1280x720&rate=30&audio=none",
         ),
-    ]
+    ];
+    assign_numbers(&mut demo);
+    demo
 }
 
 #[cfg(test)]
@@ -908,6 +1030,127 @@ mod tests {
         assert_eq!(s.attributes["x-mirror-0"], "0");
         assert_eq!(s.attributes["x-mirror-3"], "3", "a mirror adds what is new");
         assert!(!s.attributes.contains_key("bad key"));
+    }
+
+    #[tokio::test]
+    async fn channel_numbers_are_assigned_kept_and_unique() {
+        let dir = tempfile::tempdir().unwrap();
+        let (cat, _) = Catalog::open(dir.path(), None).unwrap();
+        let numbers: Vec<Option<String>> =
+            cat.snapshot().iter().map(|s| s.number.clone()).collect();
+        assert_eq!(numbers, ["1", "2", "3", "4"].map(|n| Some(n.to_string())));
+        let input = |name: &str, number: Option<&str>| StreamInput {
+            name: Some(name.into()),
+            url: Some(format!("http://h/{name}")),
+            number: number.map(Into::into),
+            ..Default::default()
+        };
+        let a = cat.create(input("a", None)).await.unwrap();
+        assert_eq!(a.number.as_deref(), Some("5"));
+        let b = cat.create(input("b", Some("20.1"))).await.unwrap();
+        assert_eq!(b.number.as_deref(), Some("20.1"));
+        let err = cat.create(input("c", Some("5"))).await.unwrap_err();
+        assert!(
+            matches!(&err, CatalogError::NumberTaken(n, id) if n == "5" && id == "a"),
+            "{err}"
+        );
+        let err = cat.create(input("c", Some("five"))).await.unwrap_err();
+        assert!(matches!(err, CatalogError::Invalid(m) if m.contains("number")));
+        let c = cat.create(input("c", None)).await.unwrap();
+        assert_eq!(c.number.as_deref(), Some("21"));
+        let err = cat.update("c", input("c", Some("1"))).await.unwrap_err();
+        assert!(matches!(err, CatalogError::NumberTaken(..)));
+        let c = cat.update("c", input("c", Some("30"))).await.unwrap();
+        assert_eq!(c.number.as_deref(), Some("30"));
+        // Edits without a number keep it.
+        let c = cat
+            .update(
+                "c",
+                StreamInput {
+                    enabled: Some(false),
+                    ..Default::default()
+                },
+            )
+            .await
+            .unwrap();
+        assert_eq!(c.number.as_deref(), Some("30"));
+
+        // Import: tvg-chno when free, the next number otherwise, and a
+        // re-import without numbers keeps them.
+        let e = |line, name: &str, number: Option<&str>| ImportEntry {
+            line,
+            name: name.into(),
+            url: format!("http://h/imp/{name}"),
+            tvg_id: Some(format!("{name}.tv")),
+            number: number.map(Into::into),
+            ..Default::default()
+        };
+        let out = cat
+            .import(vec![
+                e(2, "x", Some("101")),
+                e(4, "y", Some("101")),
+                e(6, "z", None),
+            ])
+            .await
+            .unwrap();
+        assert_eq!(out.imported, 3, "{out:?}");
+        let num = |id: &str| cat.get(id).unwrap().number.unwrap();
+        assert_eq!(
+            (num("x-tv"), num("y-tv"), num("z-tv")),
+            ("101".into(), "102".into(), "103".into())
+        );
+        let out = cat
+            .import(vec![e(2, "x", None), e(4, "y", None), e(6, "z", None)])
+            .await
+            .unwrap();
+        assert_eq!(out.unchanged, 3, "{out:?}");
+        let out = cat.import(vec![e(2, "z", Some("7"))]).await.unwrap();
+        assert_eq!(out.updated, 1, "{out:?}");
+        assert_eq!(num("z-tv"), "7");
+        let (reopened, _) = Catalog::open(dir.path(), None).unwrap();
+        assert_eq!(reopened.snapshot(), cat.snapshot());
+    }
+
+    #[test]
+    fn a_catalog_without_numbers_gets_them_at_load_on_disk() {
+        let dir = tempfile::tempdir().unwrap();
+        let old = r#"[
+            {"id": "b", "name": "B", "url": "http://h/b", "createdAt": "t", "updatedAt": "t"},
+            {"id": "a", "name": "A", "url": "http://h/a", "number": "9", "createdAt": "t", "updatedAt": "t"},
+            {"id": "c", "name": "C", "url": "http://h/c", "number": "9", "createdAt": "t", "updatedAt": "t"}
+        ]"#;
+        std::fs::write(dir.path().join(CATALOG_FILE), old).unwrap();
+        let (cat, opened) = Catalog::open(dir.path(), None).unwrap();
+        assert_eq!(opened, Opened::Loaded(3));
+        let numbers: Vec<String> = cat
+            .snapshot()
+            .iter()
+            .map(|s| s.number.clone().unwrap())
+            .collect();
+        assert_eq!(
+            numbers,
+            ["10", "9", "11"],
+            "kept where unique, assigned in order otherwise"
+        );
+        let on_disk: Vec<Stream> =
+            serde_json::from_slice(&std::fs::read(dir.path().join(CATALOG_FILE)).unwrap()).unwrap();
+        assert_eq!(on_disk, *cat.snapshot());
+        let (again, _) = Catalog::open(dir.path(), None).unwrap();
+        assert_eq!(again.snapshot(), cat.snapshot());
+    }
+
+    #[test]
+    fn channel_number_syntax() {
+        for good in ["1", "007", "101", "5.1", "999999.999"] {
+            assert!(valid_number(good), "{good}");
+        }
+        for bad in [
+            "", "a", "1.", ".1", "1.2.3", "-1", "1234567", "1.1234", " 1",
+        ] {
+            assert!(!valid_number(bad), "{bad}");
+        }
+        assert_eq!(next_number(["3", "10.2", "x"]), "11");
+        assert_eq!(next_number([]), "1");
     }
 
     #[test]

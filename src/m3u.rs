@@ -295,6 +295,8 @@ pub struct ExportEntry<'a> {
     pub name: &'a str,
     pub url: &'a str,
     pub tvg_id: Option<&'a str>,
+    /// The channel number, written as `tvg-chno`.
+    pub number: Option<&'a str>,
     pub tvg_logo: Option<&'a str>,
     pub group: Option<&'a str>,
     /// The attributes the stream was imported with, written back unchanged
@@ -303,12 +305,13 @@ pub struct ExportEntry<'a> {
 }
 
 /// Attributes [`export`] writes from [`ExportEntry`] fields, not from its map.
-const FIELD_ATTRIBUTES: &[&str] = &["tvg-id", "tvg-name", "tvg-logo", "group-title"];
+const FIELD_ATTRIBUTES: &[&str] = &["tvg-id", "tvg-name", "tvg-chno", "tvg-logo", "group-title"];
 
 /// Writes an extended M3U playlist: `#EXTM3U`, then per entry an `#EXTINF:-1`
 /// line with `tvg-id`, `tvg-name` (the imported one, else the name),
-/// `tvg-logo`, `group-title` (those present), the stream's other imported
-/// attributes in key order, and the name, then the URL. Lines end with `\n`.
+/// `tvg-chno`, `tvg-logo`, `group-title` (those present), the stream's other
+/// imported attributes in key order (an imported `channel-number` carries
+/// the current number), and the name, then the URL. Lines end with `\n`.
 pub fn export<'a>(entries: impl IntoIterator<Item = ExportEntry<'a>>) -> String {
     let mut out = String::from("#EXTM3U\n");
     for e in entries {
@@ -321,6 +324,7 @@ pub fn export<'a>(entries: impl IntoIterator<Item = ExportEntry<'a>>) -> String 
         let fields = [
             ("tvg-id", e.tvg_id),
             ("tvg-name", Some(tvg_name)),
+            ("tvg-chno", e.number),
             ("tvg-logo", e.tvg_logo),
             ("group-title", e.group),
         ];
@@ -328,7 +332,10 @@ pub fn export<'a>(entries: impl IntoIterator<Item = ExportEntry<'a>>) -> String 
             .attributes
             .iter()
             .filter(|(k, _)| !FIELD_ATTRIBUTES.contains(&k.as_str()) && plain_key(k))
-            .map(|(k, v)| (k.as_str(), Some(v.as_str())));
+            .map(|(k, v)| match (k.as_str(), e.number) {
+                ("channel-number", Some(n)) => (k.as_str(), Some(n)),
+                _ => (k.as_str(), Some(v.as_str())),
+            });
         for (k, v) in fields.into_iter().chain(rest) {
             if let Some(v) = v.map(attr_value).filter(|v| !v.is_empty()) {
                 out.push_str(&format!(" {k}=\"{v}\""));
@@ -490,6 +497,7 @@ mod tests {
                 name: "News, Weather",
                 url: "http://s:3000/streams/preview/news?format=ts",
                 tvg_id: Some("news.uk"),
+                number: Some("101"),
                 tvg_logo: Some("http://l/n.png"),
                 group: Some("UK \"Local\""),
                 attributes: &none,
@@ -498,6 +506,7 @@ mod tests {
                 name: "Bare",
                 url: "http://s:3000/streams/preview/bare?format=ts",
                 tvg_id: None,
+                number: None,
                 tvg_logo: None,
                 group: None,
                 attributes: &none,
@@ -506,7 +515,7 @@ mod tests {
         assert_eq!(
             text,
             "#EXTM3U\n\
-             #EXTINF:-1 tvg-id=\"news.uk\" tvg-name=\"News, Weather\" tvg-logo=\"http://l/n.png\" group-title=\"UK 'Local'\",News, Weather\n\
+             #EXTINF:-1 tvg-id=\"news.uk\" tvg-name=\"News, Weather\" tvg-chno=\"101\" tvg-logo=\"http://l/n.png\" group-title=\"UK 'Local'\",News, Weather\n\
              http://s:3000/streams/preview/news?format=ts\n\
              #EXTINF:-1 tvg-name=\"Bare\",Bare\n\
              http://s:3000/streams/preview/bare?format=ts\n"
@@ -533,6 +542,7 @@ mod tests {
             name: &e[0].name,
             url: "http://s/streams/preview/a-fr?format=ts",
             tvg_id: e[0].tvg_id.as_deref(),
+            number: Some("7"),
             tvg_logo: None,
             group: Some("World"),
             attributes: attrs,
@@ -540,7 +550,7 @@ mod tests {
         assert_eq!(
             text,
             "#EXTM3U\n\
-             #EXTINF:-1 tvg-id=\"a.fr\" tvg-name=\"A_Info\" group-title=\"World\" catchup-days=\"3\" tvg-chno=\"7\" tvg-country=\"FR\" tvg-language=\"French;English\",A Info HD\n\
+             #EXTINF:-1 tvg-id=\"a.fr\" tvg-name=\"A_Info\" tvg-chno=\"7\" group-title=\"World\" catchup-days=\"3\" tvg-country=\"FR\" tvg-language=\"French;English\",A Info HD\n\
              http://s/streams/preview/a-fr?format=ts\n"
         );
         let back = ok(&text);

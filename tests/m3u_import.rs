@@ -490,9 +490,9 @@ async fn the_export_is_exact_reimports_to_the_same_set_and_plays() {
     let base = &ts.base;
     let expected = format!(
         "#EXTM3U\n\
-         #EXTINF:-1 tvg-id=\"bars.test\" tvg-name=\"Bars, 320p\" tvg-logo=\"http://logo.example/bars.png\" group-title=\"Test, Patterns\",Bars, 320p\n\
+         #EXTINF:-1 tvg-id=\"bars.test\" tvg-name=\"Bars, 320p\" tvg-chno=\"1\" tvg-logo=\"http://logo.example/bars.png\" group-title=\"Test, Patterns\",Bars, 320p\n\
          {base}/streams/preview/bars-test?format=ts\n\
-         #EXTINF:-1 tvg-name=\"Ball\" group-title=\"Test, Patterns\",Ball\n\
+         #EXTINF:-1 tvg-name=\"Ball\" tvg-chno=\"2\" group-title=\"Test, Patterns\",Ball\n\
          {base}/streams/preview/ball?format=ts\n"
     );
     assert_eq!(text, expected);
@@ -549,5 +549,104 @@ async fn the_export_is_exact_reimports_to_the_same_set_and_plays() {
         stream_of(&probe, "video").expect("video")["codec_name"],
         "h264"
     );
+    ts.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn channel_numbers_come_from_the_playlist_or_are_assigned_and_stay() {
+    let mut ts = start().await;
+    let demo: Vec<String> = streams(&ts)
+        .await
+        .iter()
+        .map(|s| {
+            s["number"]
+                .as_str()
+                .expect("demo streams are numbered")
+                .to_string()
+        })
+        .collect();
+    assert_eq!(demo, ["1", "2", "3", "4"]);
+    let playlist = "#EXTM3U\n\
+        #EXTINF:-1 tvg-id=\"one.tv\" tvg-chno=\"101\",One\n\
+        http://h.example/1\n\
+        #EXTINF:-1 tvg-id=\"two.tv\" channel-number=\"5.1\",Two\n\
+        http://h.example/2\n\
+        #EXTINF:-1 tvg-id=\"three.tv\",Three\n\
+        http://h.example/3\n\
+        #EXTINF:-1 tvg-id=\"four.tv\" tvg-chno=\"101\",Four (same number)\n\
+        http://h.example/4\n";
+    let (_, r) = import(&ts, None, playlist).await;
+    assert_eq!(r["imported"], 4, "{r}");
+    let number = |s: Value| s["number"].as_str().unwrap().to_string();
+    assert_eq!(number(stream(&ts, "one-tv").await), "101");
+    assert_eq!(number(stream(&ts, "two-tv").await), "5.1");
+    assert_eq!(number(stream(&ts, "three-tv").await), "102");
+    assert_eq!(number(stream(&ts, "four-tv").await), "103");
+
+    // A duplicate number is refused; a free one is taken; edits keep it.
+    let r = client()
+        .put(ts.url("/api/streams/three-tv"))
+        .json(&json!({"number": "101"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 409);
+    let body: Value = r.json().await.unwrap();
+    assert_eq!(body["error"], "number_taken", "{body}");
+    let r = client()
+        .post(ts.url("/api/streams"))
+        .json(&json!({"name": "Bad", "url": "http://h.example/b", "number": "x1"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 400);
+    assert_eq!(r.json::<Value>().await.unwrap()["error"], "bad_request");
+    let r = client()
+        .put(ts.url("/api/streams/three-tv"))
+        .json(&json!({"number": "3.2"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let r = client()
+        .put(ts.url("/api/streams/three-tv"))
+        .json(&json!({"name": "Three HD"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(number(r.json().await.unwrap()), "3.2");
+    let r = client()
+        .post(ts.url("/api/streams"))
+        .json(&json!({"name": "Five", "url": "http://h.example/5"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 201);
+    assert_eq!(number(r.json().await.unwrap()), "104");
+
+    // The export carries the numbers; a re-import without them keeps them.
+    let text = client()
+        .get(ts.url("/playlist.m3u"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        text.contains("tvg-id=\"one.tv\" tvg-name=\"One\" tvg-chno=\"101\""),
+        "{text}"
+    );
+    let bare = playlist
+        .replace(" tvg-chno=\"101\"", "")
+        .replace(" channel-number=\"5.1\"", "");
+    let (_, r) = import(&ts, None, bare).await;
+    assert_eq!(r["imported"], 0, "{r}");
+    let before = streams(&ts).await;
+
+    // A restart on the same data dir: every stream keeps its number.
+    ts.restart(|_| {}).await;
+    assert_eq!(streams(&ts).await, before);
+    assert_eq!(number(stream(&ts, "three-tv").await), "3.2");
     ts.stop().await;
 }

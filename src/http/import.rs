@@ -180,6 +180,10 @@ fn split(text: &str) -> (Vec<ImportEntry>, Vec<ImportError>, bool) {
                 name: e.name,
                 url: e.url,
                 tvg_id: e.tvg_id,
+                number: ["tvg-chno", "channel-number"]
+                    .iter()
+                    .find_map(|k| e.attributes.get(*k))
+                    .cloned(),
                 group: e.group,
                 logo: e.tvg_logo,
                 headers: e.headers,
@@ -336,6 +340,7 @@ fn export(
                 name: &s.name,
                 url,
                 tvg_id: s.tvg_id.as_deref(),
+                number: s.number.as_deref(),
                 tvg_logo: s.logo.as_deref(),
                 group: s.group.as_deref(),
                 attributes: &s.attributes,
