@@ -283,7 +283,7 @@ async fn fetch_playlist(url: &str) -> Result<String, ApiError> {
 
 /// Whether a Host header value is a plain `host[:port]` (no path, no
 /// userinfo, no spaces) that is safe to put in URLs.
-fn plain_host(h: &str) -> bool {
+pub(crate) fn plain_host(h: &str) -> bool {
     !h.is_empty()
         && h.len() <= 255
         && h.bytes()
