@@ -193,6 +193,11 @@ pub struct Settings {
         value_name = "HDHR_QUALITY"
     )]
     pub hdhr_quality: Option<String>,
+
+    /// Announce the tuner by SSDP on the LAN (UDP 239.255.255.250:1900) so media servers find it by themselves: true or false.
+    #[arg(long = "hdhr-ssdp", env = "HDHR_SSDP", value_name = "HDHR_SSDP",
+          default_value_t = false, action = clap::ArgAction::Set, value_parser = parse_switch)]
+    pub hdhr_ssdp: bool,
 }
 
 /// `true`/`false` (also `yes`/`no`, `on`/`off`, `1`/`0`).
@@ -238,6 +243,9 @@ impl Settings {
                 "TRANSCODE_QUALITY_PROFILE: '{}' is not a profile name ([a-z0-9_-]+)",
                 self.default_quality
             ));
+        }
+        if self.hdhr_ssdp && !self.hdhr_enabled {
+            return Err("HDHR_SSDP: announces the tuner, so it needs HDHR_ENABLED=true".into());
         }
         if let Some(q) = &self.hdhr_quality {
             if !crate::profiles::valid_name(q) {
@@ -446,6 +454,8 @@ mod tests {
         let s = Settings::parse_from(["sluice"]);
         assert!(s.hdhr_enabled);
         assert!(s.hdhr_base_url.is_none() && s.hdhr_quality.is_none());
+        assert!(!s.hdhr_ssdp);
+        assert!(Settings::parse_from(["sluice", "--hdhr-ssdp", "true"]).hdhr_ssdp);
         let s = Settings::parse_from([
             "sluice",
             "--hdhr-enabled",

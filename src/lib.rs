@@ -151,6 +151,8 @@ pub struct Server {
     pub addr: SocketAddr,
     pub state: Arc<AppState>,
     serving: tokio::task::JoinHandle<()>,
+    /// SSDP announcements of the tuner (`HDHR_SSDP`).
+    ssdp: Option<tuner::ssdp::Announcer>,
 }
 
 impl Server {
@@ -177,16 +179,40 @@ impl Server {
         let serving = tokio::spawn(http::serve(listener, filter, async move {
             stop_state.shutdown.wait().await
         }));
+        let ssdp = match (&state.tuner, state.settings.hdhr_ssdp) {
+            (Some(id), true) => {
+                let announce = tuner::ssdp::Announce {
+                    device_id: id.device_id.clone(),
+                    base_url: state.settings.hdhr_base_url.clone(),
+                    addr,
+                };
+                match tuner::ssdp::Announcer::start(announce) {
+                    Ok(a) => {
+                        tracing::info!("HDHomeRun tuner announced by SSDP on 239.255.255.250:1900");
+                        Some(a)
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, "SSDP announcements could not start (the tuner can still be added by its address)");
+                        None
+                    }
+                }
+            }
+            _ => None,
+        };
         tracing::info!(%addr, "sluice listening");
         Ok(Server {
             addr,
             state,
             serving,
+            ssdp,
         })
     }
 
     /// Graceful shutdown: stop accepting, flush the catalog, drain sessions.
     pub async fn shutdown(self) {
+        if let Some(ssdp) = self.ssdp {
+            ssdp.stop().await;
+        }
         shutdown::run(&self.state, self.serving).await;
     }
 }

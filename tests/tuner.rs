@@ -303,3 +303,192 @@ async fn the_host_names_the_base_and_only_a_trusted_proxy_says_https() {
     );
     ts.stop().await;
 }
+
+/// A network namespace of the test's own with only a loopback that carries
+/// multicast, deleted on drop: SSDP never reaches the machine's LAN.
+struct Netns {
+    name: String,
+}
+
+impl Netns {
+    fn create() -> Netns {
+        let name = format!("sluice-ssdp-{}", std::process::id());
+        let _ = Command::new("ip").args(["netns", "del", &name]).output();
+        let ns = Netns { name };
+        ns.run(&["ip", "netns", "add", &ns.name]);
+        for args in [
+            &["link", "set", "lo", "up"][..],
+            &["link", "set", "lo", "multicast", "on"],
+            &["route", "add", "224.0.0.0/4", "dev", "lo"],
+        ] {
+            let mut all = vec!["ip", "-n", &ns.name];
+            all.extend_from_slice(args);
+            ns.run(&all);
+        }
+        ns
+    }
+
+    fn run(&self, args: &[&str]) -> String {
+        let out = Command::new(args[0]).args(&args[1..]).output().unwrap();
+        assert!(
+            out.status.success(),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+}
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        let _ = Command::new("ip")
+            .args(["netns", "del", &self.name])
+            .output();
+    }
+}
+
+/// A child process killed and reaped on drop.
+struct Reaped(std::process::Child);
+
+impl Drop for Reaped {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Listens on the SSDP group like a media server: prints `ready`, then the
+/// first `ssdp:alive` NOTIFY, the answer to its own M-SEARCH, and the first
+/// `ssdp:byebye`, each as one JSON line.
+const SSDP_CLIENT: &str = r#"
+import json, socket, struct, sys
+def out(kind, text):
+    print(json.dumps({"kind": kind, "text": text}), flush=True)
+l = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+l.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+l.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+l.bind(("", 1900))
+l.setsockopt(socket.IPPROTO_IP, socket.IP_ADD_MEMBERSHIP,
+             struct.pack("4s4s", socket.inet_aton("239.255.255.250"), socket.inet_aton("0.0.0.0")))
+l.settimeout(60)
+out("ready", "")
+def wait_for(nts):
+    while True:
+        data, _ = l.recvfrom(4096)
+        text = data.decode()
+        if text.startswith("NOTIFY") and ("NTS: " + nts) in text:
+            return text
+out("alive", wait_for("ssdp:alive"))
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+s.settimeout(5)
+s.sendto(b'M-SEARCH * HTTP/1.1\r\nHOST: 239.255.255.250:1900\r\nMAN: "ssdp:discover"\r\nMX: 1\r\nST: urn:schemas-upnp-org:device:MediaServer:1\r\n\r\n',
+         ("239.255.255.250", 1900))
+data, _ = s.recvfrom(4096)
+out("answer", data.decode())
+out("byebye", wait_for("ssdp:byebye"))
+"#;
+
+fn header<'a>(msg: &'a str, name: &str) -> Option<&'a str> {
+    msg.split("\r\n").find_map(|l| {
+        let (k, v) = l.split_once(':')?;
+        k.eq_ignore_ascii_case(name).then(|| v.trim())
+    })
+}
+
+#[test]
+fn ssdp_announces_answers_and_says_goodbye_in_a_network_namespace() {
+    use std::io::BufRead;
+    let ns = Netns::create();
+    let mut listener = Reaped(
+        Command::new("ip")
+            .args([
+                "netns",
+                "exec",
+                &ns.name,
+                "/usr/bin/python3",
+                "-c",
+                SSDP_CLIENT,
+            ])
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::inherit())
+            .spawn()
+            .unwrap(),
+    );
+    let (tx, rx) = std::sync::mpsc::channel::<Value>();
+    let stdout = listener.0.stdout.take().unwrap();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stdout)
+            .lines()
+            .map_while(Result::ok)
+        {
+            if let Ok(v) = serde_json::from_str(&line) {
+                let _ = tx.send(v);
+            }
+        }
+    });
+    let next = |kind: &str| -> String {
+        let v = rx
+            .recv_timeout(Duration::from_secs(60))
+            .unwrap_or_else(|_| panic!("no {kind} from the SSDP listener"));
+        assert_eq!(v["kind"], kind, "{v}");
+        v["text"].as_str().unwrap().to_string()
+    };
+    next("ready");
+
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    std::fs::create_dir_all(&data).unwrap();
+    let mut bin = BinServer::start_under(
+        &["ip", "netns", "exec", &ns.name],
+        &data,
+        &[],
+        &[("HDHR_SSDP", "true"), ("LOG_LEVEL", "info")],
+    );
+    let device_id = serde_json::from_slice::<Value>(
+        &std::fs::read(data.join(sluice::tuner::IDENTITY_FILE)).unwrap(),
+    )
+    .unwrap()["deviceId"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let location = format!("http://127.0.0.1:{}/device.xml", bin.addr.port());
+
+    let alive = next("alive");
+    assert_eq!(
+        header(&alive, "LOCATION"),
+        Some(location.as_str()),
+        "{alive}"
+    );
+    assert_eq!(
+        header(&alive, "NT"),
+        Some("urn:schemas-upnp-org:device:MediaServer:1")
+    );
+    assert_eq!(
+        header(&alive, "USN"),
+        Some(format!("uuid:{device_id}::urn:schemas-upnp-org:device:MediaServer:1").as_str())
+    );
+
+    let answer = next("answer");
+    assert!(answer.starts_with("HTTP/1.1 200 OK\r\n"), "{answer}");
+    assert_eq!(
+        header(&answer, "LOCATION"),
+        Some(location.as_str()),
+        "{answer}"
+    );
+    assert_eq!(
+        header(&answer, "ST"),
+        Some("urn:schemas-upnp-org:device:MediaServer:1")
+    );
+    // The location serves the device with the same DeviceID.
+    let xml = ns.run(&["ip", "netns", "exec", &ns.name, "curl", "-sS", &location]);
+    let (serial, _, base) = parse_device_xml(&xml);
+    assert_eq!(serial, device_id);
+    assert_eq!(base, format!("http://127.0.0.1:{}", bin.addr.port()));
+
+    assert!(bin.terminate(), "clean exit: {}", bin.stderr_text());
+    let bye = next("byebye");
+    assert_eq!(
+        header(&bye, "USN"),
+        Some(format!("uuid:{device_id}::urn:schemas-upnp-org:device:MediaServer:1").as_str())
+    );
+}

@@ -11,6 +11,8 @@
 //! nibbles, with every other one from the even positions passed through a
 //! lookup table, come out 0), which media servers verify.
 
+pub mod ssdp;
+
 use std::io::Write;
 use std::path::Path;
 
