@@ -181,10 +181,11 @@ fn assign_numbers(streams: &mut [Stream]) -> bool {
             _ => missing.push(i),
         }
     }
-    for &i in &missing {
-        let n = next_number(used.iter().map(String::as_str));
-        used.insert(n.clone());
-        streams[i].number = Some(n);
+    let first: u64 = next_number(used.iter().map(String::as_str))
+        .parse()
+        .expect("a whole number");
+    for (n, &i) in (first..).zip(&missing) {
+        streams[i].number = Some(n.to_string());
     }
     !missing.is_empty()
 }
