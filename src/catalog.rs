@@ -76,6 +76,11 @@ impl Stream {
                 *v = redact::MASK.to_string();
             }
         }
+        for v in s.attributes.values_mut() {
+            if v.contains("://") {
+                *v = redact::redact_url(v);
+            }
+        }
         s
     }
 }
@@ -1138,6 +1143,26 @@ mod tests {
         assert_eq!(on_disk, *cat.snapshot());
         let (again, _) = Catalog::open(dir.path(), None).unwrap();
         assert_eq!(again.snapshot(), cat.snapshot());
+    }
+
+    #[test]
+    fn redaction_masks_credentials_in_url_attributes_only() {
+        let mut s = demo_streams().remove(0);
+        s.attributes
+            .insert("tvg-name".into(), "Bars://not a url".into());
+        s.attributes.insert(
+            "catchup-source".into(),
+            "http://user:pw@cdn.example/x?token=abc".into(),
+        );
+        s.attributes.insert("tvg-language".into(), "English".into());
+        let r = s.redacted();
+        assert_eq!(r.attributes["tvg-language"], "English");
+        let c = &r.attributes["catchup-source"];
+        assert!(!c.contains("user:pw") && !c.contains("abc"), "{c}");
+        assert!(
+            c.starts_with("http://") && c.contains("cdn.example/x"),
+            "{c}"
+        );
     }
 
     #[test]

@@ -222,7 +222,7 @@ async fn a_provider_playlist_imports_with_its_quirks_and_reimports_without_dupli
 const NEWS_LIST: &str = "#EXTM3U\n\
 #EXTINF:-1 tvg-id=\"France24.fr\" tvg-name=\"France 24\" tvg-language=\"French\" tvg-country=\"FR;INT\" tvg-logo=\"http://logo.example/f24.png\" group-title=\"News\",France 24 (1080p)\n\
 http://cdn-a.example/f24/index.m3u8\n\
-#EXTINF:-1 tvg-id=\"DW.de\" tvg-name=\"DW_English\" tvg-language=\"English\" tvg-country=\"DE\" group-title=\"News\" user-agent=\"Mozilla/5.0\",DW English\n\
+#EXTINF:-1 tvg-id=\"DW.de\" tvg-name=\"DW_English\" tvg-language=\"English\" tvg-country=\"DE\" group-title=\"News\" user-agent=\"Mozilla/5.0\" catchup-source=\"http://u:S3cret@cdn-a.example/dw/{utc}\",DW English\n\
 http://cdn-a.example/dw/index.m3u8\n";
 
 const COUNTRY_LIST: &str = "#EXTM3U\n\
@@ -264,6 +264,10 @@ async fn overlapping_playlists_keep_every_mirror_and_attribute() {
     let dw = stream(&ts, "dw-de").await;
     assert_eq!(dw["attributes"]["tvg-name"], "DW_English");
     assert_eq!(dw["attributes"]["user-agent"], "Mozilla/5.0");
+    assert_eq!(
+        dw["attributes"]["catchup-source"], "http://u:S3cret@cdn-a.example/dw/{utc}",
+        "loopback admin sees attributes whole"
+    );
     assert_eq!(
         stream(&ts, "arte-fr").await["attributes"]["tvg-language"],
         "French;German"
@@ -307,6 +311,10 @@ async fn overlapping_playlists_keep_every_mirror_and_attribute() {
     let dw_line = line("dw-de");
     assert!(dw_line.contains("tvg-name=\"DW_English\""), "{dw_line}");
     assert!(dw_line.contains("user-agent=\"Mozilla/5.0\""), "{dw_line}");
+    assert!(
+        dw_line.contains("catchup-source=\"http://") && !text.contains("S3cret"),
+        "credentials in attributes stay inside: {dw_line}"
+    );
     ts.stop().await;
 }
 

@@ -325,27 +325,27 @@ fn export(
         Some(p) if p == "https" => "https",
         _ => "http",
     };
-    let streams = state.catalog.snapshot();
-    let urls: Vec<String> = streams
+    // Credentials in imported attributes (catch-up URLs, ...) stay inside.
+    let streams: Vec<crate::catalog::Stream> = state
+        .catalog
+        .snapshot()
         .iter()
         .filter(|s| s.enabled)
+        .map(|s| s.redacted())
+        .collect();
+    let urls: Vec<String> = streams
+        .iter()
         .map(|s| format!("{scheme}://{host}/streams/preview/{}?{query}", s.id))
         .collect();
-    let text = m3u::export(
-        streams
-            .iter()
-            .filter(|s| s.enabled)
-            .zip(&urls)
-            .map(|(s, url)| m3u::ExportEntry {
-                name: &s.name,
-                url,
-                tvg_id: s.tvg_id.as_deref(),
-                number: s.number.as_deref(),
-                tvg_logo: s.logo.as_deref(),
-                group: s.group.as_deref(),
-                attributes: &s.attributes,
-            }),
-    );
+    let text = m3u::export(streams.iter().zip(&urls).map(|(s, url)| m3u::ExportEntry {
+        name: &s.name,
+        url,
+        tvg_id: s.tvg_id.as_deref(),
+        number: s.number.as_deref(),
+        tvg_logo: s.logo.as_deref(),
+        group: s.group.as_deref(),
+        attributes: &s.attributes,
+    }));
     let mut res = warp::reply::with_status(text, StatusCode::OK).into_response();
     let h = res.headers_mut();
     h.insert(
