@@ -23,6 +23,7 @@ pub const CATALOG_FILE: &str = "streams.json";
 pub const MAX_NAME_LEN: usize = 200;
 pub const MAX_BACKUP_URLS: usize = 8;
 pub const MAX_HEADERS: usize = 16;
+pub const MAX_ATTRIBUTES: usize = 64;
 
 /// One previewable stream.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -39,9 +40,17 @@ pub struct Stream {
     pub logo: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tvg_id: Option<String>,
+    /// Channel number (GuideNumber for tuners and guides): from tvg-chno /
+    /// channel-number on import, otherwise assigned in catalog order.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub number: Option<String>,
     /// Request headers for HTTP(S)/HLS/DASH sources (User-Agent, Referer, Cookie).
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub headers: BTreeMap<String, String>,
+    /// The playlist attributes the stream was imported with (`tvg-name`,
+    /// `tvg-language`, `tvg-country`, ...), exported unchanged.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub attributes: BTreeMap<String, String>,
     #[serde(default = "yes")]
     pub enabled: bool,
     pub created_at: String,
@@ -67,6 +76,11 @@ impl Stream {
                 *v = redact::MASK.to_string();
             }
         }
+        for v in s.attributes.values_mut() {
+            if v.contains("://") {
+                *v = redact::redact_url(v);
+            }
+        }
         s
     }
 }
@@ -82,7 +96,9 @@ pub struct StreamInput {
     pub group: Option<String>,
     pub logo: Option<String>,
     pub tvg_id: Option<String>,
+    pub number: Option<String>,
     pub headers: Option<BTreeMap<String, String>>,
+    pub attributes: Option<BTreeMap<String, String>>,
     pub enabled: Option<bool>,
     // Accepted (and ignored) so a GET result can be PUT back unchanged.
     #[serde(default)]
@@ -97,6 +113,8 @@ pub enum CatalogError {
     NotFound(String),
     #[error("a stream with id '{0}' already exists")]
     Conflict(String),
+    #[error("channel number '{0}' is already used by stream '{1}'")]
+    NumberTaken(String, String),
     #[error("{0}")]
     Invalid(String),
     #[error("catalog storage failed: {0}")]
@@ -135,6 +153,67 @@ pub fn now_rfc3339() -> String {
     humantime::format_rfc3339_millis(SystemTime::now()).to_string()
 }
 
+/// Whether a channel number is well formed: 1-6 digits, optionally a dot
+/// and 1-3 more (`7`, `101`, `5.1`), as tuners and guides number channels.
+pub fn valid_number(n: &str) -> bool {
+    let (major, minor) = n.split_once('.').unwrap_or((n, "1"));
+    let digits =
+        |s: &str, max: usize| (1..=max).contains(&s.len()) && s.bytes().all(|b| b.is_ascii_digit());
+    digits(major, 6) && digits(minor, 3)
+}
+
+/// The next channel number to hand out: one past the highest whole number
+/// in use (1 for an empty catalog).
+pub fn next_number<'a>(numbers: impl IntoIterator<Item = &'a str>) -> String {
+    let max = numbers
+        .into_iter()
+        .filter_map(|n| n.split('.').next()?.parse::<u64>().ok())
+        .max()
+        .unwrap_or(0);
+    (max + 1).to_string()
+}
+
+/// Gives every stream without a number (or with one an earlier stream
+/// already holds) the next free number, in catalog order. Whether any
+/// stream changed.
+fn assign_numbers(streams: &mut [Stream]) -> bool {
+    use std::collections::HashSet;
+    let mut used: HashSet<String> = HashSet::new();
+    let mut missing = Vec::new();
+    for (i, s) in streams.iter().enumerate() {
+        match &s.number {
+            Some(n) if valid_number(n) && used.insert(n.clone()) => {}
+            _ => missing.push(i),
+        }
+    }
+    let first: u64 = next_number(used.iter().map(String::as_str))
+        .parse()
+        .expect("a whole number");
+    for (n, &i) in (first..).zip(&missing) {
+        streams[i].number = Some(n.to_string());
+    }
+    !missing.is_empty()
+}
+
+/// The stream other than `except` that holds channel number `n`.
+fn number_holder<'a>(streams: &'a [Stream], n: &str, except: &str) -> Option<&'a Stream> {
+    streams
+        .iter()
+        .find(|s| s.id != except && s.number.as_deref() == Some(n))
+}
+
+/// Whether a playlist attribute can be stored and written back: a key of
+/// 1-64 ASCII letters, digits, `-`, `_`, `.` or `:`, a printable value of at
+/// most 2048 bytes.
+pub fn valid_attribute(key: &str, value: &str) -> bool {
+    (1..=64).contains(&key.len())
+        && key
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-_.:".contains(&b))
+        && value.len() <= 2048
+        && !value.chars().any(|c| c.is_control())
+}
+
 /// Validates a stream's fields; `media_dir` governs file:// sources.
 pub fn validate(stream: &Stream, media_dir: Option<&Path>) -> Result<(), CatalogError> {
     let inv = |m: String| Err(CatalogError::Invalid(m));
@@ -152,6 +231,13 @@ pub fn validate(stream: &Stream, media_dir: Option<&Path>) -> Result<(), Catalog
     }
     SourceUri::parse(&stream.url, media_dir)
         .map_err(|e| CatalogError::Invalid(format!("url: {e}")))?;
+    if let Some(n) = &stream.number {
+        if !valid_number(n) {
+            return inv(format!(
+                "number '{n}' must be 1-6 digits, optionally followed by '.' and 1-3 digits (e.g. 7, 101, 5.1)"
+            ));
+        }
+    }
     if stream.backup_urls.len() > MAX_BACKUP_URLS {
         return inv(format!("at most {MAX_BACKUP_URLS} backupUrls"));
     }
@@ -169,6 +255,18 @@ pub fn validate(stream: &Stream, media_dir: Option<&Path>) -> Result<(), Catalog
                 return inv(format!("{label} must be at most 2048 printable characters"));
             }
         }
+    }
+    if stream.attributes.len() > MAX_ATTRIBUTES {
+        return inv(format!("at most {MAX_ATTRIBUTES} attributes"));
+    }
+    if let Some((k, _)) = stream
+        .attributes
+        .iter()
+        .find(|(k, v)| !valid_attribute(k, v))
+    {
+        return inv(format!(
+            "attribute '{k}' must have a key of 1-64 characters of A-Z, a-z, 0-9, '-', '_', '.' or ':' and a printable value of at most 2048 bytes"
+        ));
     }
     if stream.headers.len() > MAX_HEADERS {
         return inv(format!("at most {MAX_HEADERS} headers"));
@@ -213,8 +311,11 @@ impl Catalog {
         let path = data_dir.join(CATALOG_FILE);
         let (streams, opened) = match std::fs::read(&path) {
             Ok(bytes) => match serde_json::from_slice::<Vec<Stream>>(&bytes) {
-                Ok(streams) => {
+                Ok(mut streams) => {
                     let n = streams.len();
+                    if assign_numbers(&mut streams) {
+                        persist(&path, &streams)?;
+                    }
                     (streams, Opened::Loaded(n))
                 }
                 Err(e) => {
@@ -305,7 +406,9 @@ impl Catalog {
             group: input.group.clone(),
             logo: input.logo.clone(),
             tvg_id: input.tvg_id.clone(),
+            number: input.number.clone(),
             headers: input.headers.clone().unwrap_or_default(),
+            attributes: input.attributes.clone().unwrap_or_default(),
             enabled: input.enabled.unwrap_or(true),
             created_at: now.clone(),
             updated_at: now,
@@ -322,6 +425,18 @@ impl Catalog {
                 None => unique_id(streams, &slugify(&stream.name)),
             };
             validate(&stream, self.media_dir())?;
+            match &stream.number {
+                Some(n) => {
+                    if let Some(other) = number_holder(streams, n, &stream.id) {
+                        return Err(CatalogError::NumberTaken(n.clone(), other.id.clone()));
+                    }
+                }
+                None => {
+                    stream.number = Some(next_number(
+                        streams.iter().filter_map(|s| s.number.as_deref()),
+                    ))
+                }
+            }
             streams.push(stream.clone());
             Ok(stream)
         })
@@ -340,7 +455,7 @@ impl Catalog {
         let id = id.to_string();
         self.mutate(move |streams| {
             let s = streams
-                .iter_mut()
+                .iter()
                 .find(|s| s.id == id)
                 .ok_or_else(|| CatalogError::NotFound(id.clone()))?;
             let mut next = s.clone();
@@ -362,14 +477,29 @@ impl Catalog {
             if let Some(v) = input.tvg_id {
                 next.tvg_id = Some(v).filter(|g| !g.is_empty());
             }
+            if let Some(v) = input.number {
+                next.number = Some(v);
+            }
             if let Some(v) = input.headers {
                 next.headers = v;
+            }
+            if let Some(v) = input.attributes {
+                next.attributes = v;
             }
             if let Some(v) = input.enabled {
                 next.enabled = v;
             }
             next.updated_at = now_rfc3339();
             validate(&next, self.media_dir())?;
+            if let Some(n) = &next.number {
+                if let Some(other) = number_holder(streams, n, &id) {
+                    return Err(CatalogError::NumberTaken(n.clone(), other.id.clone()));
+                }
+            }
+            let s = streams
+                .iter_mut()
+                .find(|s| s.id == id)
+                .expect("found above");
             *s = next.clone();
             Ok(next)
         })
@@ -390,12 +520,15 @@ impl Catalog {
     }
 
     /// Upserts many streams (an M3U import) in one durable write. An entry
-    /// updates the stream with the same `tvgId` and URL, else the same
-    /// `tvgId`, else the same URL (each existing stream matched at most once
-    /// per import, so channels sharing an EPG id stay apart); otherwise it
-    /// creates a stream whose id comes from its `tvgId` or name. Invalid
-    /// entries and repeats of an earlier entry are skipped and reported by
-    /// line; the rest still lands.
+    /// updates the stream with the same `tvgId` and URL, else the same URL
+    /// (each existing stream matched at most once per import, so channels
+    /// sharing an EPG id stay apart); its URL already being a backup URL of
+    /// the stream with its `tvgId` leaves that stream unchanged. A different
+    /// URL under the `tvgId` and name of a stream becomes a backup URL of
+    /// that stream (a mirror), never a replacement of its URL. Otherwise the
+    /// entry creates a stream whose id comes from its `tvgId` or name.
+    /// Invalid entries and repeats of an earlier entry are skipped and
+    /// reported by line; the rest still lands.
     pub async fn import(&self, entries: Vec<ImportEntry>) -> Result<ImportOutcome, CatalogError> {
         let media_dir = self.media_dir.clone();
         self.mutate(move |streams| Ok(apply_import(streams, entries, media_dir.as_deref())))
@@ -416,10 +549,15 @@ pub struct ImportEntry {
     pub name: String,
     pub url: String,
     pub tvg_id: Option<String>,
+    /// The playlist's channel number (`tvg-chno` / `channel-number`).
+    pub number: Option<String>,
     pub group: Option<String>,
     pub logo: Option<String>,
     /// Overlaid on the stream's headers (others the operator set are kept).
     pub headers: BTreeMap<String, String>,
+    /// Every playlist attribute; overlaid on the stream's like `headers`
+    /// (those that cannot be stored are left out).
+    pub attributes: BTreeMap<String, String>,
 }
 
 /// Why one playlist line was not imported.
@@ -429,11 +567,17 @@ pub struct ImportError {
     pub message: String,
 }
 
-/// What an import did: `skipped` counts the entries listed in `errors`.
+/// What an import did, one count per entry: `imported` (a new stream),
+/// `updated` (a stream changed), `unchanged` (matched, nothing to change),
+/// `mergedAsBackup` (the URL joined a stream as a mirror), `skipped` (the
+/// entries listed in `errors`).
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
 pub struct ImportOutcome {
     pub imported: usize,
     pub updated: usize,
+    pub unchanged: usize,
+    pub merged_as_backup: usize,
     pub skipped: usize,
     pub errors: Vec<ImportError>,
 }
@@ -458,57 +602,109 @@ fn apply_import(
     use std::collections::{HashMap, HashSet};
     let now = now_rfc3339();
     let mut out = ImportOutcome::default();
+    let name_key = |n: &str| n.trim().to_lowercase();
     let mut by_pair: HashMap<(String, String), Vec<usize>> = HashMap::new();
-    let mut by_tvg: HashMap<String, Vec<usize>> = HashMap::new();
     let mut by_url: HashMap<String, Vec<usize>> = HashMap::new();
+    let mut by_backup: HashMap<(String, String), usize> = HashMap::new();
+    let mut by_tvg_name: HashMap<(String, String), usize> = HashMap::new();
     for (i, s) in streams.iter().enumerate() {
         let tvg = s.tvg_id.clone().unwrap_or_default();
         by_pair
             .entry((tvg.clone(), s.url.clone()))
             .or_default()
             .push(i);
-        if !tvg.is_empty() {
-            by_tvg.entry(tvg).or_default().push(i);
-        }
         by_url.entry(s.url.clone()).or_default().push(i);
+        if !tvg.is_empty() {
+            for b in &s.backup_urls {
+                by_backup.entry((tvg.clone(), b.clone())).or_insert(i);
+            }
+            by_tvg_name
+                .entry((tvg.clone(), name_key(&s.name)))
+                .or_insert(i);
+        }
     }
     let mut claimed = vec![false; streams.len()];
     let mut ids: HashSet<String> = streams.iter().map(|s| s.id.clone()).collect();
+    // Channel numbers in use (number -> stream id) and the highest whole one.
+    let mut numbers: HashMap<String, String> = streams
+        .iter()
+        .filter_map(|s| Some((s.number.clone()?, s.id.clone())))
+        .collect();
+    let whole = |n: &str| n.split('.').next().and_then(|w| w.parse::<u64>().ok());
+    let mut top = numbers.keys().filter_map(|n| whole(n)).max().unwrap_or(0);
     let mut seen: HashMap<(String, String), usize> = HashMap::new();
-    for e in entries {
+    for mut e in entries {
         let tvg = e.tvg_id.clone().unwrap_or_default();
         let key = (tvg.clone(), e.url.clone());
         if let Some(first) = seen.get(&key) {
             out.skip(e.line, format!("same tvg-id and URL as line {first}"));
             continue;
         }
+        e.attributes.retain(|k, v| valid_attribute(k, v));
+        while e.attributes.len() > MAX_ATTRIBUTES {
+            e.attributes.pop_last();
+        }
         let free =
             |list: Option<&Vec<usize>>| list.and_then(|l| l.iter().copied().find(|&i| !claimed[i]));
-        let found = free(by_pair.get(&key))
-            .or_else(|| (!tvg.is_empty()).then(|| free(by_tvg.get(&tvg))).flatten())
-            .or_else(|| free(by_url.get(&e.url)));
+        let found = free(by_pair.get(&key)).or_else(|| free(by_url.get(&e.url)));
+        if found.is_none() && !tvg.is_empty() {
+            if by_backup.contains_key(&key) {
+                seen.insert(key, e.line);
+                out.unchanged += 1;
+                continue;
+            }
+            if let Some(&i) = by_tvg_name.get(&(tvg.clone(), name_key(&e.name))) {
+                let mut next = streams[i].clone();
+                if next.backup_urls.len() >= MAX_BACKUP_URLS {
+                    out.skip(
+                        e.line,
+                        format!(
+                            "stream '{}' already has {MAX_BACKUP_URLS} backup URLs; this mirror was not added",
+                            next.id
+                        ),
+                    );
+                    continue;
+                }
+                next.backup_urls.push(e.url.clone());
+                for (k, v) in e.attributes {
+                    next.attributes.entry(k).or_insert(v);
+                }
+                if let Err(err) = validate(&next, media_dir) {
+                    out.skip(e.line, err.to_string());
+                    continue;
+                }
+                next.updated_at = now.clone();
+                streams[i] = next;
+                by_backup.insert(key.clone(), i);
+                seen.insert(key, e.line);
+                out.merged_as_backup += 1;
+                continue;
+            }
+        }
         let mut next = match found {
             Some(i) => streams[i].clone(),
             None => Stream {
                 id: String::new(),
                 name: String::new(),
-                url: String::new(),
+                url: e.url.clone(),
                 backup_urls: vec![],
                 group: None,
                 logo: None,
                 tvg_id: None,
+                number: None,
                 headers: BTreeMap::new(),
+                attributes: BTreeMap::new(),
                 enabled: true,
                 created_at: now.clone(),
                 updated_at: now.clone(),
             },
         };
         next.name = e.name;
-        next.url = e.url;
         next.tvg_id = e.tvg_id.or(next.tvg_id);
         next.group = e.group.or(next.group);
         next.logo = e.logo.or(next.logo);
         next.headers.extend(e.headers);
+        next.attributes.extend(e.attributes);
         if found.is_none() {
             let base = slugify(next.tvg_id.as_deref().unwrap_or(&next.name));
             next.id = (1..)
@@ -522,9 +718,28 @@ fn apply_import(
                 .find(|c| !ids.contains(c))
                 .expect("an unused id exists");
         }
+        // The playlist's number when it is free (or already this stream's);
+        // otherwise the stream keeps its number, or a new one gets the next.
+        let wanted = e
+            .number
+            .filter(|n| valid_number(n) && numbers.get(n).is_none_or(|holder| *holder == next.id));
+        let old_number = next.number.clone();
+        if let Some(n) = wanted {
+            next.number = Some(n);
+        } else if next.number.is_none() {
+            next.number = Some((top + 1).to_string());
+        }
         if let Err(err) = validate(&next, media_dir) {
             out.skip(e.line, err.to_string());
             continue;
+        }
+        if next.number != old_number {
+            if let Some(old) = &old_number {
+                numbers.remove(old);
+            }
+            let n = next.number.clone().expect("set above");
+            top = top.max(whole(&n).unwrap_or(0));
+            numbers.insert(n, next.id.clone());
         }
         seen.insert(key, e.line);
         match found {
@@ -533,12 +748,20 @@ fn apply_import(
                 if streams[i] != next {
                     next.updated_at = now.clone();
                     streams[i] = next;
+                    out.updated += 1;
+                } else {
+                    out.unchanged += 1;
                 }
-                out.updated += 1;
             }
             None => {
                 ids.insert(next.id.clone());
+                if !tvg.is_empty() {
+                    by_tvg_name
+                        .entry((tvg, name_key(&next.name)))
+                        .or_insert(streams.len());
+                }
                 streams.push(next);
+                claimed.push(true);
                 out.imported += 1;
             }
         }
@@ -592,12 +815,14 @@ pub fn demo_streams() -> Vec<Stream> {
         group: Some("Demo".into()),
         logo: None,
         tvg_id: Some(id.into()),
+        number: None,
         headers: BTreeMap::new(),
+        attributes: BTreeMap::new(),
         enabled: true,
         created_at: now.clone(),
         updated_at: now.clone(),
     };
-    vec![
+    let mut demo = vec![
         mk(
             "demo-smpte",
             "SMPTE bars 1080p30 with tone",
@@ -618,7 +843,9 @@ pub fn demo_streams() -> Vec<Stream> {
             "Colour bars, no audio 720p30",
             "test://smpte75?size=1280x720&rate=30&audio=none",
         ),
-    ]
+    ];
+    assign_numbers(&mut demo);
+    demo
 }
 
 #[cfg(test)]
@@ -725,20 +952,231 @@ mod tests {
         assert_eq!(cat.get("one-uk").unwrap().name, "One HD");
         assert_eq!(cat.get("one-uk-2").unwrap().name, "One SD");
         assert_eq!(cat.get("radio").unwrap().url, "http://h/radio");
-        // Tokens rotated: matched by tvg-id in order; the radio by URL.
+        // Another URL under the same tvg-id and name is a mirror: it joins the
+        // stream as a backup, the URL stays. The radio is matched by URL.
         let again = vec![
             e(2, Some("One.uk"), "One HD", "http://h/1?token=b"),
             e(4, Some("One.uk"), "One SD", "http://h/1sd?token=b"),
             e(6, None, "Radio 1", "http://h/radio"),
         ];
-        let out = cat.import(again).await.unwrap();
-        assert_eq!((out.imported, out.updated, out.skipped), (0, 3, 0));
+        let out = cat.import(again.clone()).await.unwrap();
+        assert_eq!(
+            (
+                out.imported,
+                out.updated,
+                out.unchanged,
+                out.merged_as_backup,
+                out.skipped
+            ),
+            (0, 1, 0, 2, 0)
+        );
         assert_eq!(cat.len(), demo + 3);
-        assert_eq!(cat.get("one-uk").unwrap().url, "http://h/1?token=b");
-        assert_eq!(cat.get("one-uk-2").unwrap().url, "http://h/1sd?token=b");
+        let one = cat.get("one-uk").unwrap();
+        assert_eq!(one.url, "http://h/1?token=a");
+        assert_eq!(one.backup_urls, ["http://h/1?token=b"]);
+        assert_eq!(
+            cat.get("one-uk-2").unwrap().backup_urls,
+            ["http://h/1sd?token=b"]
+        );
         assert_eq!(cat.get("radio").unwrap().name, "Radio 1");
+        // The same entries again: every one matched, nothing changes.
+        let before = cat.snapshot();
+        let out = cat.import(again).await.unwrap();
+        assert_eq!(
+            (
+                out.imported,
+                out.updated,
+                out.unchanged,
+                out.merged_as_backup
+            ),
+            (0, 0, 3, 0)
+        );
+        assert_eq!(cat.snapshot(), before);
+        // Same tvg-id, another name: another channel, never a replacement.
+        let out = cat
+            .import(vec![e(2, Some("One.uk"), "One +1", "http://h/1plus1")])
+            .await
+            .unwrap();
+        assert_eq!((out.imported, out.merged_as_backup), (1, 0));
+        assert_eq!(cat.get("one-uk").unwrap().url, "http://h/1?token=a");
         let (reopened, _) = Catalog::open(dir.path(), None).unwrap();
         assert_eq!(reopened.snapshot(), cat.snapshot());
+    }
+
+    #[tokio::test]
+    async fn mirrors_merge_up_to_the_backup_limit_and_attributes_are_kept() {
+        let dir = tempfile::tempdir().unwrap();
+        let (cat, _) = Catalog::open(dir.path(), None).unwrap();
+        let mut entries = Vec::new();
+        for i in 0..=MAX_BACKUP_URLS + 1 {
+            let mut attributes = BTreeMap::new();
+            attributes.insert("tvg-name".to_string(), "News_Int".to_string());
+            attributes.insert(format!("x-mirror-{i}"), i.to_string());
+            attributes.insert("bad key".to_string(), "dropped".to_string());
+            entries.push(ImportEntry {
+                line: 2 * i + 2,
+                name: "News".into(),
+                url: format!("http://mirror{i}.example/news.m3u8"),
+                tvg_id: Some("News.int".into()),
+                attributes,
+                ..Default::default()
+            });
+        }
+        let out = cat.import(entries).await.unwrap();
+        assert_eq!(
+            (out.imported, out.merged_as_backup, out.skipped),
+            (1, MAX_BACKUP_URLS, 1),
+            "{out:?}"
+        );
+        assert!(out.errors[0].message.contains("backup URLs"), "{out:?}");
+        let s = cat.get("news-int").unwrap();
+        assert_eq!(s.url, "http://mirror0.example/news.m3u8");
+        assert_eq!(s.backup_urls.len(), MAX_BACKUP_URLS);
+        assert_eq!(s.attributes["tvg-name"], "News_Int");
+        assert_eq!(s.attributes["x-mirror-0"], "0");
+        assert_eq!(s.attributes["x-mirror-3"], "3", "a mirror adds what is new");
+        assert!(!s.attributes.contains_key("bad key"));
+    }
+
+    #[tokio::test]
+    async fn channel_numbers_are_assigned_kept_and_unique() {
+        let dir = tempfile::tempdir().unwrap();
+        let (cat, _) = Catalog::open(dir.path(), None).unwrap();
+        let numbers: Vec<Option<String>> =
+            cat.snapshot().iter().map(|s| s.number.clone()).collect();
+        assert_eq!(numbers, ["1", "2", "3", "4"].map(|n| Some(n.to_string())));
+        let input = |name: &str, number: Option<&str>| StreamInput {
+            name: Some(name.into()),
+            url: Some(format!("http://h/{name}")),
+            number: number.map(Into::into),
+            ..Default::default()
+        };
+        let a = cat.create(input("a", None)).await.unwrap();
+        assert_eq!(a.number.as_deref(), Some("5"));
+        let b = cat.create(input("b", Some("20.1"))).await.unwrap();
+        assert_eq!(b.number.as_deref(), Some("20.1"));
+        let err = cat.create(input("c", Some("5"))).await.unwrap_err();
+        assert!(
+            matches!(&err, CatalogError::NumberTaken(n, id) if n == "5" && id == "a"),
+            "{err}"
+        );
+        let err = cat.create(input("c", Some("five"))).await.unwrap_err();
+        assert!(matches!(err, CatalogError::Invalid(m) if m.contains("number")));
+        let c = cat.create(input("c", None)).await.unwrap();
+        assert_eq!(c.number.as_deref(), Some("21"));
+        let err = cat.update("c", input("c", Some("1"))).await.unwrap_err();
+        assert!(matches!(err, CatalogError::NumberTaken(..)));
+        let c = cat.update("c", input("c", Some("30"))).await.unwrap();
+        assert_eq!(c.number.as_deref(), Some("30"));
+        // Edits without a number keep it.
+        let c = cat
+            .update(
+                "c",
+                StreamInput {
+                    enabled: Some(false),
+                    ..Default::default()
+                },
+            )
+            .await
+            .unwrap();
+        assert_eq!(c.number.as_deref(), Some("30"));
+
+        // Import: tvg-chno when free, the next number otherwise, and a
+        // re-import without numbers keeps them.
+        let e = |line, name: &str, number: Option<&str>| ImportEntry {
+            line,
+            name: name.into(),
+            url: format!("http://h/imp/{name}"),
+            tvg_id: Some(format!("{name}.tv")),
+            number: number.map(Into::into),
+            ..Default::default()
+        };
+        let out = cat
+            .import(vec![
+                e(2, "x", Some("101")),
+                e(4, "y", Some("101")),
+                e(6, "z", None),
+            ])
+            .await
+            .unwrap();
+        assert_eq!(out.imported, 3, "{out:?}");
+        let num = |id: &str| cat.get(id).unwrap().number.unwrap();
+        assert_eq!(
+            (num("x-tv"), num("y-tv"), num("z-tv")),
+            ("101".into(), "102".into(), "103".into())
+        );
+        let out = cat
+            .import(vec![e(2, "x", None), e(4, "y", None), e(6, "z", None)])
+            .await
+            .unwrap();
+        assert_eq!(out.unchanged, 3, "{out:?}");
+        let out = cat.import(vec![e(2, "z", Some("7"))]).await.unwrap();
+        assert_eq!(out.updated, 1, "{out:?}");
+        assert_eq!(num("z-tv"), "7");
+        let (reopened, _) = Catalog::open(dir.path(), None).unwrap();
+        assert_eq!(reopened.snapshot(), cat.snapshot());
+    }
+
+    #[test]
+    fn a_catalog_without_numbers_gets_them_at_load_on_disk() {
+        let dir = tempfile::tempdir().unwrap();
+        let old = r#"[
+            {"id": "b", "name": "B", "url": "http://h/b", "createdAt": "t", "updatedAt": "t"},
+            {"id": "a", "name": "A", "url": "http://h/a", "number": "9", "createdAt": "t", "updatedAt": "t"},
+            {"id": "c", "name": "C", "url": "http://h/c", "number": "9", "createdAt": "t", "updatedAt": "t"}
+        ]"#;
+        std::fs::write(dir.path().join(CATALOG_FILE), old).unwrap();
+        let (cat, opened) = Catalog::open(dir.path(), None).unwrap();
+        assert_eq!(opened, Opened::Loaded(3));
+        let numbers: Vec<String> = cat
+            .snapshot()
+            .iter()
+            .map(|s| s.number.clone().unwrap())
+            .collect();
+        assert_eq!(
+            numbers,
+            ["10", "9", "11"],
+            "kept where unique, assigned in order otherwise"
+        );
+        let on_disk: Vec<Stream> =
+            serde_json::from_slice(&std::fs::read(dir.path().join(CATALOG_FILE)).unwrap()).unwrap();
+        assert_eq!(on_disk, *cat.snapshot());
+        let (again, _) = Catalog::open(dir.path(), None).unwrap();
+        assert_eq!(again.snapshot(), cat.snapshot());
+    }
+
+    #[test]
+    fn redaction_masks_credentials_in_url_attributes_only() {
+        let mut s = demo_streams().remove(0);
+        s.attributes
+            .insert("tvg-name".into(), "Bars://not a url".into());
+        s.attributes.insert(
+            "catchup-source".into(),
+            "http://user:pw@cdn.example/x?token=abc".into(),
+        );
+        s.attributes.insert("tvg-language".into(), "English".into());
+        let r = s.redacted();
+        assert_eq!(r.attributes["tvg-language"], "English");
+        let c = &r.attributes["catchup-source"];
+        assert!(!c.contains("user:pw") && !c.contains("abc"), "{c}");
+        assert!(
+            c.starts_with("http://") && c.contains("cdn.example/x"),
+            "{c}"
+        );
+    }
+
+    #[test]
+    fn channel_number_syntax() {
+        for good in ["1", "007", "101", "5.1", "999999.999"] {
+            assert!(valid_number(good), "{good}");
+        }
+        for bad in [
+            "", "a", "1.", ".1", "1.2.3", "-1", "1234567", "1.1234", " 1",
+        ] {
+            assert!(!valid_number(bad), "{bad}");
+        }
+        assert_eq!(next_number(["3", "10.2", "x"]), "11");
+        assert_eq!(next_number([]), "1");
     }
 
     #[test]

@@ -174,6 +174,59 @@ pub struct Settings {
     #[arg(long = "rate-limit-api", env = "RATE_LIMIT_API", value_name = "RATE_LIMIT_API",
           default_value = DEFAULT_RATE_LIMIT_API, value_parser = crate::http::ratelimit::Rate::parse)]
     pub rate_limit_api: crate::http::ratelimit::Rate,
+
+    // HDHomeRun tuner emulation (SPEC §14).
+    /// Serve the HDHomeRun tuner routes (/discover.json, /lineup.json, ...) for Plex, Jellyfin and Emby: true or false.
+    #[arg(long = "hdhr-enabled", env = "HDHR_ENABLED", value_name = "HDHR_ENABLED",
+          default_value_t = true, action = clap::ArgAction::Set, value_parser = parse_switch)]
+    pub hdhr_enabled: bool,
+
+    /// The tuner's base URL as media servers reach sluice (http(s)://host[:port][/prefix]); unset: from the request's Host.
+    #[arg(long = "hdhr-base-url", env = "HDHR_BASE_URL", value_name = "HDHR_BASE_URL",
+          value_parser = parse_base_url)]
+    pub hdhr_base_url: Option<String>,
+
+    /// Quality profile the tuner's channels are transcoded to; unset: remux where the source allows.
+    #[arg(
+        long = "hdhr-quality",
+        env = "HDHR_QUALITY",
+        value_name = "HDHR_QUALITY"
+    )]
+    pub hdhr_quality: Option<String>,
+
+    /// Announce the tuner by SSDP on the LAN (UDP 239.255.255.250:1900) so media servers find it by themselves: true or false.
+    #[arg(long = "hdhr-ssdp", env = "HDHR_SSDP", value_name = "HDHR_SSDP",
+          default_value_t = false, action = clap::ArgAction::Set, value_parser = parse_switch)]
+    pub hdhr_ssdp: bool,
+}
+
+/// `true`/`false` (also `yes`/`no`, `on`/`off`, `1`/`0`).
+fn parse_switch(s: &str) -> Result<bool, String> {
+    match s.trim().to_ascii_lowercase().as_str() {
+        "true" | "yes" | "on" | "1" => Ok(true),
+        "false" | "no" | "off" | "0" => Ok(false),
+        _ => Err("expected true or false".into()),
+    }
+}
+
+/// An absolute http(s) URL without query or fragment; a trailing `/` is dropped.
+fn parse_base_url(s: &str) -> Result<String, String> {
+    let s = s.trim().trim_end_matches('/');
+    let u =
+        url::Url::parse(s).map_err(|e| format!("expected http(s)://host[:port][/prefix]: {e}"))?;
+    if !matches!(u.scheme(), "http" | "https")
+        || u.host_str().is_none()
+        || u.query().is_some()
+        || u.fragment().is_some()
+        || !u.username().is_empty()
+        || u.password().is_some()
+    {
+        return Err(
+            "expected http(s)://host[:port][/prefix], without credentials, query or fragment"
+                .into(),
+        );
+    }
+    Ok(s.to_string())
 }
 
 impl Settings {
@@ -190,6 +243,16 @@ impl Settings {
                 "TRANSCODE_QUALITY_PROFILE: '{}' is not a profile name ([a-z0-9_-]+)",
                 self.default_quality
             ));
+        }
+        if self.hdhr_ssdp && !self.hdhr_enabled {
+            return Err("HDHR_SSDP: announces the tuner, so it needs HDHR_ENABLED=true".into());
+        }
+        if let Some(q) = &self.hdhr_quality {
+            if !crate::profiles::valid_name(q) {
+                return Err(format!(
+                    "HDHR_QUALITY: '{q}' is not a profile name ([a-z0-9_-]+)"
+                ));
+            }
         }
         if let Some(key) = &self.admin_api_key {
             if key.trim().is_empty() {
@@ -385,6 +448,47 @@ pub fn parse_size(s: &str) -> Result<u64, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn hdhr_settings_parse_and_are_checked() {
+        let s = Settings::parse_from(["sluice"]);
+        assert!(s.hdhr_enabled);
+        assert!(s.hdhr_base_url.is_none() && s.hdhr_quality.is_none());
+        assert!(!s.hdhr_ssdp);
+        assert!(Settings::parse_from(["sluice", "--hdhr-ssdp", "true"]).hdhr_ssdp);
+        let s = Settings::parse_from([
+            "sluice",
+            "--hdhr-enabled",
+            "false",
+            "--hdhr-base-url",
+            "http://nas.lan:3000/",
+            "--hdhr-quality",
+            "low",
+        ]);
+        assert!(!s.hdhr_enabled);
+        assert_eq!(s.hdhr_base_url.as_deref(), Some("http://nas.lan:3000"));
+        assert_eq!(s.hdhr_quality.as_deref(), Some("low"));
+        assert_eq!(
+            parse_base_url("https://tv.example/sluice").as_deref(),
+            Ok("https://tv.example/sluice")
+        );
+        for bad in [
+            "nas:3000",
+            "ftp://nas",
+            "http://u:p@nas",
+            "http://nas/?a=1",
+            "http://nas/#x",
+        ] {
+            assert!(parse_base_url(bad).is_err(), "{bad} should be refused");
+        }
+        for bad in ["maybe", "", "2"] {
+            assert!(parse_switch(bad).is_err(), "{bad} should be refused");
+        }
+        assert!(Settings::try_parse_from(["sluice", "--hdhr-enabled", "perhaps"]).is_err());
+        let mut s = Settings::parse_from(["sluice"]);
+        s.hdhr_quality = Some("Not A Name".into());
+        assert!(s.validate().unwrap_err().contains("HDHR_QUALITY"));
+    }
 
     #[test]
     fn sizes_parse_in_every_spec_form() {

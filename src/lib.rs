@@ -21,6 +21,7 @@ pub mod profiles;
 pub mod redact;
 pub mod sessions;
 pub mod shutdown;
+pub mod tuner;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -38,6 +39,8 @@ pub struct AppState {
     pub shutdown: Arc<shutdown::Shutdown>,
     pub health: Arc<health::HealthCache>,
     pub metrics: metrics::Metrics,
+    /// The HDHomeRun tuner identity; `None` when `HDHR_ENABLED=false`.
+    pub tuner: Option<tuner::Identity>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -71,6 +74,14 @@ pub fn build_state(settings: Settings) -> Result<Arc<AppState>, StartError> {
             profiles.names().join(", ")
         )));
     }
+    if let Some(q) = &settings.hdhr_quality {
+        if profiles.get(q).is_none() {
+            return Err(StartError::Config(format!(
+                "HDHR_QUALITY: no profile named '{q}' (available: {})",
+                profiles.names().join(", ")
+            )));
+        }
+    }
     if let Some(dir) = &settings.media_dir {
         if !dir.is_dir() {
             return Err(StartError::Config(format!(
@@ -92,6 +103,18 @@ pub fn build_state(settings: Settings) -> Result<Arc<AppState>, StartError> {
             "catalog was corrupt: moved it aside and started with an empty catalog"
         ),
     }
+    let tuner = if settings.hdhr_enabled {
+        let id = tuner::Identity::load_or_create(&settings.data_dir).map_err(|e| {
+            StartError::Config(format!(
+                "the HDHomeRun identity could not be stored in {}: {e}",
+                settings.data_dir.display()
+            ))
+        })?;
+        tracing::info!(device_id = %id.device_id, "HDHomeRun tuner emulation on");
+        Some(id)
+    } else {
+        None
+    };
     let pool = pool::Pool::new(
         settings.max_transcodes,
         settings.max_remux,
@@ -119,6 +142,7 @@ pub fn build_state(settings: Settings) -> Result<Arc<AppState>, StartError> {
         shutdown: shutdown::Shutdown::new(),
         health,
         metrics: metrics::Metrics::default(),
+        tuner,
     }))
 }
 
@@ -127,6 +151,8 @@ pub struct Server {
     pub addr: SocketAddr,
     pub state: Arc<AppState>,
     serving: tokio::task::JoinHandle<()>,
+    /// SSDP announcements of the tuner (`HDHR_SSDP`).
+    ssdp: Option<tuner::ssdp::Announcer>,
 }
 
 impl Server {
@@ -153,16 +179,40 @@ impl Server {
         let serving = tokio::spawn(http::serve(listener, filter, async move {
             stop_state.shutdown.wait().await
         }));
+        let ssdp = match (&state.tuner, state.settings.hdhr_ssdp) {
+            (Some(id), true) => {
+                let announce = tuner::ssdp::Announce {
+                    device_id: id.device_id.clone(),
+                    base_url: state.settings.hdhr_base_url.clone(),
+                    addr,
+                };
+                match tuner::ssdp::Announcer::start(announce) {
+                    Ok(a) => {
+                        tracing::info!("HDHomeRun tuner announced by SSDP on 239.255.255.250:1900");
+                        Some(a)
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, "SSDP announcements could not start (the tuner can still be added by its address)");
+                        None
+                    }
+                }
+            }
+            _ => None,
+        };
         tracing::info!(%addr, "sluice listening");
         Ok(Server {
             addr,
             state,
             serving,
+            ssdp,
         })
     }
 
     /// Graceful shutdown: stop accepting, flush the catalog, drain sessions.
     pub async fn shutdown(self) {
+        if let Some(ssdp) = self.ssdp {
+            ssdp.stop().await;
+        }
         shutdown::run(&self.state, self.serving).await;
     }
 }

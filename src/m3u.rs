@@ -35,6 +35,9 @@ pub struct M3uEntry {
     pub group: Option<String>,
     /// Request headers the provider asks for (`User-Agent`, `Referer`, ...).
     pub headers: BTreeMap<String, String>,
+    /// Every `#EXTINF` attribute with a value (`tvg-name`, `tvg-language`,
+    /// `tvg-country`, `tvg-chno`, ...), keys lowercased, values cleaned.
+    pub attributes: BTreeMap<String, String>,
 }
 
 /// A line the parser could not use.
@@ -152,6 +155,12 @@ fn entry(p: Pending, url: &str, line: usize) -> M3uEntry {
         tvg_logo: attr("tvg-logo"),
         group: attr("group-title").or(p.group),
         headers: p.headers,
+        attributes: p
+            .attrs
+            .iter()
+            .map(|(k, v)| (k.clone(), clean(v)))
+            .filter(|(_, v)| !v.is_empty())
+            .collect(),
     }
 }
 
@@ -286,24 +295,48 @@ pub struct ExportEntry<'a> {
     pub name: &'a str,
     pub url: &'a str,
     pub tvg_id: Option<&'a str>,
+    /// The channel number, written as `tvg-chno`.
+    pub number: Option<&'a str>,
     pub tvg_logo: Option<&'a str>,
     pub group: Option<&'a str>,
+    /// The attributes the stream was imported with, written back unchanged
+    /// (the fields above take precedence for their own attributes).
+    pub attributes: &'a BTreeMap<String, String>,
 }
 
+/// Attributes [`export`] writes from [`ExportEntry`] fields, not from its map.
+const FIELD_ATTRIBUTES: &[&str] = &["tvg-id", "tvg-name", "tvg-chno", "tvg-logo", "group-title"];
+
 /// Writes an extended M3U playlist: `#EXTM3U`, then per entry an `#EXTINF:-1`
-/// line with `tvg-id`, `tvg-name`, `tvg-logo`, `group-title` (those present)
-/// and the name, then the URL. Lines end with `\n`.
+/// line with `tvg-id`, `tvg-name` (the imported one, else the name),
+/// `tvg-chno`, `tvg-logo`, `group-title` (those present), the stream's other
+/// imported attributes in key order (an imported `channel-number` carries
+/// the current number), and the name, then the URL. Lines end with `\n`.
 pub fn export<'a>(entries: impl IntoIterator<Item = ExportEntry<'a>>) -> String {
     let mut out = String::from("#EXTM3U\n");
     for e in entries {
         out.push_str("#EXTINF:-1");
-        let attrs = [
+        let tvg_name = e
+            .attributes
+            .get("tvg-name")
+            .map(String::as_str)
+            .unwrap_or(e.name);
+        let fields = [
             ("tvg-id", e.tvg_id),
-            ("tvg-name", Some(e.name)),
+            ("tvg-name", Some(tvg_name)),
+            ("tvg-chno", e.number),
             ("tvg-logo", e.tvg_logo),
             ("group-title", e.group),
         ];
-        for (k, v) in attrs {
+        let rest = e
+            .attributes
+            .iter()
+            .filter(|(k, _)| !FIELD_ATTRIBUTES.contains(&k.as_str()) && plain_key(k))
+            .map(|(k, v)| match (k.as_str(), e.number) {
+                ("channel-number", Some(n)) => (k.as_str(), Some(n)),
+                _ => (k.as_str(), Some(v.as_str())),
+            });
+        for (k, v) in fields.into_iter().chain(rest) {
             if let Some(v) = v.map(attr_value).filter(|v| !v.is_empty()) {
                 out.push_str(&format!(" {k}=\"{v}\""));
             }
@@ -315,6 +348,13 @@ pub fn export<'a>(entries: impl IntoIterator<Item = ExportEntry<'a>>) -> String 
         out.push('\n');
     }
     out
+}
+
+/// Whether an attribute key can be written as is (and parsed back).
+fn plain_key(k: &str) -> bool {
+    !k.is_empty()
+        && k.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-_.:".contains(&b))
 }
 
 /// An attribute value safe inside double quotes (M3U has no escapes).
@@ -451,26 +491,31 @@ mod tests {
 
     #[test]
     fn export_is_standard_and_reads_back() {
+        let none = BTreeMap::new();
         let text = export([
             ExportEntry {
                 name: "News, Weather",
                 url: "http://s:3000/streams/preview/news?format=ts",
                 tvg_id: Some("news.uk"),
+                number: Some("101"),
                 tvg_logo: Some("http://l/n.png"),
                 group: Some("UK \"Local\""),
+                attributes: &none,
             },
             ExportEntry {
                 name: "Bare",
                 url: "http://s:3000/streams/preview/bare?format=ts",
                 tvg_id: None,
+                number: None,
                 tvg_logo: None,
                 group: None,
+                attributes: &none,
             },
         ]);
         assert_eq!(
             text,
             "#EXTM3U\n\
-             #EXTINF:-1 tvg-id=\"news.uk\" tvg-name=\"News, Weather\" tvg-logo=\"http://l/n.png\" group-title=\"UK 'Local'\",News, Weather\n\
+             #EXTINF:-1 tvg-id=\"news.uk\" tvg-name=\"News, Weather\" tvg-chno=\"101\" tvg-logo=\"http://l/n.png\" group-title=\"UK 'Local'\",News, Weather\n\
              http://s:3000/streams/preview/news?format=ts\n\
              #EXTINF:-1 tvg-name=\"Bare\",Bare\n\
              http://s:3000/streams/preview/bare?format=ts\n"
@@ -480,5 +525,36 @@ mod tests {
         assert_eq!(back[0].tvg_id.as_deref(), Some("news.uk"));
         assert_eq!(back[0].group.as_deref(), Some("UK 'Local'"));
         assert_eq!(back[1].url, "http://s:3000/streams/preview/bare?format=ts");
+    }
+
+    #[test]
+    fn every_attribute_is_kept_and_exported_unchanged() {
+        let e = ok("#EXTM3U\n#EXTINF:-1 tvg-id=\"a.fr\" tvg-name=\"A_Info\" tvg-language=\"French;English\" tvg-country=FR tvg-chno=\"7\" catchup-days='3' tvg-url=\"\" group-title=\"News\",A Info HD\nhttp://h/a.m3u8\n");
+        let attrs = &e[0].attributes;
+        assert_eq!(attrs["tvg-name"], "A_Info");
+        assert_eq!(attrs["tvg-language"], "French;English");
+        assert_eq!(attrs["tvg-country"], "FR");
+        assert_eq!(attrs["tvg-chno"], "7");
+        assert_eq!(attrs["catchup-days"], "3");
+        assert!(!attrs.contains_key("tvg-url"), "empty values carry nothing");
+        assert_eq!(e[0].name, "A Info HD");
+        let text = export([ExportEntry {
+            name: &e[0].name,
+            url: "http://s/streams/preview/a-fr?format=ts",
+            tvg_id: e[0].tvg_id.as_deref(),
+            number: Some("7"),
+            tvg_logo: None,
+            group: Some("World"),
+            attributes: attrs,
+        }]);
+        assert_eq!(
+            text,
+            "#EXTM3U\n\
+             #EXTINF:-1 tvg-id=\"a.fr\" tvg-name=\"A_Info\" tvg-chno=\"7\" group-title=\"World\" catchup-days=\"3\" tvg-country=\"FR\" tvg-language=\"French;English\",A Info HD\n\
+             http://s/streams/preview/a-fr?format=ts\n"
+        );
+        let back = ok(&text);
+        assert_eq!(back[0].attributes["tvg-language"], "French;English");
+        assert_eq!(back[0].attributes["tvg-name"], "A_Info");
     }
 }

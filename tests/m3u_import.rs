@@ -159,16 +159,18 @@ async fn a_provider_playlist_imports_with_its_quirks_and_reimports_without_dupli
     let cam = stream(&ts, "front").await;
     assert_eq!(cam["url"], "rtsp://camera.example:554/front");
 
-    // The same playlist again: everything matched, nothing added.
+    // The same playlist again: everything matched, nothing added or changed.
     let (status, r) = import(&ts, Some("application/x-mpegurl"), PROVIDER).await;
     assert_eq!(status, 200, "{r}");
     assert_eq!(
         (
             r["imported"].as_u64(),
             r["updated"].as_u64(),
+            r["unchanged"].as_u64(),
+            r["mergedAsBackup"].as_u64(),
             r["skipped"].as_u64()
         ),
-        (Some(0), Some(4), Some(2)),
+        (Some(0), Some(0), Some(4), Some(0), Some(2)),
         "{r}"
     );
     assert_eq!(streams(&ts).await.len(), before + 4);
@@ -178,25 +180,141 @@ async fn a_provider_playlist_imports_with_its_quirks_and_reimports_without_dupli
         "unchanged entries keep their timestamps"
     );
 
-    // Rotated credentials and a renamed channel: updated in place by tvg-id.
+    // A renamed channel is updated in place; other URLs under the same
+    // tvg-id and name are mirrors: backups, never replacements.
     let rotated = PROVIDER
         .replace("/user/pass/", "/user/newpass/")
         .replace(",News, Weather & Sport", ",News HD");
     let (_, r) = import(&ts, None, rotated).await;
     assert_eq!(
-        (r["imported"].as_u64(), r["updated"].as_u64()),
-        (Some(0), Some(4)),
+        (
+            r["imported"].as_u64(),
+            r["updated"].as_u64(),
+            r["unchanged"].as_u64(),
+            r["mergedAsBackup"].as_u64()
+        ),
+        (Some(1), Some(0), Some(2), Some(1)),
         "{r}"
     );
-    let news2 = stream(&ts, "news-uk").await;
-    assert_eq!(news2["name"], "News HD");
+    let film = stream(&ts, "film4-uk").await;
     assert_eq!(
-        news2["url"],
+        film["url"], "http://provider.example/live/user/pass/102.ts",
+        "{film}"
+    );
+    assert_eq!(
+        film["backupUrls"],
+        json!(["http://provider.example/live/user/newpass/102.ts"])
+    );
+    assert_ne!(film["updatedAt"], film["createdAt"]);
+    assert_eq!(stream(&ts, "news-uk").await, news, "the old channel stays");
+    let news_hd = stream(&ts, "news-uk-2").await;
+    assert_eq!(news_hd["name"], "News HD");
+    assert_eq!(
+        news_hd["url"],
         "http://provider.example/live/user/newpass/101.ts"
     );
-    assert_eq!(news2["createdAt"], news["createdAt"]);
-    assert_ne!(news2["updatedAt"], news["updatedAt"]);
-    assert_eq!(streams(&ts).await.len(), before + 4);
+    assert_eq!(streams(&ts).await.len(), before + 5);
+    ts.stop().await;
+}
+
+/// A news list and a country list that share channels: the mirrors of one
+/// channel under one tvg-id and name, attributes of every kind.
+const NEWS_LIST: &str = "#EXTM3U\n\
+#EXTINF:-1 tvg-id=\"France24.fr\" tvg-name=\"France 24\" tvg-language=\"French\" tvg-country=\"FR;INT\" tvg-logo=\"http://logo.example/f24.png\" group-title=\"News\",France 24 (1080p)\n\
+http://cdn-a.example/f24/index.m3u8\n\
+#EXTINF:-1 tvg-id=\"DW.de\" tvg-name=\"DW_English\" tvg-language=\"English\" tvg-country=\"DE\" group-title=\"News\" user-agent=\"Mozilla/5.0\" catchup-source=\"http://u:S3cret@cdn-a.example/dw/{utc}\",DW English\n\
+http://cdn-a.example/dw/index.m3u8\n";
+
+const COUNTRY_LIST: &str = "#EXTM3U\n\
+#EXTINF:-1 tvg-id=\"France24.fr\" tvg-name=\"France 24\" tvg-language=\"French\" tvg-country=\"FR\" tvg-logo=\"http://logo.example/f24.png\" group-title=\"News\",France 24 (1080p)\n\
+http://cdn-b.example/france24/master.m3u8\n\
+#EXTINF:-1 tvg-id=\"Arte.fr\" tvg-name=\"Arte\" tvg-language=\"French;German\" tvg-country=\"FR\" group-title=\"Culture\",Arte\n\
+http://cdn-b.example/arte/master.m3u8\n";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn overlapping_playlists_keep_every_mirror_and_attribute() {
+    let ts = start().await;
+    clear_demo(&ts).await;
+    let (status, r) = import(&ts, Some("audio/x-mpegurl"), NEWS_LIST).await;
+    assert_eq!(status, 200, "{r}");
+    assert_eq!(r["imported"], 2, "{r}");
+    let (status, r) = import(&ts, Some("audio/x-mpegurl"), COUNTRY_LIST).await;
+    assert_eq!(status, 200, "{r}");
+    assert_eq!(
+        r,
+        json!({"imported": 1, "updated": 0, "unchanged": 0, "mergedAsBackup": 1, "skipped": 0, "errors": []})
+    );
+    let f24 = stream(&ts, "france24-fr").await;
+    assert_eq!(f24["url"], "http://cdn-a.example/f24/index.m3u8");
+    assert_eq!(
+        f24["backupUrls"],
+        json!(["http://cdn-b.example/france24/master.m3u8"])
+    );
+    assert_eq!(
+        f24["attributes"],
+        json!({
+            "group-title": "News",
+            "tvg-country": "FR;INT",
+            "tvg-id": "France24.fr",
+            "tvg-language": "French",
+            "tvg-logo": "http://logo.example/f24.png",
+            "tvg-name": "France 24",
+        })
+    );
+    let dw = stream(&ts, "dw-de").await;
+    assert_eq!(dw["attributes"]["tvg-name"], "DW_English");
+    assert_eq!(dw["attributes"]["user-agent"], "Mozilla/5.0");
+    assert_eq!(
+        dw["attributes"]["catchup-source"], "http://u:S3cret@cdn-a.example/dw/{utc}",
+        "loopback admin sees attributes whole"
+    );
+    assert_eq!(
+        stream(&ts, "arte-fr").await["attributes"]["tvg-language"],
+        "French;German"
+    );
+
+    // Both lists again: all matched, nothing changes, no mirror lost.
+    for list in [NEWS_LIST, COUNTRY_LIST] {
+        let (_, r) = import(&ts, None, list).await;
+        assert_eq!(
+            (r["updated"].as_u64(), r["unchanged"].as_u64()),
+            (Some(0), Some(2)),
+            "{r}"
+        );
+    }
+    assert_eq!(stream(&ts, "france24-fr").await, f24);
+    assert_eq!(streams(&ts).await.len(), 3);
+
+    // The export writes the attributes back as imported, tvg-name included.
+    let r = client().get(ts.url("/playlist.m3u")).send().await.unwrap();
+    let text = r.text().await.unwrap();
+    let line = |id: &str| {
+        let lines: Vec<&str> = text.lines().collect();
+        let at = lines
+            .iter()
+            .position(|l| l.contains(&format!("/streams/preview/{id}?")))
+            .unwrap_or_else(|| panic!("{id} in {text}"));
+        lines[at - 1].to_string()
+    };
+    let f24_line = line("france24-fr");
+    for attr in [
+        "tvg-id=\"France24.fr\"",
+        "tvg-name=\"France 24\"",
+        "tvg-language=\"French\"",
+        "tvg-country=\"FR;INT\"",
+        "tvg-logo=\"http://logo.example/f24.png\"",
+        "group-title=\"News\"",
+    ] {
+        assert!(f24_line.contains(attr), "{attr} in {f24_line}");
+    }
+    assert!(f24_line.ends_with(",France 24 (1080p)"), "{f24_line}");
+    let dw_line = line("dw-de");
+    assert!(dw_line.contains("tvg-name=\"DW_English\""), "{dw_line}");
+    assert!(dw_line.contains("user-agent=\"Mozilla/5.0\""), "{dw_line}");
+    assert!(
+        dw_line.contains("catchup-source=\"http://") && !text.contains("S3cret"),
+        "credentials in attributes stay inside: {dw_line}"
+    );
     ts.stop().await;
 }
 
@@ -279,8 +397,12 @@ async fn ten_thousand_entries_import_in_one_write() {
     let (_, r) = import(&ts, Some("audio/x-mpegurl"), text.clone()).await;
     let again = t.elapsed();
     assert_eq!(
-        (r["imported"].as_u64(), r["updated"].as_u64()),
-        (Some(0), Some(10_000))
+        (
+            r["imported"].as_u64(),
+            r["updated"].as_u64(),
+            r["unchanged"].as_u64()
+        ),
+        (Some(0), Some(0), Some(10_000))
     );
     println!(
         "10,000-entry playlist ({} KiB): first import {first:?}, re-import {again:?}",
@@ -376,9 +498,9 @@ async fn the_export_is_exact_reimports_to_the_same_set_and_plays() {
     let base = &ts.base;
     let expected = format!(
         "#EXTM3U\n\
-         #EXTINF:-1 tvg-id=\"bars.test\" tvg-name=\"Bars, 320p\" tvg-logo=\"http://logo.example/bars.png\" group-title=\"Test, Patterns\",Bars, 320p\n\
+         #EXTINF:-1 tvg-id=\"bars.test\" tvg-name=\"Bars, 320p\" tvg-chno=\"1\" tvg-logo=\"http://logo.example/bars.png\" group-title=\"Test, Patterns\",Bars, 320p\n\
          {base}/streams/preview/bars-test?format=ts\n\
-         #EXTINF:-1 tvg-name=\"Ball\" group-title=\"Test, Patterns\",Ball\n\
+         #EXTINF:-1 tvg-name=\"Ball\" tvg-chno=\"2\" group-title=\"Test, Patterns\",Ball\n\
          {base}/streams/preview/ball?format=ts\n"
     );
     assert_eq!(text, expected);
@@ -435,5 +557,104 @@ async fn the_export_is_exact_reimports_to_the_same_set_and_plays() {
         stream_of(&probe, "video").expect("video")["codec_name"],
         "h264"
     );
+    ts.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn channel_numbers_come_from_the_playlist_or_are_assigned_and_stay() {
+    let mut ts = start().await;
+    let demo: Vec<String> = streams(&ts)
+        .await
+        .iter()
+        .map(|s| {
+            s["number"]
+                .as_str()
+                .expect("demo streams are numbered")
+                .to_string()
+        })
+        .collect();
+    assert_eq!(demo, ["1", "2", "3", "4"]);
+    let playlist = "#EXTM3U\n\
+        #EXTINF:-1 tvg-id=\"one.tv\" tvg-chno=\"101\",One\n\
+        http://h.example/1\n\
+        #EXTINF:-1 tvg-id=\"two.tv\" channel-number=\"5.1\",Two\n\
+        http://h.example/2\n\
+        #EXTINF:-1 tvg-id=\"three.tv\",Three\n\
+        http://h.example/3\n\
+        #EXTINF:-1 tvg-id=\"four.tv\" tvg-chno=\"101\",Four (same number)\n\
+        http://h.example/4\n";
+    let (_, r) = import(&ts, None, playlist).await;
+    assert_eq!(r["imported"], 4, "{r}");
+    let number = |s: Value| s["number"].as_str().unwrap().to_string();
+    assert_eq!(number(stream(&ts, "one-tv").await), "101");
+    assert_eq!(number(stream(&ts, "two-tv").await), "5.1");
+    assert_eq!(number(stream(&ts, "three-tv").await), "102");
+    assert_eq!(number(stream(&ts, "four-tv").await), "103");
+
+    // A duplicate number is refused; a free one is taken; edits keep it.
+    let r = client()
+        .put(ts.url("/api/streams/three-tv"))
+        .json(&json!({"number": "101"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 409);
+    let body: Value = r.json().await.unwrap();
+    assert_eq!(body["error"], "number_taken", "{body}");
+    let r = client()
+        .post(ts.url("/api/streams"))
+        .json(&json!({"name": "Bad", "url": "http://h.example/b", "number": "x1"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 400);
+    assert_eq!(r.json::<Value>().await.unwrap()["error"], "bad_request");
+    let r = client()
+        .put(ts.url("/api/streams/three-tv"))
+        .json(&json!({"number": "3.2"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let r = client()
+        .put(ts.url("/api/streams/three-tv"))
+        .json(&json!({"name": "Three HD"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(number(r.json().await.unwrap()), "3.2");
+    let r = client()
+        .post(ts.url("/api/streams"))
+        .json(&json!({"name": "Five", "url": "http://h.example/5"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 201);
+    assert_eq!(number(r.json().await.unwrap()), "104");
+
+    // The export carries the numbers; a re-import without them keeps them.
+    let text = client()
+        .get(ts.url("/playlist.m3u"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        text.contains("tvg-id=\"one.tv\" tvg-name=\"One\" tvg-chno=\"101\""),
+        "{text}"
+    );
+    let bare = playlist
+        .replace(" tvg-chno=\"101\"", "")
+        .replace(" channel-number=\"5.1\"", "");
+    let (_, r) = import(&ts, None, bare).await;
+    assert_eq!(r["imported"], 0, "{r}");
+    let before = streams(&ts).await;
+
+    // A restart on the same data dir: every stream keeps its number.
+    ts.restart(|_| {}).await;
+    assert_eq!(streams(&ts).await, before);
+    assert_eq!(number(stream(&ts, "three-tv").await), "3.2");
     ts.stop().await;
 }

@@ -18,6 +18,9 @@ impl From<CatalogError> for ApiError {
         match e {
             CatalogError::NotFound(_) => ApiError::not_found("stream_not_found", msg),
             CatalogError::Conflict(_) => ApiError::new(StatusCode::CONFLICT, "stream_exists", msg),
+            CatalogError::NumberTaken(..) => {
+                ApiError::new(StatusCode::CONFLICT, "number_taken", msg)
+            }
             CatalogError::Invalid(_) => ApiError::bad_request(msg),
             CatalogError::Io(_) => {
                 tracing::error!(error = %msg, "catalog write failed");

@@ -4,12 +4,14 @@
 //!   `application/x-mpegurl`, `application/vnd.apple.mpegurl`, `text/plain`,
 //!   or no Content-Type; at most 50 MiB, 413 beyond), or JSON
 //!   `{"url": "http(s)://..."}` to fetch the playlist (same size limit,
-//!   [`FETCH_TIMEOUT`]). Answers `{imported, updated, skipped, errors:
-//!   [{line, message}]}`; every skipped entry has its line in `errors` (the
-//!   first [`MAX_REPORTED_ERRORS`] of them).
+//!   [`FETCH_TIMEOUT`]). Answers `{imported, updated, unchanged,
+//!   mergedAsBackup, skipped, errors: [{line, message}]}`; every skipped
+//!   entry has its line in `errors` (the first [`MAX_REPORTED_ERRORS`] of
+//!   them).
 //! - `GET /playlist.m3u?format=ts|mp4&quality=`: the enabled streams as an
 //!   extended M3U whose URLs are this server's preview URLs, built from the
-//!   request's `Host` (TS by default: VLC and IPTV players play it best).
+//!   request's `Host` (TS by default: VLC and IPTV players play it best),
+//!   with the attributes each stream was imported with.
 //!
 //! Parsing is [`crate::m3u`], matching and storing [`crate::catalog::Catalog::import`];
 //! this module moves bytes and shapes replies. Source URLs never appear in
@@ -152,6 +154,8 @@ async fn import(
     tracing::info!(
         imported = outcome.imported,
         updated = outcome.updated,
+        unchanged = outcome.unchanged,
+        merged_as_backup = outcome.merged_as_backup,
         skipped = outcome.skipped,
         elapsed_ms = started.elapsed().as_millis() as u64,
         "playlist imported"
@@ -176,9 +180,14 @@ fn split(text: &str) -> (Vec<ImportEntry>, Vec<ImportError>, bool) {
                 name: e.name,
                 url: e.url,
                 tvg_id: e.tvg_id,
+                number: ["tvg-chno", "channel-number"]
+                    .iter()
+                    .find_map(|k| e.attributes.get(*k))
+                    .cloned(),
                 group: e.group,
                 logo: e.tvg_logo,
                 headers: e.headers,
+                attributes: e.attributes,
             }),
             Err(e) => errors.push(ImportError {
                 line: e.line,
@@ -274,7 +283,7 @@ async fn fetch_playlist(url: &str) -> Result<String, ApiError> {
 
 /// Whether a Host header value is a plain `host[:port]` (no path, no
 /// userinfo, no spaces) that is safe to put in URLs.
-fn plain_host(h: &str) -> bool {
+pub(crate) fn plain_host(h: &str) -> bool {
     !h.is_empty()
         && h.len() <= 255
         && h.bytes()
@@ -316,25 +325,27 @@ fn export(
         Some(p) if p == "https" => "https",
         _ => "http",
     };
-    let streams = state.catalog.snapshot();
-    let urls: Vec<String> = streams
+    // Credentials in imported attributes (catch-up URLs, ...) stay inside.
+    let streams: Vec<crate::catalog::Stream> = state
+        .catalog
+        .snapshot()
         .iter()
         .filter(|s| s.enabled)
+        .map(|s| s.redacted())
+        .collect();
+    let urls: Vec<String> = streams
+        .iter()
         .map(|s| format!("{scheme}://{host}/streams/preview/{}?{query}", s.id))
         .collect();
-    let text = m3u::export(
-        streams
-            .iter()
-            .filter(|s| s.enabled)
-            .zip(&urls)
-            .map(|(s, url)| m3u::ExportEntry {
-                name: &s.name,
-                url,
-                tvg_id: s.tvg_id.as_deref(),
-                tvg_logo: s.logo.as_deref(),
-                group: s.group.as_deref(),
-            }),
-    );
+    let text = m3u::export(streams.iter().zip(&urls).map(|(s, url)| m3u::ExportEntry {
+        name: &s.name,
+        url,
+        tvg_id: s.tvg_id.as_deref(),
+        number: s.number.as_deref(),
+        tvg_logo: s.logo.as_deref(),
+        group: s.group.as_deref(),
+        attributes: &s.attributes,
+    }));
     let mut res = warp::reply::with_status(text, StatusCode::OK).into_response();
     let h = res.headers_mut();
     h.insert(

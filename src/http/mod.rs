@@ -17,6 +17,7 @@ pub mod preview;
 pub mod ratelimit;
 pub mod routes;
 pub mod status;
+pub mod tuner;
 pub mod validate;
 pub mod web;
 
@@ -102,6 +103,8 @@ pub fn routes(
         .or(web::routes(state.clone()))
         .unify()
         .or(metrics::routes(state.clone()))
+        .unify()
+        .or(tuner::routes(state.clone()))
         .unify();
     // Rate limits come first (a refused request does no work); their
     // headers go on every limited answer, errors included. CORS wraps it all.

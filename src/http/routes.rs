@@ -81,6 +81,13 @@ pub const SESSION: Route = route(
 );
 pub const PREVIEW: Route = route("/streams/preview/:id", Preview, Streaming);
 
+// HDHomeRun tuner emulation (SPEC §14): media servers poll these.
+pub const HDHR_DISCOVER: Route = route("/discover.json", Api, Request);
+pub const HDHR_LINEUP_STATUS: Route = route("/lineup_status.json", Api, Request);
+pub const HDHR_LINEUP: Route = route("/lineup.json", Api, Request);
+pub const HDHR_LINEUP_POST: Route = route("/lineup.post", Api, Request);
+pub const HDHR_DEVICE: Route = route("/device.xml", Api, Request);
+
 /// Every route sluice serves.
 pub const ROUTES: &[Route] = &[
     INDEX,
@@ -102,6 +109,12 @@ pub const ROUTES: &[Route] = &[
     SESSION,
     PREVIEW,
     ASSET,
+    // HDHomeRun tuner emulation.
+    HDHR_DISCOVER,
+    HDHR_LINEUP_STATUS,
+    HDHR_LINEUP,
+    HDHR_LINEUP_POST,
+    HDHR_DEVICE,
 ];
 
 impl Route {

@@ -29,6 +29,19 @@ impl TestServer {
         self.dir.path().join("media")
     }
 
+    /// Stops the server and starts a new one on the same data dir (a new
+    /// port); `tweak` adjusts the settings first.
+    pub async fn restart(&mut self, tweak: impl FnOnce(&mut Settings)) {
+        if let Some(s) = self.server.take() {
+            s.shutdown().await;
+        }
+        let mut s = settings(self.dir.path());
+        tweak(&mut s);
+        let server = Server::start(s).await.expect("server restarts");
+        self.base = format!("http://{}", server.addr);
+        self.server = Some(server);
+    }
+
     pub async fn stop(mut self) {
         if let Some(s) = self.server.take() {
             s.shutdown().await;
