@@ -180,8 +180,9 @@ async fn a_provider_playlist_imports_with_its_quirks_and_reimports_without_dupli
         "unchanged entries keep their timestamps"
     );
 
-    // A renamed channel is updated in place; other URLs under the same
-    // tvg-id and name are mirrors: backups, never replacements.
+    // Other URLs under the same tvg-id and name are mirrors: backups, never
+    // replacements. The same tvg-id under another name with another URL is
+    // another channel: a stream of its own, and the old one stays.
     let rotated = PROVIDER
         .replace("/user/pass/", "/user/newpass/")
         .replace(",News, Weather & Sport", ",News HD");
