@@ -39,6 +39,10 @@ pub struct Stream {
     pub logo: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tvg_id: Option<String>,
+    /// Channel number (GuideNumber for tuners and guides): from tvg-chno /
+    /// channel-number on import, otherwise assigned in catalog order.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub number: Option<String>,
     /// Request headers for HTTP(S)/HLS/DASH sources (User-Agent, Referer, Cookie).
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub headers: BTreeMap<String, String>,
@@ -305,6 +309,7 @@ impl Catalog {
             group: input.group.clone(),
             logo: input.logo.clone(),
             tvg_id: input.tvg_id.clone(),
+            number: None,
             headers: input.headers.clone().unwrap_or_default(),
             enabled: input.enabled.unwrap_or(true),
             created_at: now.clone(),
@@ -497,6 +502,7 @@ fn apply_import(
                 group: None,
                 logo: None,
                 tvg_id: None,
+                number: None,
                 headers: BTreeMap::new(),
                 enabled: true,
                 created_at: now.clone(),
@@ -592,6 +598,7 @@ pub fn demo_streams() -> Vec<Stream> {
         group: Some("Demo".into()),
         logo: None,
         tvg_id: Some(id.into()),
+        number: None,
         headers: BTreeMap::new(),
         enabled: true,
         created_at: now.clone(),

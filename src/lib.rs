@@ -8,6 +8,7 @@
 
 pub mod catalog;
 pub mod config;
+pub mod epg;
 pub mod health;
 pub mod http;
 pub mod logging;
@@ -38,6 +39,7 @@ pub struct AppState {
     pub shutdown: Arc<shutdown::Shutdown>,
     pub health: Arc<health::HealthCache>,
     pub metrics: metrics::Metrics,
+    pub guide: Arc<epg::Guide>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -109,7 +111,13 @@ pub fn build_state(settings: Settings) -> Result<Arc<AppState>, StartError> {
     if !missing.is_empty() {
         tracing::error!(missing = %missing.join(", "), "GStreamer elements are missing: install the plugins listed in README");
     }
-    Ok(Arc::new(AppState {
+    let guide = Arc::new(epg::Guide::open(
+        &settings.data_dir,
+        settings.epg_url.clone(),
+        settings.epg_refresh,
+        settings.epg_filler_hours,
+    ));
+    let state = Arc::new(AppState {
         settings,
         profiles,
         catalog,
@@ -119,7 +127,10 @@ pub fn build_state(settings: Settings) -> Result<Arc<AppState>, StartError> {
         shutdown: shutdown::Shutdown::new(),
         health,
         metrics: metrics::Metrics::default(),
-    }))
+        guide,
+    });
+    epg::spawn(state.clone());
+    Ok(state)
 }
 
 /// A running server.

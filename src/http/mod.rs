@@ -4,6 +4,7 @@
 
 pub mod catalog;
 pub mod cors;
+pub mod epg;
 pub mod error;
 pub mod extract;
 pub mod hangup;
@@ -102,6 +103,8 @@ pub fn routes(
         .or(web::routes(state.clone()))
         .unify()
         .or(metrics::routes(state.clone()))
+        .unify()
+        .or(epg::routes(state.clone()))
         .unify();
     // Rate limits come first (a refused request does no work); their
     // headers go on every limited answer, errors included. CORS wraps it all.

@@ -81,6 +81,11 @@ pub const SESSION: Route = route(
 );
 pub const PREVIEW: Route = route("/streams/preview/:id", Preview, Streaming);
 
+// The XMLTV guide and what is on now (SPEC §14).
+pub const EPG_XML: Route = route("/epg.xml", Api, Request);
+pub const EPG_STATUS: Route = route("/api/epg/status", Unlimited, Request);
+pub const EPG_NOW: Route = route("/api/epg/now", Api, Request);
+
 /// Every route sluice serves.
 pub const ROUTES: &[Route] = &[
     INDEX,
@@ -101,6 +106,9 @@ pub const ROUTES: &[Route] = &[
     EVENTS,
     SESSION,
     PREVIEW,
+    EPG_XML,
+    EPG_STATUS,
+    EPG_NOW,
     ASSET,
 ];
 
