@@ -1086,3 +1086,199 @@ fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn xmltv_times_parse_with_zones_and_round_trip() {
+        assert_eq!(parse_xmltv_time("19700101000000 +0000"), Some(0));
+        assert_eq!(parse_xmltv_time("19700101010000 +0100"), Some(0));
+        assert_eq!(parse_xmltv_time("19691231230000 -0100"), Some(0));
+        assert_eq!(parse_xmltv_time("20261206"), Some(1_796_515_200));
+        assert_eq!(
+            parse_xmltv_time("202612061230"),
+            Some(1_796_515_200 + 45_000)
+        );
+        for bad in [
+            "",
+            "2026",
+            "20261306000000 +0000",
+            "20261206000000 0100",
+            "20261206250000",
+        ] {
+            assert_eq!(parse_xmltv_time(bad), None, "{bad}");
+        }
+        let t = 1_796_515_200 + 3 * 3600 + 7 * 60 + 9;
+        assert_eq!(xmltv_time(t), "20261206030709 +0000");
+        assert_eq!(parse_xmltv_time(&xmltv_time(t)), Some(t));
+    }
+
+    #[test]
+    fn filler_covers_the_next_48_hours_in_aligned_blocks() {
+        let now = 1_796_515_200 + 5 * 3600 + 1234;
+        let chans = [
+            FillerChannel {
+                channel: "7".into(),
+                name: "A & B".into(),
+                from: None,
+            },
+            FillerChannel {
+                channel: "8".into(),
+                name: "Ends soon".into(),
+                from: Some(now + 10 * 3600 + 1800),
+            },
+            FillerChannel {
+                channel: "9".into(),
+                name: "Full".into(),
+                from: Some(now + 49 * 3600),
+            },
+        ];
+        let xml = filler_xml(&chans, now, 2);
+        let blocks = |ch: &str| -> Vec<(i64, i64)> {
+            xml.lines()
+                .filter(|l| l.contains(&format!("channel=\"{ch}\"")))
+                .map(|l| {
+                    let attr = |k: &str| {
+                        let i = l.find(&format!("{k}=\"")).unwrap() + k.len() + 2;
+                        parse_xmltv_time(&l[i..i + 20]).unwrap()
+                    };
+                    (attr("start"), attr("stop"))
+                })
+                .collect()
+        };
+        let a = blocks("7");
+        assert_eq!(a[0].0, now - now % 3600);
+        assert!(a.last().unwrap().1 >= now + 48 * 3600);
+        assert!(a.windows(2).all(|w| w[0].1 == w[1].0));
+        assert!(a.iter().all(|(s, e)| e - s <= 7200 && e % 7200 == 0));
+        assert!(xml.contains("<title>A &amp; B</title>"));
+        let b = blocks("8");
+        assert_eq!(b[0].0, now + 10 * 3600 + 1800);
+        assert!(b.last().unwrap().1 >= now + 48 * 3600);
+        assert!(blocks("9").is_empty());
+    }
+
+    #[test]
+    fn the_playlist_names_its_guide_in_the_header() {
+        let g = |p: &str| playlist_guide_url(p);
+        assert_eq!(
+            g("#EXTM3U x-tvg-url=\"http://a.example/g.xml.gz,http://b.example/x\"\n#EXTINF:-1,A\nhttp://s/1\n"),
+            Some("http://a.example/g.xml.gz".into())
+        );
+        assert_eq!(
+            g("\u{feff}#EXTM3U tvg-shift=0 url-tvg='https://e.example/epg.xml'\r\n"),
+            Some("https://e.example/epg.xml".into())
+        );
+        assert_eq!(
+            g("#EXTM3U URL-TVG=http://e.example/x.xml refresh=3600\n"),
+            Some("http://e.example/x.xml".into())
+        );
+        assert_eq!(
+            g("#EXTM3U\n#EXTINF:-1 x-tvg-url=\"http://a/b\",A\nhttp://s\n"),
+            None
+        );
+        assert_eq!(g("#EXTM3U x-tvg-url=\"file:///etc/passwd\"\n"), None);
+        assert_eq!(g("#EXTM3U my-x-tvg-url=\"http://a/b\"\n"), None);
+        assert_eq!(g("http://s/1\n"), None);
+    }
+
+    #[test]
+    fn names_fold_case_accents_and_punctuation() {
+        assert_eq!(fold_name("Télé Été HD"), "teleetehd");
+        assert_eq!(fold_name("TF1-Séries"), "tf1series");
+        assert_eq!(fold_name("  ÇA  "), "ca");
+    }
+
+    fn stream(id: &str, name: &str, tvg: Option<&str>, number: Option<&str>) -> Stream {
+        Stream {
+            id: id.into(),
+            name: name.into(),
+            url: "test://smpte".into(),
+            backup_urls: vec![],
+            group: None,
+            logo: None,
+            tvg_id: tvg.map(Into::into),
+            number: number.map(Into::into),
+            headers: Default::default(),
+            enabled: true,
+            created_at: String::new(),
+            updated_at: String::new(),
+        }
+    }
+
+    #[test]
+    fn filtering_keeps_matched_channels_under_their_numbers() {
+        let dir = tempfile::tempdir().unwrap();
+        let raw = dir.path().join("raw.xml");
+        std::fs::write(
+            &raw,
+            "<?xml version=\"1.0\"?>\n<tv>\n\
+             <channel id=\"one.uk\"><display-name>One</display-name></channel>\n\
+             <channel id=\"two.uk\"><display-name>Deux Été</display-name></channel>\n\
+             <channel id=\"three.uk\"><display-name>Three</display-name></channel>\n\
+             <programme start=\"20261206000000 +0000\" stop=\"20261206010000 +0000\" channel=\"one.uk\"><title>A &lt;1&gt;</title></programme>\n\
+             <programme start='20261206010000 +0000' stop='20261206020000 +0000' channel='two.uk' clumpidx='0/1'><title>B \"q\"</title><desc>d</desc></programme>\n\
+             <programme start=\"20261206000000 +0000\" stop=\"20261206010000 +0000\" channel=\"three.uk\"><title>C</title></programme>\n\
+             </tv>\n",
+        )
+        .unwrap();
+        let streams = vec![
+            stream("s1", "Whatever", Some("ONE.uk"), Some("101")),
+            stream("s2", "deux ete", Some("missing.uk"), None),
+            stream("s3", "Unmatched", None, None),
+        ];
+        let out = render(dir.path(), Some(&raw), &streams, 0, i64::MAX).unwrap();
+        assert_eq!(
+            (
+                out.channels,
+                out.matched,
+                out.guide_channels,
+                out.programmes
+            ),
+            (3, 2, 3, 2)
+        );
+        let xml = std::fs::read_to_string(dir.path().join(RENDERED_FILE)).unwrap();
+        assert!(xml.contains("<channel id=\"101\">"), "{xml}");
+        assert!(xml.contains("<display-name>101</display-name>"));
+        assert!(
+            xml.contains("channel=\"101\"><title>A &lt;1&gt;</title>"),
+            "{xml}"
+        );
+        assert!(
+            xml.contains("clumpidx=\"0/1\" channel=\"s2\"><title>B \"q\"</title><desc>d</desc>"),
+            "{xml}"
+        );
+        assert!(!xml.contains("three.uk") && !xml.contains(">C<"));
+        assert_eq!(out.filler.iter().filter(|f| f.from.is_none()).count(), 1);
+        assert_eq!(out.listings[0].1[0].title, "A <1>");
+        // Without a guide: every channel, no programmes.
+        let out = render(dir.path(), None, &streams, 0, 0).unwrap();
+        assert_eq!((out.channels, out.matched, out.programmes), (3, 0, 0));
+    }
+
+    #[test]
+    fn a_guide_beyond_the_cap_or_broken_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let raw = dir.path().join("raw.xml");
+        std::fs::write(
+            &raw,
+            "<tv><channel id=\"a\"><display-name>A</display-name></tv>",
+        )
+        .unwrap();
+        let streams = vec![stream("a", "A", Some("a"), None)];
+        let err = render(dir.path(), Some(&raw), &streams, 0, 0)
+            .err()
+            .unwrap();
+        assert!(err.contains("not valid XMLTV"), "{err}");
+        let mut capped = Capped {
+            inner: std::io::repeat(b'x'),
+            left: 10,
+        };
+        let mut buf = [0u8; 8];
+        assert!(capped.read(&mut buf).is_ok());
+        let err = capped.read(&mut buf).unwrap_err();
+        assert!(err.to_string().contains("larger than 512 MiB"), "{err}");
+    }
+}
