@@ -68,11 +68,12 @@ function nowNextFor(s) {
   const item = guide.get(s.id);
   if (!item || (!item.now && !item.next)) return null;
   const lines = [];
+  const line = (className, text) => el('span', { className, textContent: text, title: text });
   if (item.now && item.now.title) {
-    lines.push(el('span', { className: 'epg-now', textContent: `Now: ${item.now.title} (until ${clock(item.now.stop)})` }));
+    lines.push(line('epg-now', `Now: ${item.now.title} (until ${clock(item.now.stop)})`));
   }
   if (item.next && item.next.title) {
-    lines.push(el('span', { className: 'epg-next', textContent: `Next ${clock(item.next.start)}: ${item.next.title}` }));
+    lines.push(line('epg-next', `Next ${clock(item.next.start)}: ${item.next.title}`));
   }
   return lines.length ? el('span', { className: 'ch-epg' }, ...lines) : null;
 }

@@ -331,13 +331,13 @@ async fn refresher(state: Arc<AppState>) {
                 }
                 Err(e) => {
                     tracing::warn!(url = %redact_url(&url), error = %e, "fetching the guide failed");
-                    let mut m = (*meta).clone();
-                    m.status.url = Some(redact_url(&url));
-                    m.status.error = Some(e);
-                    publish(guide, m);
                     if meta.fingerprint != print {
                         let _ = render_now(guide, streams, print, None).await;
                     }
+                    let mut m = (**guide.meta.read()).clone();
+                    m.status.url = Some(redact_url(&url));
+                    m.status.error = Some(e);
+                    publish(guide, m);
                     Err(())
                 }
             };

@@ -668,3 +668,32 @@ fn epg_settings_are_validated() {
         assert!(err.contains(var), "{var}={bad}: {err}");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_fetch_shows_in_status_and_the_channels_keep_filler() {
+    let tmp = tempfile::tempdir().unwrap();
+    let web = FileServer::start(BTreeMap::new()).await;
+    let data = tmp.path().join("data");
+    let url = web.url("/gone.xml");
+    let envs = [("LOG_LEVEL", "info"), ("EPG_URL", url.as_str())];
+    let srv = BinServer::start(&data, &[], &envs);
+    let st = wait_status(
+        &srv,
+        Duration::from_secs(30),
+        || {},
+        |s| !s["error"].is_null() && s["channels"].as_u64() > Some(0),
+    )
+    .await;
+    assert!(st["error"].as_str().unwrap().contains("404"), "{st}");
+    assert!(st["lastFetch"].is_null(), "{st}");
+    assert_eq!(st["url"], url.as_str());
+    let path = tmp.path().join("epg.xml");
+    let (body, _) = fetch_epg(&srv, &path).await;
+    assert_valid_xmltv(&path);
+    let (_, progs) = parse_xmltv(&body);
+    let now = unix_now();
+    assert_covers(&progs, "demo-ball", now, now + 48 * 3600);
+    // Not retried at once.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(web.hits("/gone.xml"), 1);
+}
