@@ -52,6 +52,9 @@ const CATALOG_POLL: Duration = Duration::from_secs(2);
 /// Programmes kept per channel for now/next.
 const MAX_LISTED: usize = 64;
 
+/// How `/epg.xml` starts; the DOCTYPE names the XMLTV DTD.
+pub const XMLTV_HEAD: &str = "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<!DOCTYPE tv SYSTEM \"xmltv.dtd\">\n<tv generator-info-name=\"sluice\">\n";
+
 const RAW_FILE: &str = "guide.raw";
 const RENDERED_FILE: &str = "epg.xml.part";
 const META_FILE: &str = "meta.json";
@@ -184,10 +187,17 @@ impl Guide {
         st
     }
 
-    /// The rendered file, once a render has happened.
-    pub fn rendered_path(&self) -> Option<PathBuf> {
-        let p = self.dir.join(RENDERED_FILE);
-        (self.meta.read().fingerprint != 0 && p.is_file()).then_some(p)
+    /// The rendered guide (once a render has happened) and the filler
+    /// programmes that go with it, taken together so they always match.
+    pub fn for_request(&self, now: i64) -> (Option<std::fs::File>, String) {
+        let (file, meta) = {
+            let meta = self.meta.read();
+            let file = (meta.fingerprint != 0)
+                .then(|| std::fs::File::open(self.dir.join(RENDERED_FILE)).ok())
+                .flatten();
+            (file, meta.clone())
+        };
+        (file, filler_xml(&meta.filler, now, self.filler_hours))
     }
 
     /// The URL the guide comes from: `EPG_URL`, else the last imported
@@ -211,12 +221,6 @@ impl Guide {
             }
         }
         self.wake.notify_one();
-    }
-
-    /// Filler programmes for now..now+48h, as XMLTV.
-    pub fn filler_xml(&self, now: i64) -> String {
-        let meta = self.meta.read().clone();
-        filler_xml(&meta.filler, now, self.filler_hours)
     }
 
     /// What is on now and next on each channel the guide has data for.
@@ -337,7 +341,7 @@ async fn refresher(state: Arc<AppState>) {
                     let mut m = (**guide.meta.read()).clone();
                     m.status.url = Some(redact_url(&url));
                     m.status.error = Some(e);
-                    publish(guide, m);
+                    publish(guide, m, false);
                     Err(())
                 }
             };
@@ -381,8 +385,7 @@ async fn render_now(
     };
     let raw = use_raw.then_some(raw).filter(|p| p.is_file());
     let refresh = guide.refresh;
-    let shared = Arc::new(streams);
-    let for_render = shared.clone();
+    let for_render = streams;
     let joined = tokio::task::spawn_blocking(move || {
         let now = unix_now();
         let until = now + (refresh + Duration::from_secs(12 * 3600)).as_secs() as i64;
@@ -400,13 +403,15 @@ async fn render_now(
     .and_then(|r| r);
     let mut meta = (*old).clone();
     meta.status.url = wanted.as_deref().map(redact_url);
+    let rendered = joined.is_ok();
     let result = match joined {
         Ok((out, failure)) => {
             match (&fetched, &failure) {
                 (Some(f), None) => {
-                    std::fs::rename(&new_raw, guide.dir.join(RAW_FILE)).map_err(|e| {
+                    if let Err(e) = std::fs::rename(&new_raw, guide.dir.join(RAW_FILE)) {
+                        // The guide is served; a catalog change re-fetches it.
                         tracing::warn!(error = %e, "cannot keep the fetched guide");
-                    })?;
+                    }
                     meta.source = Some(f.url.clone());
                     meta.fetched_at = f.at.duration_since(UNIX_EPOCH).ok().map(|d| d.as_secs());
                     meta.status.last_fetch =
@@ -451,7 +456,7 @@ async fn render_now(
     if result.is_err() {
         let _ = std::fs::remove_file(&new_raw);
     }
-    publish(guide, meta);
+    publish(guide, meta, rendered);
     result
 }
 
@@ -459,13 +464,27 @@ fn old_render_missing(dir: &Path) -> bool {
     !dir.join(RENDERED_FILE).is_file()
 }
 
-fn publish(guide: &Guide, meta: Meta) {
-    if let Ok(body) = serde_json::to_vec(&meta) {
+/// Makes `meta` current; with `rendered`, installs the new rendered file
+/// with it (under the same lock, so requests see the file and its filler
+/// together).
+fn publish(guide: &Guide, meta: Meta, rendered: bool) {
+    let body = serde_json::to_vec(&meta);
+    {
+        let mut slot = guide.meta.write();
+        if rendered {
+            let tmp = guide.dir.join(format!(".{RENDERED_FILE}.tmp"));
+            if let Err(e) = std::fs::rename(&tmp, guide.dir.join(RENDERED_FILE)) {
+                tracing::warn!(error = %e, "cannot install the filtered guide");
+                return;
+            }
+        }
+        *slot = Arc::new(meta);
+    }
+    if let Ok(body) = body {
         if let Err(e) = write_atomic(&guide.dir.join(META_FILE), &body) {
             tracing::warn!(error = %e, "cannot save the guide state");
         }
     }
-    *guide.meta.write() = Arc::new(meta);
 }
 
 /// Downloads `url` to `<dir>/guide.raw.new`; returns the bytes transferred.
@@ -630,7 +649,7 @@ fn open_raw(path: &Path) -> std::io::Result<Box<dyn BufRead>> {
     )))
 }
 
-/// Writes `<dir>/epg.xml.part` for `streams` from the raw guide (none:
+/// Writes `<dir>/.epg.xml.part.tmp` (installed by [`publish`]) for `streams` from the raw guide (none:
 /// channels only); keeps now/next listings for `now..until`.
 fn render(
     dir: &Path,
@@ -643,10 +662,7 @@ fn render(
     let file = std::fs::File::create(&tmp).map_err(|e| format!("{}: {e}", tmp.display()))?;
     let mut out = BufWriter::with_capacity(64 * 1024, file);
     let io = |e: std::io::Error| e.to_string();
-    out.write_all(
-        b"<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<!DOCTYPE tv SYSTEM \"xmltv.dtd\">\n<tv generator-info-name=\"sluice\">\n",
-    )
-    .map_err(io)?;
+    out.write_all(XMLTV_HEAD.as_bytes()).map_err(io)?;
     for s in streams {
         let id = esc(&channel_id(s));
         write!(
@@ -674,7 +690,6 @@ fn render(
     let file = out.into_inner().map_err(|e| e.to_string())?;
     file.sync_all().map_err(io)?;
     drop(file);
-    std::fs::rename(&tmp, dir.join(RENDERED_FILE)).map_err(io)?;
     Ok(filter.finish(streams))
 }
 
@@ -1239,7 +1254,8 @@ mod tests {
             ),
             (3, 2, 3, 2)
         );
-        let xml = std::fs::read_to_string(dir.path().join(RENDERED_FILE)).unwrap();
+        let xml =
+            std::fs::read_to_string(dir.path().join(format!(".{RENDERED_FILE}.tmp"))).unwrap();
         assert!(xml.contains("<channel id=\"101\">"), "{xml}");
         assert!(xml.contains("<display-name>101</display-name>"));
         assert!(

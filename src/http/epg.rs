@@ -48,13 +48,13 @@ pub fn routes(
 
 /// Streams the rendered guide, then the filler and the closing tag.
 fn xmltv(state: &Arc<AppState>) -> warp::reply::Response {
-    let guide = state.guide.clone();
-    let rendered = guide.rendered_path();
+    let (rendered, filler) = state.guide.for_request(unix_now());
     let (tx, rx) = tokio::sync::mpsc::channel::<Result<Bytes, std::io::Error>>(4);
     tokio::spawn(async move {
         match rendered {
-            Some(path) => match tokio::fs::File::open(&path).await {
-                Ok(mut file) => loop {
+            Some(file) => {
+                let mut file = tokio::fs::File::from_std(file);
+                loop {
                     let mut buf = vec![0u8; CHUNK];
                     match file.read(&mut buf).await {
                         Ok(0) => break,
@@ -69,18 +69,13 @@ fn xmltv(state: &Arc<AppState>) -> warp::reply::Response {
                             return;
                         }
                     }
-                },
-                Err(e) => {
-                    let _ = tx.send(Err(e)).await;
-                    return;
                 }
-            },
+            }
             // Before the first render (just after the first start): the
             // header alone; the channels follow within seconds.
             None => {
-                let head = "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<!DOCTYPE tv SYSTEM \"xmltv.dtd\">\n<tv generator-info-name=\"sluice\">\n";
                 if tx
-                    .send(Ok(Bytes::from_static(head.as_bytes())))
+                    .send(Ok(Bytes::from_static(crate::epg::XMLTV_HEAD.as_bytes())))
                     .await
                     .is_err()
                 {
@@ -88,7 +83,7 @@ fn xmltv(state: &Arc<AppState>) -> warp::reply::Response {
                 }
             }
         }
-        let mut tail = guide.filler_xml(unix_now());
+        let mut tail = filler;
         tail.push_str("</tv>\n");
         let _ = tx.send(Ok(Bytes::from(tail))).await;
     });
