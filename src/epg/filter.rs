@@ -149,6 +149,8 @@ struct Filter<'a> {
     name_match: Vec<Option<String>>,
     /// Guide channel id -> streams, once the channel list is over.
     targets: Option<HashMap<String, Vec<usize>>>,
+    /// Streams that have their guide channel in `targets`.
+    assigned: Vec<bool>,
     guide_channels: usize,
     programmes: u64,
     /// Per stream: programmes written, last stop, now/next listing.
@@ -180,6 +182,7 @@ impl<'a> Filter<'a> {
             id_match: vec![None; n],
             name_match: vec![None; n],
             targets: None,
+            assigned: vec![false; n],
             guide_channels: 0,
             programmes: 0,
             written: vec![0; n],
@@ -206,16 +209,39 @@ impl<'a> Filter<'a> {
         }
     }
 
+    /// A channel listed after programmes (some guides interleave them):
+    /// it can still take the streams that matched nothing so far.
+    fn late_channel(&mut self, id: &str, names: &[String]) {
+        self.guide_channels += 1;
+        let mut takers: Vec<usize> = self
+            .by_tvg
+            .get(&id.trim().to_lowercase())
+            .cloned()
+            .unwrap_or_default();
+        if takers.is_empty() {
+            takers = names
+                .iter()
+                .find_map(|n| self.by_name.get(&fold_name(n)).cloned())
+                .unwrap_or_default();
+        }
+        let targets = self.targets.get_or_insert_with(HashMap::new);
+        for i in takers {
+            if !self.assigned[i] {
+                self.assigned[i] = true;
+                targets.entry(id.to_string()).or_default().push(i);
+            }
+        }
+    }
+
     fn targets(&mut self) -> &HashMap<String, Vec<usize>> {
         if self.targets.is_none() {
             let mut t: HashMap<String, Vec<usize>> = HashMap::new();
             for i in 0..self.streams.len() {
                 if let Some(g) = self.id_match[i].clone().or(self.name_match[i].clone()) {
                     t.entry(g).or_default().push(i);
+                    self.assigned[i] = true;
                 }
             }
-            self.by_tvg.clear();
-            self.by_name.clear();
             self.targets = Some(t);
         }
         self.targets.as_ref().expect("set above")
@@ -237,6 +263,8 @@ impl<'a> Filter<'a> {
                     let names = read_names(&mut reader, &mut inner)?;
                     if self.targets.is_none() {
                         self.channel(&id, &names);
+                    } else {
+                        self.late_channel(&id, &names);
                     }
                 }
                 Event::Start(e) if e.name().as_ref() == b"programme" => {
@@ -467,7 +495,7 @@ mod tests {
         let raw = dir.path().join("raw.xml");
         std::fs::write(
             &raw,
-            "<?xml version=\"1.0\"?>\n<tv>\n\
+            "\u{feff}<?xml version=\"1.0\"?>\n<tv>\n\
              <channel id=\"one.uk\"><display-name>One</display-name></channel>\n\
              <channel id=\"two.uk\"><display-name>Deux Été</display-name></channel>\n\
              <channel id=\"three.uk\"><display-name>Three</display-name></channel>\n\
@@ -510,6 +538,33 @@ mod tests {
         // Without a guide: every channel, no programmes.
         let out = render(dir.path(), None, &streams, 0, 0).unwrap();
         assert_eq!((out.channels, out.matched, out.programmes), (3, 0, 0));
+    }
+
+    #[test]
+    fn channels_listed_after_programmes_still_match() {
+        let dir = tempfile::tempdir().unwrap();
+        let raw = dir.path().join("raw.xml");
+        std::fs::write(
+            &raw,
+            "<tv><channel id=\"a\"><display-name>A</display-name></channel>\n\
+             <programme start=\"20261206000000 +0000\" channel=\"a\"><title>PA</title></programme>\n\
+             <channel id=\"b\"><display-name>B</display-name></channel>\n\
+             <channel id=\"a2\"><display-name>A</display-name></channel>\n\
+             <programme start=\"20261206000000 +0000\" channel=\"b\"><title>PB</title></programme>\n\
+             <programme start=\"20261206000000 +0000\" channel=\"a2\"><title>PA2</title></programme>\n\
+             </tv>\n",
+        )
+        .unwrap();
+        let streams = vec![
+            stream("sa", "A", Some("a"), None),
+            stream("sb", "Bee", Some("b"), None),
+        ];
+        let out = render(dir.path(), Some(&raw), &streams, 0, 0).unwrap();
+        assert_eq!((out.matched, out.programmes, out.guide_channels), (2, 2, 3));
+        let xml =
+            std::fs::read_to_string(dir.path().join(format!(".{RENDERED_FILE}.tmp"))).unwrap();
+        assert!(xml.contains("channel=\"sb\"><title>PB</title>"), "{xml}");
+        assert!(!xml.contains("PA2"), "{xml}");
     }
 
     #[test]

@@ -12,7 +12,7 @@
 //! rendered to `<data dir>/epg/epg.xml.part`: the catalog's channels, with
 //! ids equal to the stream's channel number (else its id), and the matched
 //! programmes. A request answers with that file and filler programmes
-//! computed on the spot ([`Guide::filler_xml`]): `EPG_FILLER_HOURS` blocks
+//! computed on the spot ([`Guide::for_request`]): `EPG_FILLER_HOURS` blocks
 //! titled with the channel name covering now..now+48h for channels without
 //! guide data, so front ends show every channel.
 //!
