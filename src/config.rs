@@ -162,6 +162,20 @@ pub struct Settings {
           value_parser = crate::http::cors::CorsOrigins::parse)]
     pub cors_origin: Option<crate::http::cors::CorsOrigins>,
 
+    /// XMLTV guide to serve at /epg.xml, http(s), gzip accepted (unset: the `x-tvg-url` / `url-tvg` of the last imported playlist).
+    #[arg(long = "epg-url", env = "EPG_URL", value_name = "EPG_URL", value_parser = parse_epg_url)]
+    pub epg_url: Option<String>,
+
+    /// How often the guide is fetched again, e.g. 6h, 90min, 1day (at least 1min).
+    #[arg(long = "epg-refresh", env = "EPG_REFRESH", value_name = "EPG_REFRESH",
+          default_value = DEFAULT_EPG_REFRESH, value_parser = parse_epg_refresh)]
+    pub epg_refresh: Duration,
+
+    /// Length in hours (1-24) of the placeholder programmes given to channels the guide has no programmes for.
+    #[arg(long = "epg-filler-hours", env = "EPG_FILLER_HOURS", value_name = "EPG_FILLER_HOURS",
+          default_value_t = DEFAULT_EPG_FILLER_HOURS, value_parser = clap::value_parser!(u32).range(1..=24))]
+    pub epg_filler_hours: u32,
+
     /// Preview requests per client: N/min, N/15min, N/s, N/h, or off.
     #[arg(long = "rate-limit-preview", env = "RATE_LIMIT_PREVIEW", value_name = "RATE_LIMIT_PREVIEW",
           default_value = DEFAULT_RATE_LIMIT_PREVIEW, value_parser = crate::http::ratelimit::Rate::parse)]
@@ -176,20 +190,6 @@ pub struct Settings {
     #[arg(long = "rate-limit-api", env = "RATE_LIMIT_API", value_name = "RATE_LIMIT_API",
           default_value = DEFAULT_RATE_LIMIT_API, value_parser = crate::http::ratelimit::Rate::parse)]
     pub rate_limit_api: crate::http::ratelimit::Rate,
-
-    /// XMLTV guide to serve at /epg.xml, http(s), gzip accepted (unset: the `x-tvg-url` / `url-tvg` of the last imported playlist).
-    #[arg(long = "epg-url", env = "EPG_URL", value_name = "EPG_URL", value_parser = parse_epg_url)]
-    pub epg_url: Option<String>,
-
-    /// How often the guide is fetched again, e.g. 6h, 90min, 1day (at least 1min).
-    #[arg(long = "epg-refresh", env = "EPG_REFRESH", value_name = "EPG_REFRESH",
-          default_value = DEFAULT_EPG_REFRESH, value_parser = parse_epg_refresh)]
-    pub epg_refresh: Duration,
-
-    /// Length in hours (1-24) of the placeholder programmes given to channels the guide has no programmes for.
-    #[arg(long = "epg-filler-hours", env = "EPG_FILLER_HOURS", value_name = "EPG_FILLER_HOURS",
-          default_value_t = DEFAULT_EPG_FILLER_HOURS, value_parser = clap::value_parser!(u32).range(1..=24))]
-    pub epg_filler_hours: u32,
 }
 
 impl Settings {

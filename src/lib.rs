@@ -33,13 +33,14 @@ pub struct AppState {
     pub settings: Settings,
     pub profiles: profiles::Profiles,
     pub catalog: catalog::Catalog,
+    /// The XMLTV guide; its refresher starts with the server.
+    pub guide: Arc<epg::Guide>,
     pub pool: Arc<pool::Pool>,
     pub registry: Arc<sessions::Registry>,
     pub memory: Arc<memory::MemoryMonitor>,
     pub shutdown: Arc<shutdown::Shutdown>,
     pub health: Arc<health::HealthCache>,
     pub metrics: metrics::Metrics,
-    pub guide: Arc<epg::Guide>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -107,30 +108,28 @@ pub fn build_state(settings: Settings) -> Result<Arc<AppState>, StartError> {
     media::session::set_dot_dump_dir(Some(settings.data_dir.join("pipeline-dumps")));
     let health = health::HealthCache::new(&settings.data_dir);
     health.spawn_refresher(settings.data_dir.clone());
-    let missing = health.checks().missing_elements;
-    if !missing.is_empty() {
-        tracing::error!(missing = %missing.join(", "), "GStreamer elements are missing: install the plugins listed in README");
-    }
     let guide = Arc::new(epg::Guide::open(
         &settings.data_dir,
         settings.epg_url.clone(),
         settings.epg_refresh,
         settings.epg_filler_hours,
     ));
-    let state = Arc::new(AppState {
+    let missing = health.checks().missing_elements;
+    if !missing.is_empty() {
+        tracing::error!(missing = %missing.join(", "), "GStreamer elements are missing: install the plugins listed in README");
+    }
+    Ok(Arc::new(AppState {
         settings,
         profiles,
         catalog,
+        guide,
         pool,
         registry,
         memory,
         shutdown: shutdown::Shutdown::new(),
         health,
         metrics: metrics::Metrics::default(),
-        guide,
-    });
-    epg::spawn(state.clone());
-    Ok(state)
+    }))
 }
 
 /// A running server.
@@ -145,6 +144,7 @@ impl Server {
     pub async fn start(settings: Settings) -> Result<Server, StartError> {
         let addr = SocketAddr::new(settings.host, settings.port);
         let state = build_state(settings)?;
+        epg::spawn(state.clone());
         let listener = tokio::net::TcpListener::bind(addr)
             .await
             .map_err(|source| StartError::Bind { addr, source })?;

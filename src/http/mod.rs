@@ -100,11 +100,11 @@ pub fn routes(
         .unify()
         .or(health::routes(state.clone()))
         .unify()
+        .or(epg::routes(state.clone()))
+        .unify()
         .or(web::routes(state.clone()))
         .unify()
         .or(metrics::routes(state.clone()))
-        .unify()
-        .or(epg::routes(state.clone()))
         .unify();
     // Rate limits come first (a refused request does no work); their
     // headers go on every limited answer, errors included. CORS wraps it all.
