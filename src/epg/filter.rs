@@ -20,6 +20,11 @@ pub fn channel_id(s: &Stream) -> String {
     s.number.clone().unwrap_or_else(|| s.id.clone())
 }
 
+/// The names a guide channel's display names are compared with.
+fn match_names(s: &Stream) -> Vec<&str> {
+    vec![s.name.as_str()]
+}
+
 /// Lowercase, accents removed, letters and digits only.
 pub fn fold_name(name: &str) -> String {
     name.chars()
@@ -169,9 +174,11 @@ impl<'a> Filter<'a> {
             if let Some(t) = s.tvg_id.as_deref().filter(|t| !t.trim().is_empty()) {
                 by_tvg.entry(t.trim().to_lowercase()).or_default().push(i);
             }
-            let folded = fold_name(&s.name);
-            if !folded.is_empty() {
-                by_name.entry(folded).or_default().push(i);
+            for name in match_names(s) {
+                let folded = fold_name(name);
+                if !folded.is_empty() && !by_name.get(&folded).is_some_and(|l| l.contains(&i)) {
+                    by_name.entry(folded).or_default().push(i);
+                }
             }
         }
         let n = streams.len();
