@@ -39,14 +39,7 @@ async fn refresher(state: Arc<AppState>) {
         let streams = enabled(&state.catalog.snapshot());
         let print = fingerprint(&streams);
         let now = SystemTime::now();
-        let due = match (&wanted, &meta.source) {
-            (None, _) => false,
-            (Some(w), Some(s)) if w == s => meta
-                .fetched_at
-                .map(|t| UNIX_EPOCH + Duration::from_secs(t) + guide.refresh)
-                .is_none_or(|next| next <= now),
-            (Some(_), _) => true,
-        } && retry_at.is_none_or(|r| r <= now);
+        let due = fetch_due(wanted.as_deref(), &meta, guide.refresh, retry_at, now);
         if let (true, Some(url)) = (due, wanted.clone()) {
             let outcome = match fetch(&guide.dir, &url).await {
                 Ok(bytes) => {
@@ -80,6 +73,27 @@ async fn refresher(state: Arc<AppState>) {
             _ = tokio::time::sleep(CATALOG_POLL) => {}
         }
     }
+}
+
+/// Whether the guide must be fetched now: a guide is wanted and either it
+/// is not the one cached, or the cached one is `refresh` old; never before
+/// `retry_at` (set after a failure).
+fn fetch_due(
+    wanted: Option<&str>,
+    meta: &Meta,
+    refresh: Duration,
+    retry_at: Option<SystemTime>,
+    now: SystemTime,
+) -> bool {
+    let due = match (wanted, meta.source.as_deref()) {
+        (None, _) => false,
+        (Some(w), Some(s)) if w == s => meta
+            .fetched_at
+            .map(|t| UNIX_EPOCH + Duration::from_secs(t) + refresh)
+            .is_none_or(|next| next <= now),
+        (Some(_), _) => true,
+    };
+    due && retry_at.is_none_or(|r| r <= now)
 }
 
 struct FetchInfo {
@@ -293,4 +307,39 @@ fn fingerprint(streams: &[Stream]) -> u64 {
         (&s.id, &s.name, &s.number, &s.tvg_id, &s.logo).hash(&mut h);
     }
     h.finish().max(1)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_guide_is_fetched_when_new_or_refresh_old_and_not_before_a_retry() {
+        let h = |n: u64| Duration::from_secs(n * 3600);
+        let at = |secs: u64| UNIX_EPOCH + Duration::from_secs(secs);
+        let fetched = Meta {
+            source: Some("http://g/a.xml".into()),
+            fetched_at: Some(1_000_000),
+            ..Meta::default()
+        };
+        let due = |wanted, meta: &Meta, retry, now| fetch_due(wanted, meta, h(6), retry, now);
+        let a = Some("http://g/a.xml");
+        // Nothing configured: never.
+        assert!(!due(None, &fetched, None, at(9_000_000)));
+        // Never fetched, or another URL wanted: at once.
+        assert!(due(a, &Meta::default(), None, at(1)));
+        assert!(due(Some("http://g/b.xml"), &fetched, None, at(1_000_001)));
+        // The cached guide: when EPG_REFRESH has passed since the fetch.
+        assert!(!due(
+            a,
+            &fetched,
+            None,
+            at(1_000_000) + h(6) - Duration::from_secs(1)
+        ));
+        assert!(due(a, &fetched, None, at(1_000_000) + h(6)));
+        // After a failure, not before the retry time.
+        let retry = Some(at(2_000_000));
+        assert!(!due(Some("http://g/b.xml"), &fetched, retry, at(1_999_999)));
+        assert!(due(Some("http://g/b.xml"), &fetched, retry, at(2_000_000)));
+    }
 }
