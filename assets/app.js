@@ -4,7 +4,7 @@
 // properties, never parsed as HTML.
 
 import { $, state, askKey, KEY_STORE } from './util.js';
-import { loadProfiles, loadStreams, renderChannels, openStreamDialog, saveStream, importPlaylist, validateUrl } from './catalog.js';
+import { loadProfiles, loadStreams, loadGuide, renderChannels, openStreamDialog, saveStream, importPlaylist, validateUrl } from './catalog.js';
 import { startPreview, stopPreview, restartPreview } from './player.js';
 import { connectEvents, closeEvents } from './dashboard.js';
 
@@ -30,3 +30,6 @@ window.addEventListener('pagehide', () => { stopPreview(); closeEvents(); });
 loadProfiles();
 loadStreams();
 connectEvents();
+// What is on now and next changes with the clock: ask again every minute.
+loadGuide();
+setInterval(loadGuide, 60_000);

@@ -1,6 +1,7 @@
 // sluice web page: the channel list (search, group filter, logos that
-// degrade to initials) and the catalog actions (add, edit, delete, M3U
-// import, URL validation), each showing the server's own error inline.
+// degrade to initials, what is on now and next when a guide is loaded) and
+// the catalog actions (add, edit, delete, M3U import, URL validation), each
+// showing the server's own error inline.
 
 import { $, el, state, setMsg, readError, authHeaders, adminFetch } from './util.js';
 import { startPreview, stopPreview, playingStreamId } from './player.js';
@@ -36,6 +37,45 @@ export async function loadStreams() {
   }
   renderGroups();
   renderChannels();
+}
+
+/** What is on now and next per stream id, from /api/epg/now. */
+const guide = new Map();
+
+/** Loads now/next from the guide; channels without guide data show none. */
+export async function loadGuide() {
+  try {
+    const resp = await fetch('/api/epg/now');
+    if (!resp.ok) return;
+    const list = await resp.json();
+    guide.clear();
+    for (const item of Array.isArray(list) ? list : []) {
+      if (item && typeof item.streamId === 'string') guide.set(item.streamId, item);
+    }
+  } catch (_) {
+    return; // The guide is optional: the list stays as it is.
+  }
+  renderChannels();
+}
+
+function clock(iso) {
+  const d = new Date(iso);
+  return Number.isNaN(d.getTime()) ? '' : d.toLocaleTimeString([], { hour: '2-digit', minute: '2-digit' });
+}
+
+/** "Now: Title (until 21:00)" and "Next 21:00: Title" lines, or null. */
+function nowNextFor(s) {
+  const item = guide.get(s.id);
+  if (!item || (!item.now && !item.next)) return null;
+  const lines = [];
+  const line = (className, text) => el('span', { className, textContent: text, title: text });
+  if (item.now && item.now.title) {
+    lines.push(line('epg-now', `Now: ${item.now.title} (until ${clock(item.now.stop)})`));
+  }
+  if (item.next && item.next.title) {
+    lines.push(line('epg-next', `Next ${clock(item.next.start)}: ${item.next.title}`));
+  }
+  return lines.length ? el('span', { className: 'ch-epg' }, ...lines) : null;
 }
 
 function renderGroups() {
@@ -78,7 +118,8 @@ export function renderChannels() {
       'aria-current': state.selected === s.id ? 'true' : 'false',
     }, logoFor(s), el('span', { className: 'ch-text' },
       el('span', { className: 'ch-name', textContent: s.name || s.id }),
-      el('span', { className: 'ch-sub', textContent: [s.id, s.group].filter(Boolean).join(' · ') })));
+      el('span', { className: 'ch-sub', textContent: [s.id, s.group].filter(Boolean).join(' · ') }),
+      nowNextFor(s)));
     play.addEventListener('click', () => startPreview(s.id));
     const edit = el('button', { type: 'button', className: 'small', textContent: 'Edit', 'aria-label': `Edit ${s.name || s.id}` });
     edit.addEventListener('click', () => openStreamDialog(s));
@@ -216,7 +257,7 @@ export async function importPlaylist(e) {
   }
   const r = await resp.json();
   const errors = Array.isArray(r.errors) ? r.errors : [];
-  setMsg(msg, `Imported ${r.imported ?? 0}, updated ${r.updated ?? 0}, skipped ${r.skipped ?? 0}` + (errors.length ? `; ${errors.length} ${errors.length === 1 ? 'entry' : 'entries'} refused:` : '.'), errors.length ? 'warn' : '');
+  setMsg(msg, `Imported ${r.imported ?? 0}, updated ${r.updated ?? 0}, unchanged ${r.unchanged ?? 0}, added as backup URLs ${r.mergedAsBackup ?? 0}, skipped ${r.skipped ?? 0}` + (errors.length ? `; ${errors.length} ${errors.length === 1 ? 'entry' : 'entries'} refused:` : '.'), errors.length ? 'warn' : '');
   $('import-errors').replaceChildren(...errors.slice(0, 50).map((x) => el('li', {
     textContent: typeof x === 'string' ? x : [x.line ? `line ${x.line}` : '', x.name, x.message || x.error].filter(Boolean).join(': '),
   })));

@@ -29,6 +29,8 @@ pub const DEFAULT_SHUTDOWN_GRACE_MS: u64 = 10_000;
 pub const DEFAULT_RATE_LIMIT_PREVIEW: &str = "60/min";
 pub const DEFAULT_RATE_LIMIT_ADMIN: &str = "30/15min";
 pub const DEFAULT_RATE_LIMIT_API: &str = "300/min";
+pub const DEFAULT_EPG_REFRESH: &str = "6h";
+pub const DEFAULT_EPG_FILLER_HOURS: u32 = 2;
 
 /// Bounds for the per-request `timeout` query parameter (SPEC §6).
 pub const MIN_REQUEST_TIMEOUT_MS: u64 = 100;
@@ -160,6 +162,20 @@ pub struct Settings {
           value_parser = crate::http::cors::CorsOrigins::parse)]
     pub cors_origin: Option<crate::http::cors::CorsOrigins>,
 
+    /// XMLTV guide to serve at /epg.xml, http(s), gzip accepted (unset: the `x-tvg-url` / `url-tvg` of the last imported playlist).
+    #[arg(long = "epg-url", env = "EPG_URL", value_name = "EPG_URL", value_parser = parse_epg_url)]
+    pub epg_url: Option<String>,
+
+    /// How often the guide is fetched again, e.g. 6h, 90min, 1day (at least 1min).
+    #[arg(long = "epg-refresh", env = "EPG_REFRESH", value_name = "EPG_REFRESH",
+          default_value = DEFAULT_EPG_REFRESH, value_parser = parse_epg_refresh)]
+    pub epg_refresh: Duration,
+
+    /// Length in hours (1-24) of the placeholder programmes given to channels the guide has no programmes for.
+    #[arg(long = "epg-filler-hours", env = "EPG_FILLER_HOURS", value_name = "EPG_FILLER_HOURS",
+          default_value_t = DEFAULT_EPG_FILLER_HOURS, value_parser = clap::value_parser!(u32).range(1..=24))]
+    pub epg_filler_hours: u32,
+
     /// Preview requests per client: N/min, N/15min, N/s, N/h, or off.
     #[arg(long = "rate-limit-preview", env = "RATE_LIMIT_PREVIEW", value_name = "RATE_LIMIT_PREVIEW",
           default_value = DEFAULT_RATE_LIMIT_PREVIEW, value_parser = crate::http::ratelimit::Rate::parse)]
@@ -283,6 +299,26 @@ impl Settings {
         let mut s = Settings::parse_from(["sluice"]);
         s.data_dir = data_dir.into();
         s
+    }
+}
+
+/// `EPG_REFRESH`: a humantime duration of at least a minute.
+fn parse_epg_refresh(s: &str) -> Result<Duration, String> {
+    let d = humantime::parse_duration(s.trim())
+        .map_err(|e| format!("{e}: expected a duration such as 6h, 90min or 1day"))?;
+    if d < Duration::from_secs(60) {
+        return Err("must be at least 1min".into());
+    }
+    Ok(d)
+}
+
+/// `EPG_URL`: an absolute http:// or https:// URL.
+fn parse_epg_url(s: &str) -> Result<String, String> {
+    let t = s.trim();
+    match url::Url::parse(t) {
+        Ok(u) if matches!(u.scheme(), "http" | "https") && u.has_host() => Ok(t.to_string()),
+        Ok(_) => Err("expected an http:// or https:// URL".into()),
+        Err(e) => Err(format!("{e}: expected an http:// or https:// URL")),
     }
 }
 

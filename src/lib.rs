@@ -8,6 +8,7 @@
 
 pub mod catalog;
 pub mod config;
+pub mod epg;
 pub mod health;
 pub mod http;
 pub mod logging;
@@ -33,6 +34,8 @@ pub struct AppState {
     pub settings: Settings,
     pub profiles: profiles::Profiles,
     pub catalog: catalog::Catalog,
+    /// The XMLTV guide; its refresher starts with the server.
+    pub guide: Arc<epg::Guide>,
     pub pool: Arc<pool::Pool>,
     pub registry: Arc<sessions::Registry>,
     pub memory: Arc<memory::MemoryMonitor>,
@@ -128,6 +131,12 @@ pub fn build_state(settings: Settings) -> Result<Arc<AppState>, StartError> {
     media::session::set_dot_dump_dir(Some(settings.data_dir.join("pipeline-dumps")));
     let health = health::HealthCache::new(&settings.data_dir);
     health.spawn_refresher(settings.data_dir.clone());
+    let guide = Arc::new(epg::Guide::open(
+        &settings.data_dir,
+        settings.epg_url.clone(),
+        settings.epg_refresh,
+        settings.epg_filler_hours,
+    ));
     let missing = health.checks().missing_elements;
     if !missing.is_empty() {
         tracing::error!(missing = %missing.join(", "), "GStreamer elements are missing: install the plugins listed in README");
@@ -136,6 +145,7 @@ pub fn build_state(settings: Settings) -> Result<Arc<AppState>, StartError> {
         settings,
         profiles,
         catalog,
+        guide,
         pool,
         registry,
         memory,
@@ -160,6 +170,7 @@ impl Server {
     pub async fn start(settings: Settings) -> Result<Server, StartError> {
         let addr = SocketAddr::new(settings.host, settings.port);
         let state = build_state(settings)?;
+        epg::spawn(state.clone());
         let listener = tokio::net::TcpListener::bind(addr)
             .await
             .map_err(|source| StartError::Bind { addr, source })?;

@@ -130,6 +130,7 @@ async fn import(
     };
     drop(body);
     let started = std::time::Instant::now();
+    let guide_url = crate::epg::playlist_guide_url(&text);
     let (entries, mut errors, has_header) = tokio::task::spawn_blocking(move || split(&text))
         .await
         .map_err(|e| {
@@ -146,6 +147,7 @@ async fn import(
     }
     let parse_skipped = errors.len();
     let mut outcome = state.catalog.import(entries).await?;
+    state.guide.playlist_imported(guide_url);
     outcome.skipped += parse_skipped;
     errors.append(&mut outcome.errors);
     errors.sort_by_key(|e| e.line);

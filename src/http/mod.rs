@@ -4,6 +4,7 @@
 
 pub mod catalog;
 pub mod cors;
+pub mod epg;
 pub mod error;
 pub mod extract;
 pub mod hangup;
@@ -99,6 +100,8 @@ pub fn routes(
         .or(validate::routes(state.clone()))
         .unify()
         .or(health::routes(state.clone()))
+        .unify()
+        .or(epg::routes(state.clone()))
         .unify()
         .or(web::routes(state.clone()))
         .unify()

@@ -67,6 +67,10 @@ pub const API_HEALTH_LIVE: Route = route("/api/health/live", Unlimited, Request)
 pub const API_HEALTH_READY: Route = route("/api/health/ready", Unlimited, Request);
 pub const METRICS: Route = route("/metrics", Unlimited, Request);
 pub const PLAYLIST: Route = route("/playlist.m3u", ByMethod, Request);
+// The XMLTV guide and what is on now (SPEC §14).
+pub const EPG_XML: Route = route("/epg.xml", Api, Request);
+pub const EPG_STATUS: Route = route("/api/epg/status", Unlimited, Request);
+pub const EPG_NOW: Route = route("/api/epg/now", Api, Request);
 pub const PROFILES: Route = route("/api/profiles", ByMethod, Request);
 pub const STREAMS: Route = route("/api/streams", ByMethod, Request);
 pub const STREAM_IMPORT: Route = route("/api/streams/import", ByMethod, Import);
@@ -108,6 +112,9 @@ pub const ROUTES: &[Route] = &[
     EVENTS,
     SESSION,
     PREVIEW,
+    EPG_XML,
+    EPG_STATUS,
+    EPG_NOW,
     ASSET,
     // HDHomeRun tuner emulation.
     HDHR_DISCOVER,
