@@ -185,6 +185,21 @@ async fn get_json(url: &str) -> serde_json::Value {
     r.json().await.unwrap()
 }
 
+/// The channel id a stream has in `/epg.xml` and the lineup: its number,
+/// else its id.
+fn guide_id(stream: &serde_json::Value) -> String {
+    stream["number"]
+        .as_str()
+        .or_else(|| stream["id"].as_str())
+        .unwrap()
+        .to_string()
+}
+
+/// [`guide_id`] of the catalog stream `id`.
+async fn guide_id_of(srv: &BinServer, id: &str) -> String {
+    guide_id(&get_json(&srv.url(&format!("/api/streams/{id}"))).await)
+}
+
 async fn import(srv: &BinServer, playlist: &str) -> serde_json::Value {
     let r = common::client()
         .post(srv.url("/api/streams/import"))
@@ -362,9 +377,10 @@ async fn big_gzipped_guide_from_the_playlist_is_filtered_streamed_and_cached() {
     let (body, _) = fetch_epg(&srv, &early).await;
     assert_valid_xmltv(&early);
     let (channels, progs) = parse_xmltv(&body);
-    assert!(channels.contains(&"demo-smpte".to_string()), "{channels:?}");
+    let smpte = guide_id_of(&srv, "demo-smpte").await;
+    assert!(channels.contains(&smpte), "{channels:?}");
     let now = unix_now();
-    assert_covers(&progs, "demo-smpte", now, now + 48 * 3600);
+    assert_covers(&progs, &smpte, now, now + 48 * 3600);
 
     let baseline = srv.rss_bytes();
     assert!(baseline > 0);
@@ -414,17 +430,25 @@ async fn big_gzipped_guide_from_the_playlist_is_filtered_streamed_and_cached() {
         .unwrap()
         .iter()
         .filter(|s| s["enabled"] != false)
-        .map(|s| s["id"].as_str().unwrap().to_string())
+        .map(guide_id)
         .collect();
-    let id_of = |name: &str| {
+    let stream_named = |name: &str| {
         streams
             .as_array()
             .unwrap()
             .iter()
             .find(|s| s["name"] == name)
-            .map(|s| s["id"].as_str().unwrap().to_string())
             .unwrap_or_else(|| panic!("{name} imported"))
+            .clone()
     };
+    // Guide channel ids (the lineup's GuideNumber), and stream ids for the API.
+    let id_of = |name: &str| guide_id(&stream_named(name));
+    let stream_id_of = |name: &str| stream_named(name)["id"].as_str().unwrap().to_string();
+    let (seven_sid, fifteen_sid, nope_sid) = (
+        stream_id_of("Seven"),
+        stream_id_of("Fifteen hundred"),
+        stream_id_of("No Guide Here"),
+    );
     let (seven, fifteen, nope, by_name) = (
         id_of("Seven"),
         id_of("Fifteen hundred"),
@@ -452,6 +476,17 @@ async fn big_gzipped_guide_from_the_playlist_is_filtered_streamed_and_cached() {
     let got: BTreeSet<String> = channels.iter().cloned().collect();
     assert_eq!(got, enabled);
     assert_eq!(channels.len(), enabled.len(), "each channel once");
+    let lineup = get_json(&srv.url("/lineup.json")).await;
+    let guide_numbers: BTreeSet<String> = lineup
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["GuideNumber"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(
+        got, guide_numbers,
+        "guide ids are the lineup's GuideNumbers"
+    );
     assert!(progs.iter().all(|p| got.contains(&p.channel)));
     assert!(!body.contains("ch0001.tv") && !body.contains("ch0007.tv"));
     assert!(body.contains("<icon src=\"http://logos.example/7.png\"/>"));
@@ -500,7 +535,7 @@ async fn big_gzipped_guide_from_the_playlist_is_filtered_streamed_and_cached() {
         .as_array()
         .unwrap()
         .iter()
-        .find(|e| e["streamId"] == seven.as_str())
+        .find(|e| e["streamId"] == seven_sid.as_str())
         .unwrap_or_else(|| panic!("{nn}"));
     let cur = &entry["now"];
     assert!(
@@ -518,7 +553,7 @@ async fn big_gzipped_guide_from_the_playlist_is_filtered_streamed_and_cached() {
         .as_array()
         .unwrap()
         .iter()
-        .all(|e| e["streamId"] != nope.as_str()));
+        .all(|e| e["streamId"] != nope_sid.as_str()));
 
     // A restart serves the cached guide at once, without fetching it again.
     let fetched = web.total.load(Ordering::SeqCst);
@@ -542,7 +577,7 @@ async fn big_gzipped_guide_from_the_playlist_is_filtered_streamed_and_cached() {
 
     // A catalog change re-filters the cached guide, without a fetch.
     let r = common::client()
-        .delete(srv.url(&format!("/api/streams/{fifteen}")))
+        .delete(srv.url(&format!("/api/streams/{fifteen_sid}")))
         .send()
         .await
         .unwrap();
@@ -692,7 +727,8 @@ async fn a_failed_fetch_shows_in_status_and_the_channels_keep_filler() {
     assert_valid_xmltv(&path);
     let (_, progs) = parse_xmltv(&body);
     let now = unix_now();
-    assert_covers(&progs, "demo-ball", now, now + 48 * 3600);
+    let ball = guide_id_of(&srv, "demo-ball").await;
+    assert_covers(&progs, &ball, now, now + 48 * 3600);
     // Not retried at once.
     tokio::time::sleep(Duration::from_secs(3)).await;
     assert_eq!(web.hits("/gone.xml"), 1);
