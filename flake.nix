@@ -128,6 +128,13 @@
             "RATE_LIMIT_PREVIEW"
             "RATE_LIMIT_ADMIN"
             "RATE_LIMIT_API"
+            "HDHR_ENABLED"
+            "HDHR_BASE_URL"
+            "HDHR_QUALITY"
+            "HDHR_SSDP"
+            "EPG_URL"
+            "EPG_REFRESH"
+            "EPG_FILLER_HOURS"
           ];
           # SPEC §3 variables with an option of their own.
           ownOptions = {
@@ -279,6 +286,9 @@
                 unless a group in supplementaryGroups or world permissions allow it.'';
 
             networking.firewall.allowedTCPPorts = lib.mkIf cfg.openFirewall [ cfg.port ];
+            # SSDP discovery (HDHR_SSDP): media servers search on UDP 1900.
+            networking.firewall.allowedUDPPorts = lib.mkIf
+              (cfg.openFirewall && lib.elem (toString (cfg.settings.HDHR_SSDP or false)) [ "1" "true" ]) [ 1900 ];
 
             systemd.services.sluice = {
               description = "sluice live transcoding server";

@@ -147,6 +147,21 @@ fn redact_path(path: &str) -> String {
     out.join("/")
 }
 
+/// `msg: cause: cause` for an error and its sources (each cause once),
+/// with credentials redacted.
+pub fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut parts = vec![e.to_string()];
+    let mut src = e.source();
+    while let Some(s) = src {
+        let text = s.to_string();
+        if !parts.iter().any(|p| p.contains(&text)) {
+            parts.push(text);
+        }
+        src = s.source();
+    }
+    redact_text(&parts.join(": "))
+}
+
 /// Redacts every URL-looking token inside free text (GStreamer error
 /// messages quote the URI they failed on).
 pub fn redact_text(text: &str) -> String {

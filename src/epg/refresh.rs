@@ -14,7 +14,7 @@ use super::{
     RENDERED_FILE, RETRY_AFTER,
 };
 use crate::catalog::Stream;
-use crate::redact::{redact_text, redact_url};
+use crate::redact::{error_chain, redact_text, redact_url};
 use crate::AppState;
 
 /// Starts the refresher: fetches when due, filters again when the catalog
@@ -240,7 +240,7 @@ async fn fetch(dir: &Path, url: &str) -> Result<u64, String> {
         .header(http::header::ACCEPT_ENCODING, "gzip")
         .send()
         .await
-        .map_err(|e| redact_text(&describe(&e)))?;
+        .map_err(|e| error_chain(&e))?;
     if !resp.status().is_success() {
         return Err(format!("the guide server answered {}", resp.status()));
     }
@@ -258,7 +258,7 @@ async fn fetch(dir: &Path, url: &str) -> Result<u64, String> {
             Ok(None) => break,
             Err(e) => {
                 let _ = tokio::fs::remove_file(&tmp).await;
-                return Err(redact_text(&describe(&e)));
+                return Err(error_chain(&e));
             }
         };
         total += chunk.len() as u64;
@@ -280,19 +280,6 @@ fn too_large() -> String {
         "the guide is larger than {} MiB: it was not loaded",
         MAX_GUIDE_BYTES / (1024 * 1024)
     )
-}
-
-fn describe(e: &(dyn std::error::Error + 'static)) -> String {
-    let mut parts = vec![e.to_string()];
-    let mut src = e.source();
-    while let Some(s) = src {
-        let t = s.to_string();
-        if !parts.iter().any(|p| p.contains(&t)) {
-            parts.push(t);
-        }
-        src = s.source();
-    }
-    parts.join(": ")
 }
 
 /// The streams that appear in the guide: the enabled ones.

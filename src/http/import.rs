@@ -33,7 +33,7 @@ use super::{json, query_map, require_admin};
 use crate::catalog::{ImportEntry, ImportError};
 use crate::m3u;
 use crate::media::Format;
-use crate::redact::{redact_text, redact_url};
+use crate::redact::{error_chain, redact_url};
 use crate::AppState;
 
 /// Time allowed to fetch a playlist from a URL.
@@ -200,20 +200,6 @@ fn split(text: &str) -> (Vec<ImportEntry>, Vec<ImportError>, bool) {
     (entries, errors, has_header)
 }
 
-/// `msg: cause: cause` for an error and its sources, credential-free.
-fn describe(e: &(dyn std::error::Error + 'static)) -> String {
-    let mut parts = vec![e.to_string()];
-    let mut src = e.source();
-    while let Some(s) = src {
-        let text = s.to_string();
-        if !parts.iter().any(|p| p.contains(&text)) {
-            parts.push(text);
-        }
-        src = s.source();
-    }
-    redact_text(&parts.join(": "))
-}
-
 /// Fetches a playlist over http(s), at most [`MAX_IMPORT_BODY`] bytes
 /// within [`FETCH_TIMEOUT`].
 async fn fetch_playlist(url: &str) -> Result<String, ApiError> {
@@ -238,12 +224,12 @@ async fn fetch_playlist(url: &str) -> Result<String, ApiError> {
         .redirect(reqwest::redirect::Policy::limited(5))
         .user_agent(concat!("sluice/", env!("CARGO_PKG_VERSION")))
         .build()
-        .map_err(|e| failed(describe(&e)))?;
+        .map_err(|e| failed(error_chain(&e)))?;
     let resp = client.get(parsed).send().await.map_err(|e| {
         if e.is_timeout() {
             failed(format!("no answer within {} s", FETCH_TIMEOUT.as_secs()))
         } else {
-            failed(describe(&e.without_url()))
+            failed(error_chain(&e.without_url()))
         }
     })?;
     if !resp.status().is_success() {
@@ -272,7 +258,7 @@ async fn fetch_playlist(url: &str) -> Result<String, ApiError> {
             if e.is_timeout() {
                 failed(format!("not received within {} s", FETCH_TIMEOUT.as_secs()))
             } else {
-                failed(describe(&e.without_url()))
+                failed(error_chain(&e.without_url()))
             }
         })?;
         if (body.len() + chunk.len()) as u64 > MAX_IMPORT_BODY {

@@ -90,25 +90,30 @@ pub fn json_body<T: serde::de::DeserializeOwned + Send>(
 pub fn routes(
     state: Arc<AppState>,
 ) -> impl Filter<Extract = (warp::reply::Response,), Error = Infallible> + Clone {
+    // Each group is boxed: the nested filter types of the whole table
+    // otherwise overflow the compiler's query depth in release builds and
+    // give symbols megabytes long.
     let api = preview::routes(state.clone())
-        .or(status::routes(state.clone()))
+        .boxed()
+        .or(status::routes(state.clone()).boxed())
         .unify()
-        .or(catalog::routes(state.clone()))
+        .or(catalog::routes(state.clone()).boxed())
         .unify()
-        .or(import::routes(state.clone()))
+        .or(import::routes(state.clone()).boxed())
         .unify()
-        .or(validate::routes(state.clone()))
+        .or(validate::routes(state.clone()).boxed())
         .unify()
-        .or(health::routes(state.clone()))
+        .or(health::routes(state.clone()).boxed())
         .unify()
-        .or(epg::routes(state.clone()))
+        .or(epg::routes(state.clone()).boxed())
         .unify()
-        .or(web::routes(state.clone()))
+        .or(web::routes(state.clone()).boxed())
         .unify()
-        .or(metrics::routes(state.clone()))
+        .or(metrics::routes(state.clone()).boxed())
         .unify()
-        .or(tuner::routes(state.clone()))
-        .unify();
+        .or(tuner::routes(state.clone()).boxed())
+        .unify()
+        .boxed();
     // Rate limits come first (a refused request does no work); their
     // headers go on every limited answer, errors included. CORS wraps it all.
     let limited = ratelimit::filter(state.clone())
