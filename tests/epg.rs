@@ -12,7 +12,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::BinServer;
+use common::{get_json, BinServer};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 const DTD: &str = "/usr/share/xmltv/xmltv.dtd";
@@ -177,12 +177,6 @@ impl FileServer {
     fn hits(&self, path: &str) -> usize {
         self.hits.lock().get(path).copied().unwrap_or(0)
     }
-}
-
-async fn get_json(url: &str) -> serde_json::Value {
-    let r = common::client().get(url).send().await.unwrap();
-    assert_eq!(r.status(), 200, "{url}");
-    r.json().await.unwrap()
 }
 
 /// The channel id a stream has in `/epg.xml` and the lineup: its number,

@@ -896,14 +896,7 @@ async fn per_client_session_limits_follow_the_real_client() {
     futures::StreamExt::next(&mut body).await.unwrap().unwrap();
     let spoofed = get("10.20.30.40, 198.51.100.7").await.unwrap();
     json_error(spoofed, 429, "too_many_sessions").await;
-    let status: Value = common::client()
-        .get(ts.url("/api/streams/transcoding/status"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let status = common::get_json(&ts.url("/api/streams/transcoding/status")).await;
     assert_eq!(
         status["sessions"][0]["clientIP"], "198.51.100.7",
         "{status}"

@@ -13,20 +13,6 @@ use common::*;
 use serde_json::Value;
 use sluice::config::TrustProxy;
 
-async fn get_json(url: &str) -> Value {
-    let r = client().get(url).send().await.unwrap();
-    assert_eq!(r.status(), 200, "{url}");
-    assert!(
-        r.headers()["content-type"]
-            .to_str()
-            .unwrap()
-            .starts_with("application/json"),
-        "{url}"
-    );
-    let text = r.text().await.unwrap();
-    serde_json::from_str(&text).unwrap_or_else(|e| panic!("{url}: not JSON ({e}): {text}"))
-}
-
 /// The DeviceID, UDN and URLBase of a device.xml, read by Python's XML parser.
 fn parse_device_xml(xml: &str) -> (String, String, String) {
     let script = r#"

@@ -77,6 +77,21 @@ pub async fn start_with(tweak: impl FnOnce(&mut Settings)) -> TestServer {
     }
 }
 
+/// GETs `url`, expects 200 with a JSON content type, and parses the body.
+pub async fn get_json(url: &str) -> serde_json::Value {
+    let r = client().get(url).send().await.unwrap();
+    assert_eq!(r.status(), 200, "{url}");
+    assert!(
+        r.headers()["content-type"]
+            .to_str()
+            .unwrap()
+            .starts_with("application/json"),
+        "{url}"
+    );
+    let text = r.text().await.unwrap();
+    serde_json::from_str(&text).unwrap_or_else(|e| panic!("{url}: not JSON ({e}): {text}"))
+}
+
 pub async fn start() -> TestServer {
     start_with(|_| {}).await
 }
