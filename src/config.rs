@@ -22,6 +22,10 @@ pub const DEFAULT_MAX_SESSIONS_PER_CLIENT: usize = 3;
 pub const DEFAULT_START_TIMEOUT_MS: u64 = 30_000;
 pub const DEFAULT_QUALITY: &str = "medium";
 pub const DEFAULT_STALL_TIMEOUT_MS: u64 = 15_000;
+pub const DEFAULT_MAX_CHANNELS: usize = 20;
+pub const DEFAULT_MAX_VIEWERS: usize = 200;
+pub const DEFAULT_CHANNEL_LINGER_MS: u64 = 5_000;
+pub const DEFAULT_VIEWER_BUFFER_MS: u64 = 4_000;
 pub const DEFAULT_RECONNECT_TIMEOUT_MS: u64 = 30_000;
 pub const DEFAULT_MEMORY_WARNING: &str = "512MB";
 pub const DEFAULT_MEMORY_CRITICAL: &str = "1GB";
@@ -108,6 +112,28 @@ pub struct Settings {
     #[arg(long = "stall-timeout", env = "STALL_TIMEOUT", value_name = "STALL_TIMEOUT",
           default_value_t = DEFAULT_STALL_TIMEOUT_MS, value_parser = positive_u64)]
     pub stall_timeout_ms: u64,
+
+    /// Channels running at once: each is one upstream connection.
+    #[arg(long = "max-channels", env = "MAX_CHANNELS", value_name = "MAX_CHANNELS",
+          default_value_t = DEFAULT_MAX_CHANNELS, value_parser = positive_usize)]
+    pub max_channels: usize,
+
+    /// Viewers (HTTP responses reading a channel) at once.
+    #[arg(long = "max-viewers", env = "MAX_VIEWERS", value_name = "MAX_VIEWERS",
+          default_value_t = DEFAULT_MAX_VIEWERS, value_parser = positive_usize)]
+    pub max_viewers: usize,
+
+    /// Ms a rendition (and its channel) keeps running after its last viewer
+    /// left, so a viewer who comes back joins at once; 0 stops at once.
+    #[arg(long = "channel-linger", env = "CHANNEL_LINGER", value_name = "CHANNEL_LINGER",
+          default_value_t = DEFAULT_CHANNEL_LINGER_MS)]
+    pub channel_linger_ms: u64,
+
+    /// Ms of media queued for one viewer before it skips ahead to the next
+    /// keyframe (a viewer that stays behind for STALL_TIMEOUT is ended).
+    #[arg(long = "viewer-buffer", env = "VIEWER_BUFFER", value_name = "VIEWER_BUFFER",
+          default_value_t = DEFAULT_VIEWER_BUFFER_MS, value_parser = positive_u64)]
+    pub viewer_buffer_ms: u64,
 
     /// Ms a running session may spend reconnecting a live source that
     /// dropped (primary, then each backup URL, with backoff); 0 disables.
@@ -284,6 +310,14 @@ impl Settings {
 
     pub fn stall_timeout(&self) -> Duration {
         Duration::from_millis(self.stall_timeout_ms)
+    }
+
+    pub fn channel_linger(&self) -> Duration {
+        Duration::from_millis(self.channel_linger_ms)
+    }
+
+    pub fn viewer_buffer(&self) -> Duration {
+        Duration::from_millis(self.viewer_buffer_ms)
     }
 
     pub fn reconnect_timeout(&self) -> Duration {
