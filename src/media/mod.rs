@@ -142,10 +142,12 @@ pub enum EndReason {
     AdminStop,
     Shutdown,
     StartTimeout,
+    /// A viewer stayed behind its rendition for longer than `STALL_TIMEOUT`.
+    SlowClient,
 }
 
 impl EndReason {
-    pub const ALL: [EndReason; 7] = [
+    pub const ALL: [EndReason; 8] = [
         EndReason::ClientDisconnect,
         EndReason::SourceEos,
         EndReason::SourceError,
@@ -153,6 +155,7 @@ impl EndReason {
         EndReason::AdminStop,
         EndReason::Shutdown,
         EndReason::StartTimeout,
+        EndReason::SlowClient,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -164,6 +167,7 @@ impl EndReason {
             EndReason::AdminStop => "admin_stop",
             EndReason::Shutdown => "shutdown",
             EndReason::StartTimeout => "start_timeout",
+            EndReason::SlowClient => "slow_client",
         }
     }
 }
