@@ -7,6 +7,7 @@
 //! [`shutdown`] drains it all.
 
 pub mod catalog;
+pub mod channels;
 pub mod config;
 pub mod epg;
 pub mod health;
