@@ -12,7 +12,9 @@
 //! header and the video PID; a chunk starts at each video random access point.
 //!
 //! Pure byte parsing: no GStreamer, no I/O, no locks, no panics on bad input.
-//! Each push copies its input once into a `Bytes`; chunks are slices of it.
+//! It knows nothing of viewers or timing; the fan-out decides who gets what.
+//! Each push copies its input once into a `Bytes` and chunks are slices of
+//! it; only a box or packet split over pushes is gathered in its own buffer.
 
 use bytes::Bytes;
 

@@ -112,6 +112,7 @@ impl Mp4 {
                         pos = input.len();
                     }
                     Open::Pass(hdr, left) => {
+                        self.lost = false;
                         emit(out, input.slice(pos..pos + hdr), false);
                         pos += hdr;
                         self.step = pass(left);
@@ -141,6 +142,7 @@ impl Mp4 {
                             self.finish_pending(size, out);
                         }
                         Open::Pass(_, left) => {
+                            self.lost = false;
                             emit(out, Bytes::from(std::mem::take(&mut self.pending)), false);
                             self.step = pass(left);
                         }
@@ -214,10 +216,13 @@ impl Mp4 {
                 self.pre = b.to_vec();
                 self.moov = None;
             }
-            _ => {
+            // Other header boxes, up to a bound: a stream that never
+            // reaches a `moof` must not grow the header without end.
+            _ if self.pre.len() + b.len() <= MAX_HELD as usize => {
                 self.pre.extend_from_slice(&b);
                 self.rebuild_header();
             }
+            _ => {}
         }
     }
 
