@@ -1,3 +1,4 @@
-//! Shared channels: one rendition's output handed to any number of viewers.
+//! Shared channels: a rendition's output cut into chunks and fanned out to its viewers.
 
+pub mod container;
 pub mod fanout;
