@@ -39,6 +39,7 @@ pub struct AppState {
     pub guide: Arc<epg::Guide>,
     pub pool: Arc<pool::Pool>,
     pub registry: Arc<sessions::Registry>,
+    pub channels: Arc<channels::Channels>,
     pub memory: Arc<memory::MemoryMonitor>,
     pub shutdown: Arc<shutdown::Shutdown>,
     pub health: Arc<health::HealthCache>,
@@ -119,17 +120,28 @@ pub fn build_state(settings: Settings) -> Result<Arc<AppState>, StartError> {
     } else {
         None
     };
-    let pool = pool::Pool::new(
-        settings.max_transcodes,
-        settings.max_remux,
-        settings.max_queued,
-        settings.max_sessions_per_client,
-    );
+    let pool = pool::Pool::new(pool::Limits {
+        transcodes: settings.max_transcodes,
+        remux: settings.max_remux,
+        queued: settings.max_queued,
+        per_client: settings.max_sessions_per_client,
+        channels: settings.max_channels,
+        viewers: settings.max_viewers,
+    });
     let registry = sessions::Registry::new();
-    registry.spawn_stall_watchdog(settings.stall_timeout());
+    let channels = channels::Channels::new(
+        pool.clone(),
+        registry.clone(),
+        channels::ChannelSettings {
+            linger: settings.channel_linger(),
+            viewer_buffer: settings.viewer_buffer(),
+            stall: settings.stall_timeout(),
+        },
+    );
+    channels.spawn_watchdog();
     let memory = memory::MemoryMonitor::new(settings.memory_warning, settings.memory_critical);
     memory.spawn_sampler();
-    media::session::set_dot_dump_dir(Some(settings.data_dir.join("pipeline-dumps")));
+    media::running::set_dot_dump_dir(Some(settings.data_dir.join("pipeline-dumps")));
     let health = health::HealthCache::new(&settings.data_dir);
     health.spawn_refresher(settings.data_dir.clone());
     let guide = Arc::new(epg::Guide::open(
@@ -149,6 +161,7 @@ pub fn build_state(settings: Settings) -> Result<Arc<AppState>, StartError> {
         guide,
         pool,
         registry,
+        channels,
         memory,
         shutdown: shutdown::Shutdown::new(),
         health,

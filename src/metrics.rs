@@ -26,6 +26,8 @@ use crate::AppState;
 pub const PREFIX: &str = "sluice";
 /// Time-to-first-byte buckets in seconds.
 pub const TTFB_BUCKETS: &[f64] = &[0.1, 0.25, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 5.0, 10.0, 30.0];
+/// Join-time buckets in seconds.
+pub const JOIN_BUCKETS: &[f64] = &[0.01, 0.025, 0.05, 0.1, 0.2, 0.3, 0.5, 1.0, 2.0, 5.0];
 /// Content type of what [`Metrics::render`] produces.
 pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
 
@@ -44,6 +46,12 @@ struct ModeLabel {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RenditionLabel {
+    mode: &'static str,
+    quality: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ReasonLabel {
     reason: &'static str,
 }
@@ -57,6 +65,7 @@ pub struct Metrics {
     /// Metrics recorded as things happen.
     registry: Registry,
     pub ttfb: Histogram,
+    pub join: Histogram,
     pub http_requests: Family<HttpLabels, Counter>,
 }
 
@@ -69,6 +78,12 @@ impl Default for Metrics {
             "Time from a preview request to its first media bytes",
             ttfb.clone(),
         );
+        let join = Histogram::new(JOIN_BUCKETS.iter().copied());
+        registry.register(
+            "join_seconds",
+            "Time from a viewer subscribing to a rendition to its first decodable media",
+            join.clone(),
+        );
         let http_requests = Family::<HttpLabels, Counter>::default();
         registry.register(
             "http_requests",
@@ -78,6 +93,7 @@ impl Default for Metrics {
         Self {
             registry,
             ttfb,
+            join,
             http_requests,
         }
     }
@@ -86,6 +102,10 @@ impl Default for Metrics {
 impl Metrics {
     pub fn observe_ttfb(&self, d: Duration) {
         self.ttfb.observe(d.as_secs_f64());
+    }
+
+    pub fn observe_join(&self, d: Duration) {
+        self.join.observe(d.as_secs_f64());
     }
 
     /// Counts one answered HTTP request.
@@ -108,6 +128,65 @@ impl Metrics {
         encode_eof(&mut out)?;
         Ok(out)
     }
+}
+
+/// Channels, renditions, decoders, viewers and upstream connections.
+fn register_channels(r: &mut Registry, state: &AppState) {
+    let ch = &state.channels;
+    let gauge = |v: usize| {
+        let g: Gauge = Gauge::default();
+        g.set(v as i64);
+        g
+    };
+    r.register(
+        "channels",
+        "Channels running (one upstream connection each)",
+        gauge(ch.len()),
+    );
+    r.register(
+        "upstream_connections",
+        "Open upstream (source) connections",
+        gauge(ch.upstream_connections()),
+    );
+    r.register(
+        "viewers",
+        "Viewers reading a rendition",
+        gauge(state.registry.len()),
+    );
+    let renditions = Family::<RenditionLabel, Gauge>::default();
+    for ((mode, quality), n) in ch.rendition_counts() {
+        renditions
+            .get_or_create(&RenditionLabel {
+                mode: mode.as_str(),
+                quality,
+            })
+            .set(n as i64);
+    }
+    r.register(
+        "renditions",
+        "Renditions running, by mode and quality (one encoder per transcode rendition)",
+        renditions,
+    );
+    let decoders = Family::<KindLabel, Gauge>::default();
+    let [video, audio] = ch.decoder_counts();
+    decoders
+        .get_or_create(&KindLabel { kind: "video" })
+        .set(video as i64);
+    decoders
+        .get_or_create(&KindLabel { kind: "audio" })
+        .set(audio as i64);
+    r.register(
+        "decoders",
+        "Decoders running, by kind (one per channel stream that a transcode rendition needs)",
+        decoders,
+    );
+    let skips: Counter = Counter::default();
+    skips.inc_by(ch.skips_total());
+    r.register(
+        "viewer_skips",
+        "Times a slow viewer's queue overflowed and it skipped to the next keyframe",
+        skips,
+    );
 }
 
 /// A registry of the values that live elsewhere, as they are right now.
@@ -171,11 +250,11 @@ fn scrape_registry(state: &AppState) -> Registry {
     r.register("sessions_ended", "Sessions ended, by reason", ended);
 
     let bytes: Counter = Counter::default();
-    bytes.inc_by(crate::media::session::bytes_sent_total());
+    bytes.inc_by(state.registry.bytes_sent_total());
     r.register("bytes_sent", "Media bytes handed to preview clients", bytes);
 
     let errors = Family::<KindLabel, Counter>::default();
-    for (kind, n) in crate::media::session::pipeline_errors() {
+    for (kind, n) in crate::media::running::pipeline_errors() {
         errors.get_or_create(&KindLabel { kind }).inc_by(n);
     }
     r.register(
@@ -193,12 +272,14 @@ fn scrape_registry(state: &AppState) -> Registry {
     );
 
     let live: Gauge = Gauge::default();
-    live.set(crate::media::session::live_pipelines() as i64);
+    live.set(crate::media::running::live_pipelines() as i64);
     r.register(
         "pipelines_live",
         "GStreamer pipelines built and not yet torn down to NULL",
         live,
     );
+
+    register_channels(&mut r, state);
 
     let rss: Gauge = Gauge::default();
     rss.set(state.memory.rss() as i64);

@@ -25,6 +25,10 @@ pub enum AdmitError {
     PoolFull,
     #[error("this client already holds {0} sessions")]
     TooManySessions(usize),
+    #[error("{0} channels are running, the most MAX_CHANNELS allows; a viewer can join one of them")]
+    TooManyChannels(usize),
+    #[error("{0} viewers are watching, the most MAX_VIEWERS allows")]
+    TooManyViewers(usize),
 }
 
 /// A request waiting for a slot, as status shows it.
@@ -55,6 +59,8 @@ struct State {
     queue: VecDeque<Waiter>,
     next_id: u64,
     clients: HashMap<IpAddr, usize>,
+    channels: usize,
+    viewers: usize,
 }
 
 impl State {
@@ -71,7 +77,20 @@ pub struct Pool {
     max_remux: usize,
     max_queued: usize,
     max_per_client: usize,
+    max_channels: usize,
+    max_viewers: usize,
     state: Mutex<State>,
+}
+
+/// The pool's bounds, as configured.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    pub transcodes: usize,
+    pub remux: usize,
+    pub queued: usize,
+    pub per_client: usize,
+    pub channels: usize,
+    pub viewers: usize,
 }
 
 /// Snapshot of the pool for status and metrics.
@@ -82,22 +101,61 @@ pub struct PoolSnapshot {
     pub max_transcodes: usize,
     pub max_remux: usize,
     pub max_queued: usize,
+    pub channels: usize,
+    pub viewers: usize,
     pub queue: Vec<QueueEntry>,
 }
 
 impl Pool {
-    pub fn new(
-        max_transcodes: usize,
-        max_remux: usize,
-        max_queued: usize,
-        max_per_client: usize,
-    ) -> Arc<Self> {
+    pub fn new(limits: Limits) -> Arc<Self> {
         Arc::new(Self {
-            max_transcodes,
-            max_remux,
-            max_queued,
-            max_per_client,
+            max_transcodes: limits.transcodes,
+            max_remux: limits.remux,
+            max_queued: limits.queued,
+            max_per_client: limits.per_client,
+            max_channels: limits.channels,
+            max_viewers: limits.viewers,
             state: Mutex::new(State::default()),
+        })
+    }
+
+    /// Takes a channel (upstream connection) slot, or refuses at once.
+    pub fn enter_channel(self: &Arc<Self>) -> Result<Slot, AdmitError> {
+        let mut st = self.state.lock();
+        if st.channels >= self.max_channels {
+            return Err(AdmitError::TooManyChannels(st.channels));
+        }
+        st.channels += 1;
+        Ok(Slot {
+            pool: self.clone(),
+            kind: SlotKind::Channel,
+        })
+    }
+
+    /// Takes a viewer slot, or refuses at once.
+    pub fn enter_viewer(self: &Arc<Self>) -> Result<Slot, AdmitError> {
+        let mut st = self.state.lock();
+        if st.viewers >= self.max_viewers {
+            return Err(AdmitError::TooManyViewers(st.viewers));
+        }
+        st.viewers += 1;
+        Ok(Slot {
+            pool: self.clone(),
+            kind: SlotKind::Viewer,
+        })
+    }
+
+    /// A `mode` slot if one is free and nobody waits for one, at once.
+    pub fn try_acquire(self: &Arc<Self>, mode: Mode) -> Option<Permit> {
+        let mut st = self.state.lock();
+        let ahead = st.queue.iter().any(|w| w.mode == mode);
+        if ahead || *st.running(mode) >= self.limit(mode) {
+            return None;
+        }
+        *st.running(mode) += 1;
+        Some(Permit {
+            pool: self.clone(),
+            mode,
         })
     }
 
@@ -208,6 +266,8 @@ impl Pool {
             max_transcodes: self.max_transcodes,
             max_remux: self.max_remux,
             max_queued: self.max_queued,
+            channels: st.channels,
+            viewers: st.viewers,
             queue: st
                 .queue
                 .iter()
@@ -227,7 +287,31 @@ impl Pool {
     }
 }
 
-/// A running pipeline slot; dropping it frees the slot.
+#[derive(Debug, Clone, Copy)]
+enum SlotKind {
+    Channel,
+    Viewer,
+}
+
+/// A channel or viewer slot; dropping it frees it.
+#[must_use]
+pub struct Slot {
+    pool: Arc<Pool>,
+    kind: SlotKind,
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        let mut st = self.pool.state.lock();
+        match self.kind {
+            SlotKind::Channel => st.channels -= 1,
+            SlotKind::Viewer => st.viewers -= 1,
+        }
+    }
+}
+
+/// A running encoder (transcode rendition) or remux rendition slot;
+/// dropping it frees the slot.
 #[must_use]
 pub struct Permit {
     pool: Arc<Pool>,
@@ -292,6 +376,32 @@ impl Drop for WaitGuard {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn limits(transcodes: usize, remux: usize, queued: usize, per_client: usize) -> Limits {
+        Limits {
+            transcodes,
+            remux,
+            queued,
+            per_client,
+            channels: 2,
+            viewers: 3,
+        }
+    }
+
+    #[test]
+    fn channel_and_viewer_slots_are_bounded_and_freed_on_drop() {
+        let pool = Pool::new(limits(1, 1, 1, 10));
+        let a = pool.enter_channel().unwrap();
+        let _b = pool.enter_channel().unwrap();
+        assert_eq!(pool.enter_channel().err(), Some(AdmitError::TooManyChannels(2)));
+        drop(a);
+        let _c = pool.enter_channel().unwrap();
+        let v: Vec<_> = (0..3).map(|_| pool.enter_viewer().unwrap()).collect();
+        assert_eq!(pool.enter_viewer().err(), Some(AdmitError::TooManyViewers(3)));
+        drop(v);
+        assert_eq!(pool.snapshot().viewers, 0);
+        assert_eq!(pool.snapshot().channels, 2);
+    }
     use std::time::Duration;
 
     fn ip(n: u8) -> IpAddr {
@@ -304,7 +414,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn third_request_waits_and_gets_the_freed_slot_fifo() {
-        let pool = Pool::new(2, 5, 10, 10);
+        let pool = Pool::new(limits(2, 5, 10, 10));
         let a = pool
             .acquire(Mode::Transcode, "s", "medium", ip(1), later(10), |_| {})
             .await
@@ -348,7 +458,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn full_queue_and_timeouts_are_refused() {
-        let pool = Pool::new(1, 1, 1, 10);
+        let pool = Pool::new(limits(1, 1, 1, 10));
         let _a = pool
             .acquire(Mode::Transcode, "s", "m", ip(1), later(10), |_| {})
             .await
@@ -372,7 +482,7 @@ mod tests {
 
     #[tokio::test]
     async fn per_client_limit_and_release() {
-        let pool = Pool::new(1, 1, 1, 2);
+        let pool = Pool::new(limits(1, 1, 1, 2));
         let a = pool.enter_client(ip(9)).unwrap();
         let _b = pool.enter_client(ip(9)).unwrap();
         assert_eq!(
@@ -386,7 +496,7 @@ mod tests {
 
     #[tokio::test]
     async fn many_concurrent_releases_never_double_free() {
-        let pool = Pool::new(4, 4, 200, 1000);
+        let pool = Pool::new(limits(4, 4, 200, 1000));
         let mut tasks = Vec::new();
         for i in 0..200u32 {
             let p = pool.clone();

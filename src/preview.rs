@@ -1,7 +1,9 @@
 //! Starting a preview: the one place the request flow is decided.
 //!
-//! catalog lookup -> admission (memory, per-client, pool) -> pipeline
-//! (open source, choose mode, commit) -> first bytes -> body.
+//! catalog lookup -> admission (memory, per-client, viewers, channels,
+//! encoder or remux slot: all before any upstream connection opens) ->
+//! channel (joined, or opened) -> rendition (joined, or built) -> viewer
+//! (header, then media from a keyframe) -> body.
 //!
 //! Knows nothing of warp; the HTTP layer maps [`PreviewError`] to statuses.
 
@@ -9,12 +11,13 @@ use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::channels::fanout::{Join, Viewer};
+use crate::channels::{Channel, Rendition, RenditionKey};
 use crate::media::ingest::SourcePlan;
-use crate::media::session::{MediaSession, SessionBody};
 use crate::media::source::SourceUri;
 use crate::media::{EndReason, Format, MediaError, Mode, ModeRequest};
 use crate::memory::MemoryStatus;
-use crate::pool::AdmitError;
+use crate::pool::{AdmitError, Permit};
 use crate::sessions::{epoch_ms, SessionEntry, SessionEvent};
 use crate::AppState;
 
@@ -29,6 +32,8 @@ pub struct PreviewRequest {
     pub format: Format,
     pub timeout: Duration,
     pub client_ip: IpAddr,
+    /// Where a viewer joining a running rendition starts.
+    pub join: Join,
 }
 
 pub struct PreviewStart {
@@ -36,7 +41,8 @@ pub struct PreviewStart {
     pub mode: Mode,
     pub quality: String,
     pub format: Format,
-    pub body: SessionBody,
+    /// The response body; dropping it is the hang-up.
+    pub body: Viewer,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -61,11 +67,12 @@ pub enum PreviewError {
     StartTimeout(u64),
 }
 
-/// Starts a preview session for `req`, or says exactly why not.
+/// Starts a preview viewer for `req`, or says exactly why not.
 pub async fn start(
     state: &Arc<AppState>,
     req: PreviewRequest,
 ) -> Result<PreviewStart, PreviewError> {
+    let t0 = std::time::Instant::now();
     if state.shutdown.is_shutting_down() {
         return Err(PreviewError::ShuttingDown);
     }
@@ -116,8 +123,7 @@ pub async fn start(
     let source = SourceUri::parse(&stream.url, state.catalog.media_dir())
         .map_err(|e| PreviewError::SourceFailed(e.to_string()))?;
     let is_test = matches!(source, SourceUri::Test(_));
-    let source_uri = source.clone();
-    let mode =
+    let asked_mode =
         match req.transcode {
             ModeRequest::Transcode => Some(Mode::Transcode),
             ModeRequest::Remux if is_test => return Err(PreviewError::Incompatible(
@@ -129,20 +135,36 @@ pub async fn start(
             ModeRequest::Auto => None,
         };
 
+    // Admission: every refusal comes before any upstream connection opens.
     let client_slot = state
         .pool
         .enter_client(req.client_ip)
         .map_err(PreviewError::Admit)?;
+    let viewer_slot = state.pool.enter_viewer().map_err(PreviewError::Admit)?;
     let deadline = tokio::time::Instant::now() + req.timeout;
     let timeout_ms = req.timeout.as_millis() as u64;
-    let label = |mode: Option<Mode>, profile: &str| match mode {
-        Some(Mode::Remux) => REMUX_QUALITY.to_string(),
-        _ => profile.to_string(),
+    let protocol = match &source {
+        SourceUri::Test(_) => "test".to_string(),
+        SourceUri::Uri { scheme, .. } => scheme.clone(),
+    };
+    let used = state
+        .channels
+        .join_or_create(&stream.id, &stream.name, &protocol, || {
+            source_plan(state, &stream, source.clone(), &profile)
+        })
+        .map_err(PreviewError::Admit)?;
+    let ch = used.channel().clone();
+    let key = |mode: Mode| RenditionKey {
+        mode,
+        quality: match mode {
+            Mode::Remux => REMUX_QUALITY.to_string(),
+            Mode::Transcode => profile.name.clone(),
+        },
     };
     let acquire = |mode: Mode| {
         let state = state.clone();
         let stream_id = stream.id.clone();
-        let quality = label(Some(mode), &profile.name);
+        let quality = key(mode).quality;
         let ip = req.client_ip;
         async move {
             let events = state.registry.clone();
@@ -162,111 +184,134 @@ pub async fn start(
         }
     };
 
-    // A known mode takes its slot before any pipeline exists.
-    let mut permit = match mode {
-        Some(m) => Some(acquire(m).await?),
-        None => None,
+    // What runs already decides the mode; joining it takes no slot.
+    let known = ch.streams();
+    let mode = match (asked_mode, &known) {
+        (Some(Mode::Remux), Some(s)) if !s.remuxable() => {
+            return Err(not_remuxable(s));
+        }
+        (Some(m), _) => Some(m),
+        (None, Some(s)) if s.remuxable() => Some(Mode::Remux),
+        (None, Some(_)) => Some(Mode::Transcode),
+        (None, None) => None,
     };
-
-    let session_id = uuid::Uuid::new_v4().simple().to_string();
-    let plan = source_plan(state, &stream, source, &profile);
-    let media = match tokio::time::timeout_at(
-        deadline,
-        MediaSession::open(format!("session-{session_id}"), plan, req.format),
-    )
-    .await
+    let running = mode.and_then(|m| ch.find(&key(m)));
+    let rendition = match running {
+        Some(r) => r,
+        None => {
+            // Auto mode on a source not opened yet holds an encoder slot
+            // (the dearer kind) until the source shows what it carries.
+            let provisional = mode.unwrap_or(Mode::Transcode);
+            let permit = acquire(provisional).await?;
+            let streams = match tokio::time::timeout_at(deadline, ch.open()).await {
+                Ok(Ok(s)) => s,
+                Ok(Err(e)) => return Err(fail(&ch, e, timeout_ms, &source, &stream.headers).await),
+                Err(_) => return Err(PreviewError::StartTimeout(timeout_ms)),
+            };
+            let chosen = match mode {
+                Some(Mode::Remux) if !streams.remuxable() => return Err(not_remuxable(&streams)),
+                Some(m) => m,
+                None if streams.remuxable() => Mode::Remux,
+                None => Mode::Transcode,
+            };
+            let permit: Option<Permit> = if chosen == provisional {
+                Some(permit)
+            } else {
+                drop(permit);
+                match ch.find(&key(chosen)) {
+                    Some(_) => None,
+                    None => Some(acquire(chosen).await?),
+                }
+            };
+            tracing::debug!(stream_id = %stream.id, streams = %streams.describe(), mode = chosen.as_str(), elapsed_ms = t0.elapsed().as_millis() as u64, "source opened");
+            let built = tokio::time::timeout_at(
+                deadline,
+                ch.rendition(key(chosen), profile.clone(), permit, req.format),
+            )
+            .await;
+            match built {
+                Ok(Ok(r)) => r,
+                Ok(Err(e)) => return Err(fail(&ch, e, timeout_ms, &source, &stream.headers).await),
+                Err(_) => return Err(PreviewError::StartTimeout(timeout_ms)),
+            }
+        }
+    };
+    let pin = Pin(ch.clone(), rendition.clone());
+    let viewer = match tokio::time::timeout_at(deadline, ch.output(&rendition, req.format)).await
     {
-        Ok(Ok(m)) => m,
-        Ok(Err(e)) => return Err(PreviewError::SourceFailed(e.to_string())),
+        Ok(Ok(fanout)) => fanout.subscribe(req.join),
+        Ok(Err(e)) => return Err(fail(&ch, e, timeout_ms, &source, &stream.headers).await),
         Err(_) => return Err(PreviewError::StartTimeout(timeout_ms)),
     };
-    // If the client hangs up while the session starts, this future is
-    // dropped: the guard ends the session as a client disconnect.
-    let guard = StartGuard(Some(media.clone()));
-    media.on_teardown(Box::new(move |_| drop(client_slot)));
-    if let Some(p) = permit.take() {
-        media.on_teardown(Box::new(move |_| drop(p)));
-    }
-
-    let startup = async {
-        let streams = media.streams().await?;
-        let chosen = match mode {
-            Some(Mode::Remux) if !streams.remuxable() => {
-                return Err(MediaError::Incompatible(format!(
-                    "transcode=false needs H.264 video with AAC or no audio; the source has {}",
-                    streams.describe()
-                )))
-            }
-            Some(m) => m,
-            None if streams.remuxable() => Mode::Remux,
-            None => Mode::Transcode,
-        };
-        Ok((chosen, streams))
-    };
-    let result = tokio::time::timeout_at(deadline, startup).await;
-    let (chosen, streams) = match result {
-        Ok(Ok(v)) => v,
-        Ok(Err(e)) => return Err(fail(&media, e, timeout_ms, &source_uri, &stream.headers).await),
-        Err(_) => {
-            media.end(EndReason::StartTimeout);
-            return Err(PreviewError::StartTimeout(timeout_ms));
+    drop(pin);
+    drop(used);
+    let join_started = std::time::Instant::now();
+    match tokio::time::timeout_at(deadline, viewer.ready()).await {
+        Ok(Ok(())) => {}
+        Ok(Err(EndReason::Shutdown)) => return Err(PreviewError::ShuttingDown),
+        Ok(Err(r)) => {
+            return Err(PreviewError::SourceFailed(ch.error().unwrap_or_else(|| {
+                format!("the channel ended before any media: {}", r.as_str())
+            })))
         }
-    };
-    // Auto mode: the slot is taken once the mode is known.
-    if req.transcode == ModeRequest::Auto && asked.is_none() && !is_test {
-        match acquire(chosen).await {
-            Ok(p) => media.on_teardown(Box::new(move |_| drop(p))),
-            Err(e) => {
-                media.end(EndReason::StartTimeout);
-                return Err(e);
-            }
-        }
+        Err(_) => return Err(PreviewError::StartTimeout(timeout_ms)),
     }
-    tracing::debug!(session_id = %session_id, streams = %streams.describe(), mode = chosen.as_str(), elapsed_ms = media.started_at.elapsed().as_millis() as u64, "source opened");
-    let quality = label(Some(chosen), &profile.name);
+    let mode = rendition.mode();
+    let quality = rendition.key.quality.clone();
+    let session_id = uuid::Uuid::new_v4().simple().to_string();
+    let handle = viewer.handle();
     let entry = state.registry.insert(SessionEntry {
         id: session_id.clone(),
         stream_id: stream.id.clone(),
         stream_name: stream.name.clone(),
         quality: quality.clone(),
         format: req.format,
-        mode: chosen,
+        mode,
         client_ip: req.client_ip.to_string(),
         start_ms: epoch_ms(),
-        media: media.clone(),
+        started_at: std::time::Instant::now(),
+        viewer: handle.clone(),
+        rendition: rendition.clone(),
     });
-    let committed = tokio::time::timeout_at(deadline, async {
-        media.commit(chosen, profile.clone()).await?;
-        media.first_bytes().await
-    })
-    .await;
-    let first = match committed {
-        Ok(Ok(b)) => b,
-        Ok(Err(e)) => return Err(fail(&media, e, timeout_ms, &source_uri, &stream.headers).await),
-        Err(_) => {
-            media.end(EndReason::StartTimeout);
-            return Err(PreviewError::StartTimeout(timeout_ms));
-        }
-    };
-    tracing::info!(session_id = %session_id, stream_id = %stream.id, quality = %quality, mode = chosen.as_str(), format = req.format.as_str(), client_ip = %req.client_ip, ttfb_ms = media.started_at.elapsed().as_millis() as u64, "session started");
+    handle.on_end(Box::new(move |_| {
+        drop(client_slot);
+        drop(viewer_slot);
+    }));
+    tracing::info!(session_id = %session_id, stream_id = %stream.id, quality = %quality, mode = mode.as_str(), format = req.format.as_str(), client_ip = %req.client_ip, ttfb_ms = t0.elapsed().as_millis() as u64, "session started");
     state.registry.emit(SessionEvent::SessionStarted {
         session_id: session_id.clone(),
         stream_id: stream.id.clone(),
         quality: quality.clone(),
         format: req.format,
-        mode: chosen,
+        mode,
         client_ip: req.client_ip.to_string(),
     });
-    state.metrics.observe_ttfb(media.started_at.elapsed());
+    state.metrics.observe_ttfb(t0.elapsed());
+    state.metrics.observe_join(join_started.elapsed());
     drop(entry);
-    guard.disarm();
     Ok(PreviewStart {
         session_id,
-        mode: chosen,
+        mode,
         quality,
         format: req.format,
-        body: SessionBody::new(media, first),
+        body: viewer,
     })
+}
+
+fn not_remuxable(streams: &crate::media::SourceStreams) -> PreviewError {
+    PreviewError::Incompatible(format!(
+        "transcode=false needs H.264 video with AAC or no audio; the source has {}",
+        streams.describe()
+    ))
+}
+
+/// A request joining a rendition: unpinned when dropped (joined or not).
+struct Pin(Arc<Channel>, Arc<Rendition>);
+
+impl Drop for Pin {
+    fn drop(&mut self) {
+        self.0.unpin(&self.1);
+    }
 }
 
 /// The primary URL, then each usable backup URL, with the stream's headers,
@@ -299,51 +344,25 @@ fn source_plan(
     }
 }
 
-/// Ends a starting session as `client_disconnect` unless disarmed.
-struct StartGuard(Option<Arc<MediaSession>>);
-
-impl StartGuard {
-    fn disarm(mut self) {
-        self.0 = None;
-    }
-}
-
-impl Drop for StartGuard {
-    fn drop(&mut self) {
-        if let Some(media) = self.0.take() {
-            media.end(EndReason::ClientDisconnect);
-        }
-    }
-}
-
-/// Ends a session that failed to start and maps the failure.
+/// Maps a failure to open the channel or build its rendition. A source
+/// that failed ends its channel (nobody can use it).
 async fn fail(
-    media: &Arc<MediaSession>,
+    ch: &Arc<Channel>,
     e: MediaError,
     timeout_ms: u64,
     source: &SourceUri,
     headers: &std::collections::BTreeMap<String, String>,
 ) -> PreviewError {
     match e {
-        MediaError::Incompatible(m) => {
-            media.end(EndReason::SourceError);
-            PreviewError::Incompatible(m)
-        }
-        MediaError::StartTimeout => {
-            media.end(EndReason::StartTimeout);
-            PreviewError::StartTimeout(timeout_ms)
-        }
+        MediaError::Incompatible(m) => PreviewError::Incompatible(m),
+        MediaError::StartTimeout => PreviewError::StartTimeout(timeout_ms),
         MediaError::Ended(EndReason::Shutdown) => PreviewError::ShuttingDown,
-        MediaError::Ended(r) => {
-            media.end(r);
-            PreviewError::SourceFailed(
-                media
-                    .error()
-                    .unwrap_or_else(|| format!("session ended: {}", r.as_str())),
-            )
-        }
+        MediaError::Ended(r) => PreviewError::SourceFailed(
+            ch.error()
+                .unwrap_or_else(|| format!("the channel ended: {}", r.as_str())),
+        ),
         MediaError::SourceFailed(msg) => {
-            media.end(EndReason::SourceError);
+            ch.stop(EndReason::SourceError);
             let why = match source {
                 SourceUri::Uri { uri, .. } => crate::media::diagnose::explain(uri, headers).await,
                 SourceUri::Test(_) => None,
@@ -354,7 +373,7 @@ async fn fail(
             })
         }
         other => {
-            media.end(EndReason::SourceError);
+            ch.stop(EndReason::SourceError);
             PreviewError::SourceFailed(other.to_string())
         }
     }

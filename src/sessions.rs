@@ -1,21 +1,22 @@
-//! The session registry: every running session with what status shows of
-//! it, the event feed (`session_queued`, `session_started`,
-//! `session_ended`), and the stall watchdog. Entries leave the registry
-//! when their pipeline has reached NULL.
+//! The session registry: every viewer (a session, to status and clients)
+//! with what status shows of it, and the event feed (`session_queued`,
+//! `session_started`, `session_ended`, `channel_started`,
+//! `channel_ended`). Entries leave the registry when their viewer ends.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{SystemTime, UNIX_EPOCH};
 
 use parking_lot::RwLock;
 use serde::Serialize;
 use tokio::sync::broadcast;
 
-use crate::media::session::MediaSession;
+use crate::channels::fanout::ViewerHandle;
+use crate::channels::Rendition;
 use crate::media::{EndReason, Format, Mode};
 
-/// One running (or starting) session.
+/// One viewer of a rendition.
 pub struct SessionEntry {
     pub id: String,
     pub stream_id: String,
@@ -25,7 +26,9 @@ pub struct SessionEntry {
     pub mode: Mode,
     pub client_ip: String,
     pub start_ms: u64,
-    pub media: Arc<MediaSession>,
+    pub started_at: std::time::Instant,
+    pub viewer: ViewerHandle,
+    pub rendition: Arc<Rendition>,
 }
 
 /// A session as `/api/streams/transcoding/status` shows it.
@@ -47,19 +50,20 @@ pub struct SessionView {
     pub fps: f64,
     pub speed: f64,
     pub state: &'static str,
+    /// The channel (stream id) it watches.
+    pub channel: String,
+    /// Age of the oldest media queued for it: how far behind live it is.
+    pub lag_ms: u64,
 }
 
 impl SessionEntry {
     pub fn view(&self) -> SessionView {
-        let elapsed = self.media.started_at.elapsed().as_secs_f64();
-        let frames = self.media.shared.frames.load(Ordering::Relaxed);
-        let media_s = self.media.shared.media_ns() as f64 / 1e9;
-        let round2 = |v: f64| (v * 100.0).round() / 100.0;
-        let state = match (self.media.reason(), self.media.is_started()) {
-            (Some(EndReason::Shutdown), _) => "draining",
-            (Some(_), _) => "stopping",
-            (None, true) => "running",
-            (None, false) => "starting",
+        let elapsed = self.started_at.elapsed().as_millis() as u64;
+        let r = self.rendition.view(None);
+        let state = match self.viewer.reason() {
+            Some(EndReason::Shutdown) => "draining",
+            Some(_) => "stopping",
+            None => "running",
         };
         SessionView {
             session_id: self.id.clone(),
@@ -70,20 +74,18 @@ impl SessionEntry {
             mode: self.mode,
             client_ip: self.client_ip.clone(),
             start_time: self.start_ms,
-            duration: (elapsed * 1000.0) as u64,
-            bytes_sent: self.media.bytes_sent.load(Ordering::Relaxed),
-            frames_out: frames,
-            fps: if elapsed > 0.0 {
-                round2(frames as f64 / elapsed)
-            } else {
-                0.0
-            },
-            speed: if elapsed > 0.0 {
-                round2(media_s / elapsed)
-            } else {
-                0.0
-            },
+            duration: elapsed,
+            bytes_sent: self.viewer.bytes_sent(),
+            frames_out: self
+                .rendition
+                .counters
+                .frames
+                .load(Ordering::Relaxed),
+            fps: r.fps,
+            speed: r.speed,
             state,
+            channel: self.stream_id.clone(),
+            lag_ms: self.viewer.lag_ms(),
         }
     }
 }
@@ -118,6 +120,17 @@ pub enum SessionEvent {
         duration: u64,
         bytes_sent: u64,
     },
+    #[serde(rename_all = "camelCase")]
+    ChannelStarted {
+        stream_id: String,
+        stream_name: String,
+    },
+    #[serde(rename_all = "camelCase")]
+    ChannelEnded {
+        stream_id: String,
+        reason: EndReason,
+        duration: u64,
+    },
 }
 
 impl SessionEvent {
@@ -126,6 +139,8 @@ impl SessionEvent {
             SessionEvent::SessionQueued { .. } => "session_queued",
             SessionEvent::SessionStarted { .. } => "session_started",
             SessionEvent::SessionEnded { .. } => "session_ended",
+            SessionEvent::ChannelStarted { .. } => "channel_started",
+            SessionEvent::ChannelEnded { .. } => "channel_ended",
         }
     }
 }
@@ -135,6 +150,8 @@ pub struct Registry {
     events: broadcast::Sender<SessionEvent>,
     ended: RwLock<HashMap<EndReason, u64>>,
     pub started_total: AtomicU64,
+    /// Bytes sent by viewers that have ended.
+    bytes_done: AtomicU64,
 }
 
 pub fn epoch_ms() -> u64 {
@@ -152,6 +169,7 @@ impl Registry {
             events,
             ended: RwLock::new(HashMap::new()),
             started_total: AtomicU64::new(0),
+            bytes_done: AtomicU64::new(0),
         })
     }
 
@@ -164,7 +182,7 @@ impl Registry {
     }
 
     /// Adds a session; it is removed (and `session_ended` sent) once its
-    /// pipeline has been torn down.
+    /// viewer has ended.
     pub fn insert(self: &Arc<Self>, entry: SessionEntry) -> Arc<SessionEntry> {
         let entry = Arc::new(entry);
         self.sessions
@@ -174,9 +192,10 @@ impl Registry {
         let weak = Arc::downgrade(self);
         let id = entry.id.clone();
         let stream_id = entry.stream_id.clone();
-        entry.media.on_teardown(Box::new(move |ended| {
+        entry.viewer.on_end(Box::new(move |ended| {
             let Some(reg) = weak.upgrade() else { return };
             reg.sessions.write().remove(&id);
+            reg.bytes_done.fetch_add(ended.bytes_sent, Ordering::Relaxed);
             let reason = ended.reason;
             *reg.ended.write().entry(reason).or_insert(0) += 1;
             let (duration, bytes_sent) = (ended.duration.as_millis() as u64, ended.bytes_sent);
@@ -209,26 +228,14 @@ impl Registry {
         self.ended.read().clone()
     }
 
-    /// Ends sessions whose pipeline produced nothing for `stall` (checked
-    /// twice a second) until the registry is dropped.
-    pub fn spawn_stall_watchdog(self: &Arc<Self>, stall: Duration) {
-        let weak = Arc::downgrade(self);
-        tokio::spawn(async move {
-            let mut tick = tokio::time::interval(Duration::from_millis(500));
-            loop {
-                tick.tick().await;
-                let Some(reg) = weak.upgrade() else { break };
-                for e in reg.all() {
-                    if e.media.is_started()
-                        && e.media.reason().is_none()
-                        && !e.media.shared.reconnecting.load(Ordering::Acquire)
-                        && e.media.idle_ms() >= stall.as_millis() as u64
-                    {
-                        tracing::warn!(session_id = %e.id, stream_id = %e.stream_id, idle_ms = e.media.idle_ms(), "session stalled");
-                        e.media.end(EndReason::Stalled);
-                    }
-                }
-            }
-        });
+    /// Media bytes handed to viewers so far.
+    pub fn bytes_sent_total(&self) -> u64 {
+        self.bytes_done.load(Ordering::Relaxed)
+            + self
+                .sessions
+                .read()
+                .values()
+                .map(|e| e.viewer.bytes_sent())
+                .sum::<u64>()
     }
 }

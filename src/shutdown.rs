@@ -19,7 +19,6 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
-use crate::media::EndReason;
 use crate::AppState;
 
 /// What the deadline keeps back after the EOS wait: time to force NULL,
@@ -82,38 +81,34 @@ pub async fn run(state: &Arc<AppState>, mut serving: tokio::task::JoinHandle<()>
     }
 }
 
-/// Drains every session: EOS first, forced NULL at the EOS deadline; returns
-/// when the registry is empty (every pipeline reached NULL) or at `deadline`.
+/// Drains every channel: EOS through every output first, forced NULL at
+/// the EOS deadline; returns when every viewer has ended and every channel
+/// is gone, or at `deadline`.
 pub async fn drain(state: &Arc<AppState>, deadline: Instant) {
     let now = Instant::now();
     let total = deadline.saturating_duration_since(now);
     let eos_deadline = deadline - RESERVE.min(total / 4);
-    let sessions = state.registry.all();
     tracing::info!(
-        sessions = sessions.len(),
+        channels = state.channels.len(),
+        sessions = state.registry.len(),
         grace_ms = total.as_millis() as u64,
         "draining sessions"
     );
-    // Sessions that were starting when the signal came may register late:
-    // keep sweeping until the registry is empty.
+    // Channels that were starting when the signal came may register late:
+    // keep sweeping until none is left.
     loop {
-        let pending = state.registry.all();
-        if pending.is_empty() || Instant::now() >= deadline {
+        if (state.channels.is_empty() && state.registry.is_empty()) || Instant::now() >= deadline
+        {
             break;
         }
-        let eos_wait = eos_deadline.saturating_duration_since(Instant::now());
-        let drains = pending.iter().map(|e| {
-            let media = e.media.clone();
-            async move { media.drain(EndReason::Shutdown, eos_wait).await }
-        });
-        futures::future::join_all(drains).await;
+        state.channels.drain(eos_deadline.max(Instant::now())).await;
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     let left = state.registry.len();
     if left > 0 {
         tracing::warn!(
             sessions = left,
-            "sessions still tearing down at the shutdown deadline"
+            "sessions still ending at the shutdown deadline"
         );
     } else {
         tracing::info!("sessions drained");

@@ -29,9 +29,10 @@ fn idle(ts: &TestServer) -> bool {
     let st = ts.state();
     let pool = st.pool.snapshot();
     st.registry.is_empty()
+        && st.channels.is_empty()
         && pool.transcodes == 0
         && pool.remuxes == 0
-        && sluice::media::session::live_pipelines() == 0
+        && sluice::media::running::live_pipelines() == 0
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -57,9 +58,11 @@ async fn hangups_stop_pipelines_and_leak_nothing() {
     for _ in 0..10 {
         let mut body = open(&ts, path).await.bytes_stream();
         body.next().await.unwrap().unwrap();
-        let weak = ts.state().registry.all()[0]
-            .media
-            .pipeline_weak()
+        let weak = ts
+            .state()
+            .channels
+            .get("tiny")
+            .and_then(|c| c.pipeline_weak())
             .expect("pipeline present");
         tokio::time::sleep(Duration::from_millis(300)).await;
         let t0 = Instant::now();
@@ -102,10 +105,9 @@ async fn hangups_stop_pipelines_and_leak_nothing() {
         body.next().await.unwrap().unwrap();
         if let Some(w) = ts
             .state()
-            .registry
-            .all()
-            .first()
-            .and_then(|e| e.media.pipeline_weak())
+            .channels
+            .get("tiny")
+            .and_then(|c| c.pipeline_weak())
         {
             weak_refs.push(w);
         }
@@ -145,7 +147,7 @@ async fn hangups_stop_pipelines_and_leak_nothing() {
     assert!(
         eventually(Duration::from_secs(5), || idle(&ts)).await,
         "a failed start left {} pipelines",
-        sluice::media::session::live_pipelines()
+        sluice::media::running::live_pipelines()
     );
 
     // Streaming threads end with their pipelines; tokio's idle blocking

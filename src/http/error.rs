@@ -105,6 +105,12 @@ impl From<PreviewError> for ApiError {
             PreviewError::Admit(AdmitError::QueueFull(_)) => {
                 ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "queue_full", msg).retry(5)
             }
+            PreviewError::Admit(AdmitError::TooManyChannels(_)) => {
+                ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "channels_full", msg).retry(5)
+            }
+            PreviewError::Admit(AdmitError::TooManyViewers(_)) => {
+                ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "viewers_full", msg).retry(5)
+            }
             PreviewError::Admit(AdmitError::PoolFull) => {
                 ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "pool_full", msg).retry(5)
             }

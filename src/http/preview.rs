@@ -1,4 +1,4 @@
-//! `GET /streams/preview/:id?quality=&transcode=&format=&timeout=` (SPEC §6).
+//! `GET /streams/preview/:id?quality=&transcode=&format=&timeout=&join=` (SPEC §6, §11).
 
 use std::collections::HashMap;
 use std::net::IpAddr;
@@ -11,6 +11,7 @@ use warp::{Filter, Rejection, Reply};
 use super::error::ApiError;
 use super::{client_ip, query_map};
 use crate::config::{MAX_REQUEST_TIMEOUT_MS, MIN_REQUEST_TIMEOUT_MS};
+use crate::channels::fanout::Join;
 use crate::media::{Format, ModeRequest};
 use crate::preview::{self, PreviewRequest};
 use crate::AppState;
@@ -78,6 +79,15 @@ pub fn parse_request(
             }
         },
     };
+    let join = match q.get("join").map(|s| s.trim()) {
+        None | Some("") | Some("gop") => Join::Gop,
+        Some("live") => Join::Live,
+        Some(v) => {
+            return Err(ApiError::bad_request(format!(
+                "join must be live or gop, not '{v}'"
+            )))
+        }
+    };
     if !crate::catalog::valid_id(&id) {
         return Err(ApiError::not_found(
             "stream_not_found",
@@ -94,6 +104,7 @@ pub fn parse_request(
         format,
         timeout,
         client_ip,
+        join,
     })
 }
 

@@ -83,6 +83,11 @@ pub const SESSION: Route = route(
     ByMethod,
     Request,
 );
+pub const CHANNEL: Route = route(
+    "/api/streams/transcoding/channels/:streamId",
+    ByMethod,
+    Request,
+);
 pub const PREVIEW: Route = route("/streams/preview/:id", Preview, Streaming);
 
 // HDHomeRun tuner emulation (SPEC §14): media servers poll these.
@@ -111,6 +116,7 @@ pub const ROUTES: &[Route] = &[
     STATUS,
     EVENTS,
     SESSION,
+    CHANNEL,
     PREVIEW,
     EPG_XML,
     EPG_STATUS,

@@ -1,5 +1,6 @@
 //! Transcoding status (SPEC §6): `GET /api/streams/transcoding/status`,
-//! `DELETE /api/streams/transcoding/sessions/:id` (admin), and the
+//! `DELETE /api/streams/transcoding/sessions/:id` and
+//! `DELETE /api/streams/transcoding/channels/:streamId` (admin), and the
 //! Server-Sent Events feed `GET /api/streams/transcoding/events`.
 //! No source URL appears in any of them.
 
@@ -19,6 +20,7 @@ use super::{json, require_admin};
 use crate::media::EndReason;
 use crate::memory::MemoryReport;
 use crate::pool::QueueEntry;
+use crate::channels::ChannelView;
 use crate::sessions::SessionView;
 use crate::AppState;
 
@@ -33,6 +35,7 @@ pub struct TranscodingStatus {
     pub remux_sessions: usize,
     pub memory: MemoryReport,
     pub sessions: Vec<SessionView>,
+    pub channels: Vec<ChannelView>,
     pub queue: Vec<QueueEntry>,
 }
 
@@ -54,6 +57,7 @@ pub fn status(state: &AppState) -> TranscodingStatus {
         remux_sessions: pool.remuxes,
         memory: state.memory.report(),
         sessions,
+        channels: state.channels.views(),
         queue: pool.queue,
     }
 }
@@ -83,11 +87,37 @@ pub fn routes(
                         ),
                     ))
                 })?;
-                entry.media.end(EndReason::AdminStop);
+                entry.viewer.end(EndReason::AdminStop);
                 tracing::info!(session_id = %id, "session stopped by admin");
                 Ok::<_, Rejection>(
                     warp::reply::with_status(warp::reply(), StatusCode::NO_CONTENT).into_response(),
                 )
+            }
+        });
+    let s = state.clone();
+    let stop_channel = super::routes::CHANNEL
+        .with_param()
+        .and(warp::delete())
+        .and(require_admin(state.clone()))
+        .and_then(move |id: String| {
+            let s = s.clone();
+            async move {
+                let ch = s.channels.get(&id).ok_or_else(|| {
+                    warp::reject::custom(ApiError::not_found(
+                        "channel_not_found",
+                        format!(
+                            "no channel of stream '{}' is running",
+                            id.chars().take(64).collect::<String>()
+                        ),
+                    ))
+                })?;
+                let viewers: usize = ch.renditions().iter().map(|r| r.viewers()).sum();
+                ch.stop(EndReason::AdminStop);
+                tracing::info!(stream_id = %id, viewers, "channel stopped by admin");
+                Ok::<_, Rejection>(json(
+                    &serde_json::json!({ "streamId": ch.stream_id, "viewers": viewers }),
+                    StatusCode::OK,
+                ))
             }
         });
     let s = state;
@@ -119,5 +149,10 @@ pub fn routes(
             .insert("x-accel-buffering", http::HeaderValue::from_static("no"));
         res
     });
-    get.or(stop).unify().or(events).unify()
+    get.or(stop)
+        .unify()
+        .or(stop_channel)
+        .unify()
+        .or(events)
+        .unify()
 }

@@ -27,7 +27,7 @@ use super::MediaError;
 /// Media each source stream may buffer while the output side is being chosen.
 const PREDECISION_QUEUE_NS: u64 = 3_000_000_000;
 /// The same once the decision waits for a video stream still being typed:
-/// longer than that wait (`session::VIDEO_SETTLE`), or the full audio queue
+/// longer than that wait (`running::VIDEO_SETTLE`), or the full audio queue
 /// would block the demuxer feeding both and the video keyframe being waited
 /// for would never come. Only then: a file read ahead this far would reach
 /// its end before the output side exists.

@@ -1,27 +1,28 @@
-//! The media engine: turns a vetted source and a profile into a running
-//! GStreamer pipeline whose output is a byte stream. It owns pipeline
-//! building ([`pipeline`]), the running session with its teardown guard and
-//! body stream ([`session`]), source URL semantics ([`source`]) and the list
-//! of elements it needs ([`elements`]).
+//! GStreamer building blocks: source URL semantics ([`source`]), the
+//! source side of a pipeline with its reconnects ([`ingest`],
+//! [`pipeline`], [`reconnect`]), the element chains hung off it
+//! ([`chains`]), and a running pipeline with its bus and teardown
+//! ([`running`]).
 //!
-//! It never knows about HTTP, warp, the pool or the catalog: callers hand it
-//! a [`source::SourceUri`] and get back bytes, counters and an end reason.
+//! It never knows about HTTP, warp, admission, the catalog or viewers:
+//! callers hand it a [`source::SourceUri`] and build on what it returns.
 
 pub mod diagnose;
+pub mod chains;
 pub mod elements;
 mod flv;
 pub mod ingest;
 pub mod pipeline;
 pub mod probe;
 pub mod reconnect;
-pub mod session;
+pub mod running;
 pub mod source;
 mod typefind;
 
 use serde::Serialize;
 
 /// Output container.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Format {
     /// Fragmented MP4: plays in a browser `<video>`.
@@ -55,7 +56,7 @@ impl Format {
 }
 
 /// What the pipeline does to the source's elementary streams.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Mode {
     /// Decode, scale, re-encode to the profile.
@@ -80,16 +81,6 @@ pub enum ModeRequest {
     Auto,
     Transcode,
     Remux,
-}
-
-/// Identity of a pipeline's output: sessions with equal keys could share it.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
-pub struct PipelineKey {
-    pub stream_id: String,
-    /// Profile name; for remux, the quality the client was told.
-    pub profile: String,
-    pub format: Format,
-    pub mode: Mode,
 }
 
 /// The elementary streams a source offers, as found when it was opened.

@@ -18,7 +18,8 @@ use std::time::{Duration, Instant};
 use gst::prelude::*;
 
 use super::ingest::{self, SourcePlan, SOURCE_GONE};
-use super::pipeline::{add_keyframe_gate, discard, is_audio, is_video, now_ms, Opened, Shared};
+use super::chains::add_keyframe_gate;
+use super::pipeline::{discard, is_audio, is_video, now_ms, Opened, Shared};
 use crate::redact;
 
 /// Longest wait for a new generation's streams.

@@ -59,6 +59,10 @@ pub fn settings(dir: &Path) -> Settings {
     std::fs::create_dir_all(&media).unwrap();
     s.media_dir = Some(media);
     s.start_timeout_ms = 20_000;
+    // A channel stops as soon as its last viewer leaves, as a single
+    // viewer's pipeline always did; tests of sharing and lingering set
+    // their own linger.
+    s.channel_linger_ms = 0;
     s
 }
 

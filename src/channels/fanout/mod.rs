@@ -27,13 +27,7 @@ use state::{Inner, Slot};
 use viewer::ViewerShared;
 pub use viewer::{Viewer, ViewerEnded, ViewerHandle};
 
-/// One piece of a rendition's container output, as its splitter cuts it.
-/// Declared here until the container module provides it.
-#[derive(Debug, Clone)]
-pub struct Chunk {
-    pub data: Bytes,
-    pub keyframe: bool,
-}
+pub use super::container::Chunk;
 
 #[derive(Debug, Clone, Copy)]
 pub struct FanoutConfig {

@@ -1,33 +1,25 @@
-//! A running media session: the pipeline, its teardown, and the body stream
-//! that carries its output to a client.
+//! A channel's running pipeline: its source, bus watch, reconnects and
+//! teardown. What hangs off its stream heads (decoders, renditions,
+//! container outputs) is built by the channel through [`Running::build`].
 //!
-//! Ending is exactly-once: [`MediaSession::end`] records one [`EndReason`];
+//! Ending is exactly-once: [`Running::end`] records one [`EndReason`];
 //! every later attempt is a no-op. Teardown (state NULL) always runs on a
 //! blocking thread, never on a tokio worker or a streaming thread, and the
-//! `on_teardown` hooks (freeing the pool slot, bookkeeping) run only after
-//! the pipeline has reached NULL. [`SessionBody`] ends the session as
-//! `client_disconnect` when it is dropped before the session ended.
+//! `on_teardown` hooks (freeing slots, bookkeeping) run only after the
+//! pipeline has reached NULL.
 
-use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
-use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
-use bytes::{Bytes, BytesMut};
-use futures::Stream;
 use gst::prelude::*;
 use parking_lot::Mutex;
 
 use super::ingest::{self, SourcePlan};
-use super::pipeline::{self, Opened, Shared};
+use super::pipeline::{self, Heads, Opened, Shared};
 use super::reconnect::LossAction;
-use super::{EndReason, Format, MediaError, Mode, SourceStreams};
-use crate::profiles::Profile;
+use super::{EndReason, MediaError, SourceStreams};
 use crate::redact;
-
-/// How many bytes one body chunk gathers from queued samples at most.
-const MAX_CHUNK: usize = 256 * 1024;
 /// After the last new source pad, how long to wait for more before deciding.
 const PAD_SETTLE: Duration = Duration::from_millis(400);
 /// The same while some stream found so far is not typed yet.
@@ -38,16 +30,8 @@ const UNTYPED_SETTLE: Duration = Duration::from_secs(3);
 /// parser has no SPS before it).
 const VIDEO_SETTLE: Duration = Duration::from_secs(10);
 
-/// How a session ended, handed to teardown hooks.
-#[derive(Debug, Clone, Copy)]
-pub struct Ended {
-    pub reason: EndReason,
-    pub bytes_sent: u64,
-    pub duration: Duration,
-}
-
-/// Called once, after the pipeline reached NULL.
-pub type TeardownHook = Box<dyn FnOnce(Ended) + Send>;
+/// Called once, after the pipeline reached NULL, with the end reason.
+pub type TeardownHook = Box<dyn FnOnce(EndReason) + Send>;
 
 /// Live pipelines, for leak checks and `/metrics`.
 static LIVE_PIPELINES: AtomicU64 = AtomicU64::new(0);
@@ -57,18 +41,11 @@ pub fn live_pipelines() -> u64 {
     LIVE_PIPELINES.load(Ordering::SeqCst)
 }
 
-/// Media bytes handed to clients by every session, for `/metrics`.
-static BYTES_SENT: AtomicU64 = AtomicU64::new(0);
 /// GStreamer error domains, as counted in [`pipeline_errors`].
 const ERROR_KINDS: [&str; 5] = ["core", "library", "resource", "stream", "other"];
 static ERRORS: [AtomicU64; 5] = [const { AtomicU64::new(0) }; 5];
 /// Where a failing pipeline's graph is dumped (DOT) when debug logging is on.
 static DOT_DIR: std::sync::RwLock<Option<std::path::PathBuf>> = std::sync::RwLock::new(None);
-
-/// Bytes sent to clients by all sessions so far.
-pub fn bytes_sent_total() -> u64 {
-    BYTES_SENT.load(Ordering::Relaxed)
-}
 
 /// Failed pipelines so far, by the error domain of their first error.
 pub fn pipeline_errors() -> [(&'static str, u64); 5] {
@@ -125,33 +102,28 @@ impl Drop for Uncount {
     }
 }
 
-pub struct MediaSession {
+pub struct Running {
     pipeline: Mutex<Option<gst::Pipeline>>,
     opened: Mutex<Option<Opened>>,
-    appsink: Mutex<Option<gst_app::AppSink>>,
     pub shared: Arc<Shared>,
     reason: OnceLock<EndReason>,
-    /// Set once the first byte was handed to the client.
+    /// Set once the channel's media flows.
     started: AtomicBool,
     /// First error from the bus (credential-free), if any.
     error: Mutex<Option<String>>,
     hooks: Mutex<Vec<TeardownHook>>,
-    /// The session's first error has been counted in [`pipeline_errors`].
+    /// Called (on the async runtime) when a started pipeline fails.
+    on_failure: Mutex<Option<Box<dyn Fn() + Send + Sync>>>,
+    /// The pipeline's first error has been counted in [`pipeline_errors`].
     error_counted: AtomicBool,
     torn_down: AtomicBool,
-    pub bytes_sent: AtomicU64,
     pub started_at: Instant,
-    format: Format,
 }
 
-impl MediaSession {
+impl Running {
     /// Opens the source part of a pipeline off the runtime and starts
     /// watching its bus.
-    pub async fn open(
-        name: String,
-        plan: SourcePlan,
-        format: Format,
-    ) -> Result<Arc<MediaSession>, MediaError> {
+    pub async fn open(name: String, plan: SourcePlan) -> Result<Arc<Running>, MediaError> {
         // The opened pipeline is handed over through a channel: if the
         // caller is gone by then (the client hung up), the blocking task
         // itself brings it back to NULL and uncounts it.
@@ -159,7 +131,7 @@ impl MediaSession {
         tokio::task::spawn_blocking(move || {
             LIVE_PIPELINES.fetch_add(1, Ordering::SeqCst);
             let counted = Uncount;
-            match pipeline::open(&name, plan, format) {
+            match pipeline::open(&name, plan) {
                 Ok(opened) => {
                     if let Err(Ok(opened)) = tx.send(Ok(opened)) {
                         let _ = opened.pipeline.set_state(gst::State::Null);
@@ -177,23 +149,21 @@ impl MediaSession {
             Ok(Err(e)) => return Err(e),
             Err(_) => return Err(MediaError::SourceFailed("pipeline set-up panicked".into())),
         };
-        let session = Arc::new(MediaSession {
+        let running = Arc::new(Running {
             pipeline: Mutex::new(Some(opened.pipeline.clone())),
             shared: opened.shared.clone(),
             opened: Mutex::new(Some(opened)),
-            appsink: Mutex::new(None),
             reason: OnceLock::new(),
             started: AtomicBool::new(false),
             error: Mutex::new(None),
             hooks: Mutex::new(Vec::new()),
+            on_failure: Mutex::new(None),
             error_counted: AtomicBool::new(false),
             torn_down: AtomicBool::new(false),
-            bytes_sent: AtomicU64::new(0),
             started_at: Instant::now(),
-            format,
         });
-        session.watch_bus();
-        Ok(session)
+        running.watch_bus();
+        Ok(running)
     }
 
     /// Registers a hook run after teardown (immediately if already torn down).
@@ -201,10 +171,15 @@ impl MediaSession {
         let mut hooks = self.hooks.lock();
         if self.torn_down.load(Ordering::Acquire) {
             drop(hooks);
-            hook(self.ended_info());
+            hook(self.reason().unwrap_or(EndReason::SourceError));
         } else {
             hooks.push(hook);
         }
+    }
+
+    /// Sets what runs when the started pipeline fails for good.
+    pub fn on_failure(&self, f: Box<dyn Fn() + Send + Sync>) {
+        *self.on_failure.lock() = Some(f);
     }
 
     fn watch_bus(self: &Arc<Self>) {
@@ -297,8 +272,8 @@ impl MediaSession {
         self.shared.notify.notify_waiters();
     }
 
-    /// Records the first error and ends a started session as a source error
-    /// (a starting one fails with that error).
+    /// Records the first error; a started pipeline then fails as a whole
+    /// (its owner ends it as a source error).
     fn fail(&self, text: String) {
         if self.error.lock().is_none() && tracing::enabled!(tracing::Level::DEBUG) {
             if let Some(p) = self.pipeline.lock().clone() {
@@ -307,10 +282,11 @@ impl MediaSession {
         }
         self.error.lock().get_or_insert(text);
         if self.started.load(Ordering::Acquire) {
-            self.end(EndReason::SourceError);
+            if let Some(f) = self.on_failure.lock().as_ref() {
+                f();
+            }
         }
         self.shared.notify.notify_waiters();
-        self.shared.waker.wake();
     }
 
     /// The first pipeline error, if one was posted.
@@ -383,167 +359,85 @@ impl MediaSession {
         }
     }
 
-    /// Builds the output side for `mode` (off the runtime) and starts it.
-    pub async fn commit(self: &Arc<Self>, mode: Mode, profile: Profile) -> Result<(), MediaError> {
+    /// Runs `f` with the pipeline and its source on a blocking thread (it
+    /// may change element states); fails if the pipeline has ended.
+    pub async fn build<R: Send + 'static>(
+        self: &Arc<Self>,
+        f: impl FnOnce(&gst::Pipeline, &Opened) -> Result<R, MediaError> + Send + 'static,
+    ) -> Result<R, MediaError> {
         let this = self.clone();
-        let appsink = tokio::task::spawn_blocking(move || {
+        tokio::task::spawn_blocking(move || {
             let opened = this.opened.lock();
-            match opened.as_ref() {
-                Some(o) if this.reason().is_none() => o.commit(mode, &profile),
-                _ => Err(MediaError::Ended(
-                    this.reason().unwrap_or(EndReason::SourceError),
-                )),
+            match (opened.as_ref(), this.reason()) {
+                (Some(o), None) => f(&o.pipeline, o),
+                (_, r) => Err(MediaError::Ended(r.unwrap_or(EndReason::SourceError))),
             }
         })
         .await
-        .map_err(|e| MediaError::SourceFailed(format!("pipeline set-up panicked: {e}")))??;
-        *self.appsink.lock() = Some(appsink);
-        Ok(())
+        .map_err(|e| MediaError::SourceFailed(format!("pipeline set-up panicked: {e}")))?
     }
 
-    /// Waits for the first output bytes; returns them to be sent first.
-    pub async fn first_bytes(self: &Arc<Self>) -> Result<Bytes, MediaError> {
-        loop {
-            let notified = self.shared.notify.notified();
-            if let Some(r) = self.reason() {
-                return Err(MediaError::Ended(r));
-            }
-            if let Some(bytes) = self.pull_available() {
-                // MPEG-TS clients expect PAT/PMT first; mpegtsmux writes its
-                // tables with the first video keyframe, after any early audio.
-                let bytes = match self.format {
-                    Format::Ts => match from_first_pat(&bytes) {
-                        Some(b) => b,
-                        None => continue,
-                    },
-                    Format::Mp4 => bytes,
-                };
-                self.started.store(true, Ordering::Release);
-                return Ok(bytes);
-            }
-            if let Some(e) = self.error() {
-                return Err(MediaError::SourceFailed(e));
-            }
-            if self.shared.eos.load(Ordering::Acquire) {
-                return Err(MediaError::SourceFailed(
-                    "the source ended before producing any media".into(),
-                ));
-            }
-            tokio::select! {
-                _ = notified => {}
-                _ = tokio::time::sleep(Duration::from_millis(50)) => {}
-            }
-        }
-    }
-
-    /// Pulls every queued sample (up to [`MAX_CHUNK`]) without blocking.
-    fn pull_available(&self) -> Option<Bytes> {
-        let appsink = self.appsink.lock().clone()?;
-        let mut first: Option<Bytes> = None;
-        let mut chunk: Option<BytesMut> = None;
-        while chunk.as_ref().map_or(0, |c| c.len()) + first.as_ref().map_or(0, |f| f.len())
-            < MAX_CHUNK
-        {
-            let Some(sample) = appsink.try_pull_sample(gst::ClockTime::ZERO) else {
-                break;
-            };
-            let mut push = |data: &[u8]| match (&mut first, &mut chunk) {
-                (None, _) => first = Some(Bytes::copy_from_slice(data)),
-                (Some(f), None) => {
-                    let mut c = BytesMut::with_capacity(MAX_CHUNK.min(f.len() + data.len() * 8));
-                    c.extend_from_slice(f);
-                    c.extend_from_slice(data);
-                    chunk = Some(c);
-                }
-                (Some(_), Some(c)) => c.extend_from_slice(data),
-            };
-            if let Some(list) = sample.buffer_list() {
-                for b in list.iter() {
-                    if let Ok(map) = b.map_readable() {
-                        push(map.as_slice());
-                    }
-                }
-            } else if let Some(b) = sample.buffer() {
-                if let Ok(map) = b.map_readable() {
-                    push(map.as_slice());
-                }
-            }
-        }
-        let out = match chunk {
-            Some(c) => Some(c.freeze()),
-            None => first,
-        }?;
-        self.bytes_sent
-            .fetch_add(out.len() as u64, Ordering::Relaxed);
-        BYTES_SENT.fetch_add(out.len() as u64, Ordering::Relaxed);
-        Some(out)
+    /// Builds the stream heads and hands them to `first` (which hangs the
+    /// first rendition off them), then lets the media flow. Off the runtime.
+    pub async fn activate<R: Send + 'static>(
+        self: &Arc<Self>,
+        first: impl FnOnce(&gst::Pipeline, &Heads) -> Result<R, MediaError> + Send + 'static,
+    ) -> Result<(Heads, R), MediaError> {
+        let out = self
+            .build(move |p, o| {
+                let heads = o.activate()?;
+                let r = first(p, &heads);
+                o.release();
+                Ok((heads, r?))
+            })
+            .await?;
+        self.started.store(true, Ordering::Release);
+        Ok(out)
     }
 
     pub fn reason(&self) -> Option<EndReason> {
         self.reason.get().copied()
     }
 
-    pub fn is_started(&self) -> bool {
-        self.started.load(Ordering::Acquire)
-    }
-
-    /// Ends the session for `reason` and tears the pipeline down. Returns
-    /// whether this call was the one that ended it.
+    /// Ends the pipeline for `reason` and tears it down. Returns whether
+    /// this call was the one that ended it.
     pub fn end(&self, reason: EndReason) -> bool {
         self.shared.closing.store(true, Ordering::Release);
         let first = self.reason.set(reason).is_ok();
         if first {
-            self.shared.waker.wake();
             self.shared.notify.notify_waiters();
         }
         self.teardown();
         first
     }
 
-    /// Ends the session by letting the pipeline finish: EOS is sent so the
-    /// client receives a complete stream; after `grace` it is forced down.
-    pub async fn drain(self: &Arc<Self>, reason: EndReason, grace: Duration) {
+    /// Starts ending the pipeline by letting it finish: EOS is sent from
+    /// the source, so every output completes its stream. The owner waits
+    /// for its outputs and then calls [`Running::end`].
+    pub fn begin_drain(&self, reason: EndReason) -> bool {
         if self.reason.set(reason).is_err() {
-            return;
+            return false;
         }
         // From here the source's EOS ends the stream instead of reconnecting.
         self.shared.closing.store(true, Ordering::Release);
-        let pipeline = self.pipeline.lock().clone();
-        let committed = self.appsink.lock().is_some();
-        if let (Some(p), true) = (pipeline, committed) {
-            let deadline = Instant::now() + grace;
+        if let Some(p) = self.pipeline.lock().clone() {
             tokio::task::spawn_blocking(move || {
                 p.send_event(gst::event::Eos::new());
             });
-            // The body stream ends when it has delivered everything up to EOS.
-            while Instant::now() < deadline && !self.torn_down.load(Ordering::Acquire) {
-                let notified = self.shared.notify.notified();
-                if self.shared.eos.load(Ordering::Acquire) && self.appsink_empty() {
-                    break;
-                }
-                tokio::select! {
-                    _ = notified => {}
-                    _ = tokio::time::sleep(Duration::from_millis(20)) => {}
-                }
-            }
-            // Give the body a moment to hand over the final chunk.
-            let flush_deadline = Instant::now() + Duration::from_millis(500).min(grace);
-            while Instant::now() < flush_deadline && !self.torn_down.load(Ordering::Acquire) {
-                tokio::time::sleep(Duration::from_millis(10)).await;
-            }
         }
-        self.shared.waker.wake();
-        self.shared.notify.notify_waiters();
-        self.teardown();
+        true
     }
 
-    fn appsink_empty(&self) -> bool {
-        self.appsink.lock().as_ref().is_none_or(|s| s.is_eos())
-    }
-
-    /// Seconds since the last sample reached the appsink.
+    /// Ms since the last output any rendition made.
     pub fn idle_ms(&self) -> u64 {
         pipeline::now_ms().saturating_sub(self.shared.last_sample_ms.load(Ordering::Relaxed))
+    }
+
+    /// Notes that a rendition produced output now.
+    pub fn note_output(&self) {
+        self.shared
+            .last_sample_ms
+            .store(pipeline::now_ms(), Ordering::Relaxed);
     }
 
     /// Sets the pipeline to NULL on a blocking thread, once, then runs hooks.
@@ -552,17 +446,15 @@ impl MediaSession {
             return;
         };
         let opened = self.opened.lock().take();
-        let appsink = self.appsink.lock().take();
         let hooks: Vec<TeardownHook> = std::mem::take(&mut *self.hooks.lock());
-        let info = self.ended_info();
-        let reason = info.reason;
+        self.on_failure.lock().take();
+        let reason = self.reason().unwrap_or(EndReason::SourceError);
         let shared = self.shared.clone();
         let job = move || {
             let t0 = Instant::now();
             if let Err(e) = pipeline.set_state(gst::State::Null) {
                 tracing::warn!(error = %e, "pipeline did not reach NULL cleanly");
             }
-            drop(appsink);
             drop(opened);
             drop(pipeline);
             LIVE_PIPELINES.fetch_sub(1, Ordering::SeqCst);
@@ -572,9 +464,8 @@ impl MediaSession {
                 "pipeline torn down"
             );
             for hook in hooks {
-                hook(info);
+                hook(reason);
             }
-            shared.waker.wake();
             shared.notify.notify_waiters();
             crate::memory::trim();
         };
@@ -590,14 +481,6 @@ impl MediaSession {
         }
     }
 
-    fn ended_info(&self) -> Ended {
-        Ended {
-            reason: self.reason().unwrap_or(EndReason::SourceError),
-            bytes_sent: self.bytes_sent.load(Ordering::Relaxed),
-            duration: self.started_at.elapsed(),
-        }
-    }
-
     pub fn is_torn_down(&self) -> bool {
         self.torn_down.load(Ordering::Acquire)
     }
@@ -608,22 +491,11 @@ impl MediaSession {
     }
 }
 
-impl Drop for MediaSession {
+impl Drop for Running {
     fn drop(&mut self) {
         // Last line of defence: never drop a pipeline that is not NULL.
         self.end(EndReason::SourceError);
     }
-}
-
-/// The TS data from the first PAT packet on (None if there is none yet).
-fn from_first_pat(data: &Bytes) -> Option<Bytes> {
-    const PACKET: usize = 188;
-    (0..data.len())
-        .step_by(PACKET)
-        .find(|&i| {
-            i + 3 <= data.len() && data[i] == 0x47 && data[i + 1] & 0x1f == 0 && data[i + 2] == 0
-        })
-        .map(|i| data.slice(i..))
 }
 
 pub(super) fn describe_error(err: &gst::glib::Error, debug: Option<&str>) -> String {
@@ -640,55 +512,3 @@ pub(super) fn describe_error(err: &gst::glib::Error, debug: Option<&str>) -> Str
     redact::redact_text(&text)
 }
 
-/// The HTTP body of a session: its bytes, with backpressure from not being
-/// polled. Dropping it before the session ended ends it as `client_disconnect`.
-pub struct SessionBody {
-    session: Arc<MediaSession>,
-    first: Option<Bytes>,
-}
-
-impl SessionBody {
-    pub fn new(session: Arc<MediaSession>, first: Bytes) -> Self {
-        Self {
-            session,
-            first: Some(first),
-        }
-    }
-}
-
-impl Stream for SessionBody {
-    type Item = Result<Bytes, std::io::Error>;
-
-    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
-        if let Some(first) = self.first.take() {
-            return Poll::Ready(Some(Ok(first)));
-        }
-        let s = &self.session;
-        // Register before checking so a wake between check and return is not lost.
-        s.shared.waker.register(cx.waker());
-        if let Some(bytes) = s.pull_available() {
-            return Poll::Ready(Some(Ok(bytes)));
-        }
-        if s.shared.eos.load(Ordering::Acquire) {
-            // Everything up to EOS was delivered: a clean end.
-            s.end(EndReason::SourceEos);
-            return Poll::Ready(None);
-        }
-        match s.reason() {
-            None => Poll::Pending,
-            Some(EndReason::SourceError) => Poll::Ready(Some(Err(std::io::Error::other(
-                s.error().unwrap_or_else(|| "source failed".into()),
-            )))),
-            Some(_) if s.is_torn_down() => Poll::Ready(None),
-            // Draining (shutdown): keep delivering until EOS or teardown.
-            Some(EndReason::Shutdown) => Poll::Pending,
-            Some(_) => Poll::Ready(None),
-        }
-    }
-}
-
-impl Drop for SessionBody {
-    fn drop(&mut self) {
-        self.session.end(EndReason::ClientDisconnect);
-    }
-}

@@ -1,0 +1,384 @@
+//! A rendition: one encode of a channel at one profile, or its remux. It
+//! owns its branch of the channel's pipeline (encoders or parsers) and one
+//! container output per format in use, each publishing to a [`Fanout`]
+//! that its viewers subscribe to. It knows how many viewers it has, not
+//! who they are.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Instant;
+
+use bytes::Bytes;
+use parking_lot::Mutex;
+use serde::Serialize;
+
+use super::container::{Chunk, Splitter};
+use super::fanout::{Fanout, FanoutConfig, Join, Viewer};
+use crate::media::chains::{self, Branch, Counters, Encoded};
+use crate::media::pipeline::Heads;
+use crate::media::{Format, MediaError, Mode};
+use crate::pool::Permit;
+use crate::profiles::Profile;
+
+/// What identifies a rendition within its channel.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct RenditionKey {
+    pub mode: Mode,
+    /// Profile name; `source` for remux.
+    pub quality: String,
+}
+
+/// One container output: its branch, its fan-out, whether it has ended.
+struct Output {
+    fanout: Arc<Fanout>,
+    branch: Option<Branch>,
+    ended: Arc<AtomicBool>,
+}
+
+/// The pipeline objects of a rendition (touched only on blocking threads).
+#[derive(Default)]
+struct Graph {
+    /// Index 0 video, 1 audio.
+    encoded: [Option<Encoded>; 2],
+}
+
+pub struct Rendition {
+    pub key: RenditionKey,
+    pub profile: Profile,
+    pub start_ms: u64,
+    pub started_at: Instant,
+    pub counters: Arc<Counters>,
+    graph: Mutex<Graph>,
+    outputs: Mutex<BTreeMap<Format, Output>>,
+    /// Viewers per format, as the fan-outs report them.
+    viewers: Mutex<BTreeMap<Format, usize>>,
+    /// Requests joining right now (not yet counted as viewers).
+    joining: AtomicUsize,
+    /// Bumped whenever the viewer count changes; a linger timer only acts
+    /// if nothing changed since it was set.
+    pub(super) epoch: AtomicU64,
+    /// The encoder (or remux) slot, freed once the branch is down.
+    permit: Mutex<Option<Permit>>,
+    fanout_config: FanoutConfig,
+    /// Called with the total viewer count whenever it changes.
+    on_viewers: Mutex<Option<Arc<dyn Fn(usize) + Send + Sync>>>,
+}
+
+/// A rendition as status shows it.
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RenditionView {
+    pub quality: String,
+    pub mode: Mode,
+    pub encoder: Option<String>,
+    pub decoder: Option<String>,
+    pub fps: f64,
+    pub speed: f64,
+    pub viewers: usize,
+    pub formats: Vec<Format>,
+    pub start_time: u64,
+}
+
+impl Rendition {
+    pub fn new(
+        key: RenditionKey,
+        profile: Profile,
+        permit: Option<Permit>,
+        fanout_config: FanoutConfig,
+    ) -> Arc<Rendition> {
+        Arc::new(Rendition {
+            key,
+            profile,
+            start_ms: crate::sessions::epoch_ms(),
+            started_at: Instant::now(),
+            counters: Arc::new(Counters::default()),
+            graph: Mutex::new(Graph::default()),
+            outputs: Mutex::new(BTreeMap::new()),
+            viewers: Mutex::new(BTreeMap::new()),
+            joining: AtomicUsize::new(0),
+            epoch: AtomicU64::new(0),
+            permit: Mutex::new(permit),
+            fanout_config,
+            on_viewers: Mutex::new(None),
+        })
+    }
+
+    pub fn mode(&self) -> Mode {
+        self.key.mode
+    }
+
+    /// Sets what is told the total viewer count when it changes.
+    pub fn on_viewers(&self, f: Arc<dyn Fn(usize) + Send + Sync>) {
+        *self.on_viewers.lock() = Some(f);
+    }
+
+    /// Builds the encode (or remux) branch off the channel's heads. Runs
+    /// on a blocking thread; `raw` gives the raw tee of a stream (making a
+    /// decoder when needed).
+    pub fn build(
+        &self,
+        p: &gst::Pipeline,
+        heads: &Heads,
+        mut raw: impl FnMut(usize) -> Result<Option<gst::Element>, MediaError>,
+    ) -> Result<(), MediaError> {
+        let mut graph = self.graph.lock();
+        let built = (|| {
+            for k in 0..2 {
+                let encoded = match self.key.mode {
+                    Mode::Remux => match &heads.es[k] {
+                        Some(es) => Some(chains::remux(p, es, k == 0, heads.live, &self.counters)?),
+                        None => None,
+                    },
+                    Mode::Transcode => match raw(k)? {
+                        Some(t) if k == 0 => Some(chains::video_encode(
+                            p,
+                            &t,
+                            &self.profile,
+                            heads.live,
+                            &self.counters,
+                        )?),
+                        Some(t) => Some(chains::audio_encode(p, &t, &self.profile, heads.live)?),
+                        None => None,
+                    },
+                };
+                graph.encoded[k] = encoded;
+            }
+            match &graph.encoded {
+                [None, None] => Err(MediaError::SourceFailed(
+                    "the source has neither audio nor video".into(),
+                )),
+                [None, Some(audio)] => {
+                    chains::count_audio(audio, &self.counters);
+                    Ok(())
+                }
+                _ => Ok(()),
+            }
+        })();
+        if built.is_err() {
+            for e in graph.encoded.iter_mut() {
+                if let Some(e) = e.take() {
+                    e.branch.remove(p);
+                }
+            }
+        }
+        built
+    }
+
+    /// The fan-out of `format`, if that output exists.
+    pub fn fanout(&self, format: Format) -> Option<Arc<Fanout>> {
+        self.outputs.lock().get(&format).map(|o| o.fanout.clone())
+    }
+
+    /// Builds the container output for `format` (blocking thread). The
+    /// muxer's output is cut into chunks and published to a new fan-out;
+    /// `on_output` is told of every buffer; at the end, `on_eos` says the
+    /// reason the viewers end with.
+    pub fn add_output(
+        self: &Arc<Self>,
+        p: &gst::Pipeline,
+        format: Format,
+        on_output: Arc<dyn Fn() + Send + Sync>,
+        on_eos: Arc<dyn Fn() -> crate::media::EndReason + Send + Sync>,
+    ) -> Result<Arc<Fanout>, MediaError> {
+        if let Some(f) = self.fanout(format) {
+            return Ok(f);
+        }
+        let fanout = Fanout::new(self.fanout_config.clone());
+        let weak = Arc::downgrade(self);
+        fanout.on_viewer_count(Box::new(move |n| {
+            if let Some(r) = weak.upgrade() {
+                r.viewers_changed(format, n);
+            }
+        }));
+        let encoder = self.encoder();
+        if let Some(enc) = encoder.clone() {
+            fanout.set_keyframe_request(Box::new(move || {
+                if let Some(e) = enc.upgrade() {
+                    chains::force_keyframe(&e);
+                }
+            }));
+        }
+        let ended = Arc::new(AtomicBool::new(false));
+        let splitter = Mutex::new((Splitter::new(format), None::<Bytes>, Vec::<Chunk>::new()));
+        let f = Arc::downgrade(&fanout);
+        let on_data = move |data: &[u8]| {
+            let Some(fanout) = f.upgrade() else { return };
+            on_output();
+            let mut guard = splitter.lock();
+            let (splitter, header, chunks) = &mut *guard;
+            splitter.push(data, chunks);
+            if let Some(h) = splitter.header() {
+                if header.as_ref() != Some(&h) {
+                    *header = Some(h.clone());
+                    fanout.set_header(h);
+                }
+            }
+            for chunk in chunks.drain(..) {
+                fanout.publish(chunk);
+            }
+        };
+        let (f, e) = (Arc::downgrade(&fanout), ended.clone());
+        let eos = move || {
+            e.store(true, Ordering::Release);
+            let reason = on_eos();
+            if let Some(f) = f.upgrade() {
+                f.finish(reason);
+            }
+        };
+        let branch = {
+            let graph = self.graph.lock();
+            let out = |k: usize| graph.encoded[k].as_ref().map(|e| e.out.clone());
+            chains::output(p, out(0).as_ref(), out(1).as_ref(), format, on_data, eos)?
+        };
+        self.outputs.lock().insert(
+            format,
+            Output {
+                fanout: fanout.clone(),
+                branch: Some(branch),
+                ended,
+            },
+        );
+        // A running encoder starts the new output at once.
+        if let Some(e) = encoder.and_then(|e| e.upgrade()) {
+            chains::force_keyframe(&e);
+        }
+        Ok(fanout)
+    }
+
+    fn encoder(&self) -> Option<gst::glib::WeakRef<gst::Element>> {
+        self.graph.lock().encoded[0]
+            .as_ref()
+            .and_then(|e| e.encoder.clone())
+    }
+
+    /// A viewer of `format` (whose output must exist).
+    pub fn subscribe(&self, format: Format, join: Join) -> Option<Viewer> {
+        self.fanout(format).map(|f| f.subscribe(join))
+    }
+
+    fn viewers_changed(&self, format: Format, n: usize) {
+        let total = {
+            let mut v = self.viewers.lock();
+            v.insert(format, n);
+            v.values().sum::<usize>()
+        };
+        self.epoch.fetch_add(1, Ordering::AcqRel);
+        let cb = self.on_viewers.lock().clone();
+        if let Some(cb) = cb {
+            cb(total);
+        }
+    }
+
+    /// Viewers of every format.
+    pub fn viewers(&self) -> usize {
+        self.viewers.lock().values().sum()
+    }
+
+    /// Holds the rendition up while a request joins it.
+    pub fn pin(&self) {
+        self.joining.fetch_add(1, Ordering::AcqRel);
+        self.epoch.fetch_add(1, Ordering::AcqRel);
+    }
+
+    pub fn unpin(&self) {
+        self.joining.fetch_sub(1, Ordering::AcqRel);
+        self.epoch.fetch_add(1, Ordering::AcqRel);
+    }
+
+    /// Nobody watches or joins it.
+    pub fn idle(&self) -> bool {
+        self.viewers() == 0 && self.joining.load(Ordering::Acquire) == 0
+    }
+
+    /// Whether every output it has has ended (EOS).
+    pub fn all_ended(&self) -> bool {
+        self.outputs
+            .lock()
+            .values()
+            .all(|o| o.ended.load(Ordering::Acquire))
+    }
+
+    /// Ends every viewer of every output with `reason`.
+    pub fn finish(&self, reason: crate::media::EndReason) {
+        for o in self.outputs.lock().values() {
+            o.fanout.finish(reason);
+        }
+    }
+
+    /// Keyframe-skips of its viewers so far.
+    pub fn skips(&self) -> u64 {
+        self.outputs
+            .lock()
+            .values()
+            .map(|o| o.fanout.skips_total())
+            .sum()
+    }
+
+    /// Ends viewers that stay behind (see [`Fanout::sweep`]).
+    pub fn sweep(&self) {
+        let fanouts: Vec<_> = self
+            .outputs
+            .lock()
+            .values()
+            .map(|o| o.fanout.clone())
+            .collect();
+        for f in fanouts {
+            f.sweep();
+        }
+    }
+
+    /// Takes the rendition's branches off the pipeline (blocking thread),
+    /// then frees its slot.
+    pub fn remove(&self, p: &gst::Pipeline) {
+        let outputs: Vec<Branch> = self
+            .outputs
+            .lock()
+            .values_mut()
+            .filter_map(|o| o.branch.take())
+            .collect();
+        for b in outputs {
+            b.remove(p);
+        }
+        let encoded = std::mem::take(&mut self.graph.lock().encoded);
+        for e in encoded.into_iter().flatten() {
+            e.branch.remove(p);
+        }
+        self.release();
+    }
+
+    /// Frees the slot and drops pipeline references (after the pipeline
+    /// itself reached NULL, or the branch was removed).
+    pub fn release(&self) {
+        let mut outputs = self.outputs.lock();
+        for o in outputs.values_mut() {
+            o.branch.take();
+        }
+        drop(outputs);
+        self.graph.lock().encoded = [None, None];
+        self.permit.lock().take();
+    }
+
+    pub fn view(&self, decoder: Option<String>) -> RenditionView {
+        let elapsed = self.started_at.elapsed().as_secs_f64();
+        let round2 = |v: f64| (v * 100.0).round() / 100.0;
+        let frames = self.counters.frames.load(Ordering::Relaxed) as f64;
+        let media = self.counters.media_ns() as f64 / 1e9;
+        let rate = |v: f64| if elapsed > 0.0 { round2(v / elapsed) } else { 0.0 };
+        RenditionView {
+            quality: self.key.quality.clone(),
+            mode: self.key.mode,
+            encoder: (self.key.mode == Mode::Transcode).then(|| "x264enc".to_string()),
+            decoder: if self.key.mode == Mode::Transcode {
+                decoder
+            } else {
+                None
+            },
+            fps: rate(frames),
+            speed: rate(media),
+            viewers: self.viewers(),
+            formats: self.outputs.lock().keys().copied().collect(),
+            start_time: self.start_ms,
+        }
+    }
+}
