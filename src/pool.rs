@@ -25,7 +25,9 @@ pub enum AdmitError {
     PoolFull,
     #[error("this client already holds {0} sessions")]
     TooManySessions(usize),
-    #[error("{0} channels are running, the most MAX_CHANNELS allows; a viewer can join one of them")]
+    #[error(
+        "{0} channels are running, the most MAX_CHANNELS allows; a viewer can join one of them"
+    )]
     TooManyChannels(usize),
     #[error("{0} viewers are watching, the most MAX_VIEWERS allows")]
     TooManyViewers(usize),
@@ -393,11 +395,17 @@ mod tests {
         let pool = Pool::new(limits(1, 1, 1, 10));
         let a = pool.enter_channel().unwrap();
         let _b = pool.enter_channel().unwrap();
-        assert_eq!(pool.enter_channel().err(), Some(AdmitError::TooManyChannels(2)));
+        assert_eq!(
+            pool.enter_channel().err(),
+            Some(AdmitError::TooManyChannels(2))
+        );
         drop(a);
         let _c = pool.enter_channel().unwrap();
         let v: Vec<_> = (0..3).map(|_| pool.enter_viewer().unwrap()).collect();
-        assert_eq!(pool.enter_viewer().err(), Some(AdmitError::TooManyViewers(3)));
+        assert_eq!(
+            pool.enter_viewer().err(),
+            Some(AdmitError::TooManyViewers(3))
+        );
         drop(v);
         assert_eq!(pool.snapshot().viewers, 0);
         assert_eq!(pool.snapshot().channels, 2);

@@ -237,8 +237,7 @@ pub async fn start(
         }
     };
     let pin = Pin(ch.clone(), rendition.clone());
-    let viewer = match tokio::time::timeout_at(deadline, ch.output(&rendition, req.format)).await
-    {
+    let viewer = match tokio::time::timeout_at(deadline, ch.output(&rendition, req.format)).await {
         Ok(Ok(fanout)) => fanout.subscribe(req.join),
         Ok(Err(e)) => return Err(fail(&ch, e, timeout_ms, &source, &stream.headers).await),
         Err(_) => return Err(PreviewError::StartTimeout(timeout_ms)),
@@ -250,9 +249,9 @@ pub async fn start(
         Ok(Ok(())) => {}
         Ok(Err(EndReason::Shutdown)) => return Err(PreviewError::ShuttingDown),
         Ok(Err(r)) => {
-            return Err(PreviewError::SourceFailed(ch.error().unwrap_or_else(|| {
-                format!("the channel ended before any media: {}", r.as_str())
-            })))
+            return Err(PreviewError::SourceFailed(ch.error().unwrap_or_else(
+                || format!("the channel ended before any media: {}", r.as_str()),
+            )))
         }
         Err(_) => return Err(PreviewError::StartTimeout(timeout_ms)),
     }

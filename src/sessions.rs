@@ -76,11 +76,7 @@ impl SessionEntry {
             start_time: self.start_ms,
             duration: elapsed,
             bytes_sent: self.viewer.bytes_sent(),
-            frames_out: self
-                .rendition
-                .counters
-                .frames
-                .load(Ordering::Relaxed),
+            frames_out: self.rendition.counters.frames.load(Ordering::Relaxed),
             fps: r.fps,
             speed: r.speed,
             state,

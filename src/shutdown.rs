@@ -97,8 +97,7 @@ pub async fn drain(state: &Arc<AppState>, deadline: Instant) {
     // Channels that were starting when the signal came may register late:
     // keep sweeping until none is left.
     loop {
-        if (state.channels.is_empty() && state.registry.is_empty()) || Instant::now() >= deadline
-        {
+        if (state.channels.is_empty() && state.registry.is_empty()) || Instant::now() >= deadline {
             break;
         }
         state.channels.drain(eos_deadline.max(Instant::now())).await;

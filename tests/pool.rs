@@ -22,7 +22,11 @@ async fn server(tweak: impl FnOnce(&mut Settings)) -> TestServer {
         tweak(s)
     })
     .await;
-    add_stream(&ts, "tiny", TINY).await;
+    // Viewers of one stream share its channel and take one slot: the
+    // slot tests fill the pool with distinct streams of the same source.
+    for id in ["tiny", "tiny2", "tiny3", "tiny4", "tiny5"] {
+        add_stream(&ts, id, TINY).await;
+    }
     ts
 }
 
@@ -73,7 +77,7 @@ async fn third_request_waits_fifo_then_plays_and_limits_answer_503() {
     })
     .await;
     let a = running(&ts, PREVIEW).await;
-    let _b = running(&ts, PREVIEW).await;
+    let _b = running(&ts, "/streams/preview/tiny2?quality=low").await;
     let st = status(&ts).await;
     assert_eq!(
         (st["activeSessions"].as_u64(), st["maxConcurrent"].as_u64()),
@@ -83,17 +87,21 @@ async fn third_request_waits_fifo_then_plays_and_limits_answer_503() {
     assert_eq!(st["sessions"].as_array().unwrap().len(), 2);
 
     // Two waiters queue in order; a third finds the queue full.
-    let first = spawn_get(&ts, "/streams/preview/tiny?quality=low&timeout=60000");
+    let first = spawn_get(&ts, "/streams/preview/tiny3?quality=low&timeout=60000");
     wait_queued(&ts, 1).await;
-    let second = spawn_get(&ts, "/streams/preview/tiny?quality=low&timeout=60000");
+    let second = spawn_get(&ts, "/streams/preview/tiny4?quality=low&timeout=60000");
     wait_queued(&ts, 2).await;
     let st = status(&ts).await;
-    assert_eq!(st["queue"][0]["streamId"], "tiny");
+    assert_eq!(st["queue"][0]["streamId"], "tiny3");
     assert!(
         st["queue"][0]["waitingMs"].as_u64().unwrap()
             >= st["queue"][1]["waitingMs"].as_u64().unwrap()
     );
-    let full = client().get(ts.url(PREVIEW)).send().await.unwrap();
+    let full = client()
+        .get(ts.url("/streams/preview/tiny5?quality=low"))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(full.status(), 503);
     assert!(full.headers().contains_key("retry-after"));
     assert_eq!(
@@ -118,7 +126,7 @@ async fn third_request_waits_fifo_then_plays_and_limits_answer_503() {
     // A waiter past its start timeout leaves with pool_full.
     let _c = running(&ts, PREVIEW).await;
     let r = client()
-        .get(ts.url("/streams/preview/tiny?quality=low&timeout=800"))
+        .get(ts.url("/streams/preview/tiny5?quality=low&timeout=800"))
         .send()
         .await
         .unwrap();
@@ -136,7 +144,7 @@ async fn third_request_waits_fifo_then_plays_and_limits_answer_503() {
 async fn a_waiter_that_hangs_up_leaves_the_queue_at_once() {
     let ts = server(|s| s.max_transcodes = 1).await;
     let _a = running(&ts, PREVIEW).await;
-    let waiter = spawn_get(&ts, "/streams/preview/tiny?quality=low&timeout=60000");
+    let waiter = spawn_get(&ts, "/streams/preview/tiny2?quality=low&timeout=60000");
     wait_queued(&ts, 1).await;
     waiter.abort();
     let _ = waiter.await;
@@ -351,10 +359,10 @@ async fn admin_stop_ends_the_body_and_events_narrate_the_life() {
         (Some("tiny"), Some("transcode"))
     );
 
-    // A second request queues behind it.
-    let waiter = spawn_get(&ts, "/streams/preview/tiny?quality=low&timeout=60000");
+    // A request for another stream queues behind it.
+    let waiter = spawn_get(&ts, "/streams/preview/tiny2?quality=low&timeout=60000");
     let queued = next_event(&mut events, "session_queued").await;
-    assert_eq!(queued["streamId"], "tiny");
+    assert_eq!(queued["streamId"], "tiny2");
 
     let body = tokio::spawn(read_for(r, Duration::from_secs(30), usize::MAX));
     tokio::time::sleep(Duration::from_millis(500)).await;

@@ -183,7 +183,10 @@ async fn sigterm_finishes_both_streams_and_exits_zero_within_the_grace() {
         "drained, not cut off by the watchdog:\n{log}"
     );
     assert_eq!(
-        log.matches("\"reason\":\"shutdown\"").count(),
+        log.lines()
+            .filter(|l| l.contains("\"message\":\"session ended\"")
+                && l.contains("\"reason\":\"shutdown\""))
+            .count(),
         2,
         "both sessions ended for shutdown:\n{log}"
     );

@@ -230,7 +230,7 @@ impl Channel {
         let closed = |ch: &Channel| MediaError::Ended(ch.ended().unwrap_or(EndReason::SourceError));
         let me = self.me.upgrade().ok_or_else(|| closed(self))?;
         let running = self.running.get().cloned().ok_or_else(|| closed(self))?;
-        let r = Rendition::new(key.clone(), profile, permit, self.fanout_config.clone());
+        let r = Rendition::new(key.clone(), profile, permit, self.fanout_config);
         let heads = self.state.lock().heads.clone();
         let (on_output, on_eos) = self.output_hooks(&running);
         let built = match heads {
@@ -443,11 +443,7 @@ impl Channel {
     fn drop_unused_decoders(&self, p: &gst::Pipeline) {
         let taken: Vec<Branch> = {
             let mut st = self.state.lock();
-            if st
-                .renditions
-                .keys()
-                .any(|k| k.mode == Mode::Transcode)
-            {
+            if st.renditions.keys().any(|k| k.mode == Mode::Transcode) {
                 return;
             }
             st.decoders
@@ -479,7 +475,10 @@ impl Channel {
         }
         // Viewers deliver what they have queued, then end; one whose client
         // stopped reading is ended as slow once it has been behind too long.
-        let (sweep, limit) = (renditions.clone(), self.fanout_config.buffer + self.fanout_config.stall);
+        let (sweep, limit) = (
+            renditions.clone(),
+            self.fanout_config.buffer + self.fanout_config.stall,
+        );
         self.runtime.spawn(async move {
             let until = tokio::time::Instant::now() + limit + Duration::from_secs(1);
             while tokio::time::Instant::now() < until && sweep.iter().any(|r| r.viewers() > 0) {
@@ -523,12 +522,7 @@ impl Channel {
         };
         if began {
             loop {
-                let done = self
-                    .state
-                    .lock()
-                    .renditions
-                    .values()
-                    .all(|r| r.all_ended());
+                let done = self.state.lock().renditions.values().all(|r| r.all_ended());
                 if done || tokio::time::Instant::now() >= deadline {
                     break;
                 }

@@ -132,7 +132,12 @@ impl Channels {
         });
     }
 
-    pub(crate) fn channel_ended(&self, ch: &Channel, reason: EndReason, renditions: &[Arc<Rendition>]) {
+    pub(crate) fn channel_ended(
+        &self,
+        ch: &Channel,
+        reason: EndReason,
+        renditions: &[Arc<Rendition>],
+    ) {
         {
             let mut map = self.map.lock();
             if map

@@ -21,6 +21,9 @@ use crate::media::{Format, MediaError, Mode};
 use crate::pool::Permit;
 use crate::profiles::Profile;
 
+/// Told the total viewer count of a rendition when it changes.
+pub type ViewerCountHook = Arc<dyn Fn(usize) + Send + Sync>;
+
 /// What identifies a rendition within its channel.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct RenditionKey {
@@ -62,7 +65,7 @@ pub struct Rendition {
     permit: Mutex<Option<Permit>>,
     fanout_config: FanoutConfig,
     /// Called with the total viewer count whenever it changes.
-    on_viewers: Mutex<Option<Arc<dyn Fn(usize) + Send + Sync>>>,
+    on_viewers: Mutex<Option<ViewerCountHook>>,
 }
 
 /// A rendition as status shows it.
@@ -109,7 +112,7 @@ impl Rendition {
     }
 
     /// Sets what is told the total viewer count when it changes.
-    pub fn on_viewers(&self, f: Arc<dyn Fn(usize) + Send + Sync>) {
+    pub fn on_viewers(&self, f: ViewerCountHook) {
         *self.on_viewers.lock() = Some(f);
     }
 
@@ -184,7 +187,7 @@ impl Rendition {
         if let Some(f) = self.fanout(format) {
             return Ok(f);
         }
-        let fanout = Fanout::new(self.fanout_config.clone());
+        let fanout = Fanout::new(self.fanout_config);
         let weak = Arc::downgrade(self);
         fanout.on_viewer_count(Box::new(move |n| {
             if let Some(r) = weak.upgrade() {
@@ -364,7 +367,13 @@ impl Rendition {
         let round2 = |v: f64| (v * 100.0).round() / 100.0;
         let frames = self.counters.frames.load(Ordering::Relaxed) as f64;
         let media = self.counters.media_ns() as f64 / 1e9;
-        let rate = |v: f64| if elapsed > 0.0 { round2(v / elapsed) } else { 0.0 };
+        let rate = |v: f64| {
+            if elapsed > 0.0 {
+                round2(v / elapsed)
+            } else {
+                0.0
+            }
+        };
         RenditionView {
             quality: self.key.quality.clone(),
             mode: self.key.mode,

@@ -10,8 +10,8 @@ use warp::{Filter, Rejection, Reply};
 
 use super::error::ApiError;
 use super::{client_ip, query_map};
-use crate::config::{MAX_REQUEST_TIMEOUT_MS, MIN_REQUEST_TIMEOUT_MS};
 use crate::channels::fanout::Join;
+use crate::config::{MAX_REQUEST_TIMEOUT_MS, MIN_REQUEST_TIMEOUT_MS};
 use crate::media::{Format, ModeRequest};
 use crate::preview::{self, PreviewRequest};
 use crate::AppState;

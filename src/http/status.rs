@@ -17,10 +17,10 @@ use warp::{Filter, Rejection, Reply};
 
 use super::error::ApiError;
 use super::{json, require_admin};
+use crate::channels::ChannelView;
 use crate::media::EndReason;
 use crate::memory::MemoryReport;
 use crate::pool::QueueEntry;
-use crate::channels::ChannelView;
 use crate::sessions::SessionView;
 use crate::AppState;
 

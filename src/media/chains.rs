@@ -389,7 +389,9 @@ pub fn output(
         for e in &elements {
             let _ = p.remove(e);
         }
-        return Err(MediaError::SourceFailed("a rendition with no streams".into()));
+        return Err(MediaError::SourceFailed(
+            "a rendition with no streams".into(),
+        ));
     };
     let mut branch = Branch::attach(p, &tee, elements, &head)?;
     for (tee, head) in parts {

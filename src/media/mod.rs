@@ -7,8 +7,8 @@
 //! It never knows about HTTP, warp, admission, the catalog or viewers:
 //! callers hand it a [`source::SourceUri`] and build on what it returns.
 
-pub mod diagnose;
 pub mod chains;
+pub mod diagnose;
 pub mod elements;
 mod flv;
 pub mod ingest;

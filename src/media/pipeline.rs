@@ -18,8 +18,8 @@ use std::sync::Arc;
 use gst::prelude::*;
 use parking_lot::Mutex;
 
-use super::ingest::{self, PadTiming, SourcePlan};
 use super::chains;
+use super::ingest::{self, PadTiming, SourcePlan};
 use super::source::{SourceUri, TestAudio};
 use super::{MediaError, SourceStreams, StreamCodec};
 

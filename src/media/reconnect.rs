@@ -17,8 +17,8 @@ use std::time::{Duration, Instant};
 
 use gst::prelude::*;
 
-use super::ingest::{self, SourcePlan, SOURCE_GONE};
 use super::chains::add_keyframe_gate;
+use super::ingest::{self, SourcePlan, SOURCE_GONE};
 use super::pipeline::{discard, is_audio, is_video, now_ms, Opened, Shared};
 use crate::redact;
 

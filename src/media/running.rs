@@ -511,4 +511,3 @@ pub(super) fn describe_error(err: &gst::glib::Error, debug: Option<&str>) -> Str
     }
     redact::redact_text(&text)
 }
-
