@@ -141,7 +141,9 @@ pub fn build_state(settings: Settings) -> Result<Arc<AppState>, StartError> {
     channels.spawn_watchdog();
     let memory = memory::MemoryMonitor::new(settings.memory_warning, settings.memory_critical);
     memory.spawn_sampler();
-    media::running::set_dot_dump_dir(Some(settings.data_dir.join("pipeline-dumps")));
+    channels
+        .stats()
+        .set_dot_dump_dir(Some(settings.data_dir.join("pipeline-dumps")));
     let health = health::HealthCache::new(&settings.data_dir);
     health.spawn_refresher(settings.data_dir.clone());
     let guide = Arc::new(epg::Guide::open(

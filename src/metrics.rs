@@ -254,7 +254,7 @@ fn scrape_registry(state: &AppState) -> Registry {
     r.register("bytes_sent", "Media bytes handed to preview clients", bytes);
 
     let errors = Family::<KindLabel, Counter>::default();
-    for (kind, n) in crate::media::running::pipeline_errors() {
+    for (kind, n) in state.channels.stats().pipeline_errors() {
         errors.get_or_create(&KindLabel { kind }).inc_by(n);
     }
     r.register(
@@ -264,7 +264,7 @@ fn scrape_registry(state: &AppState) -> Registry {
     );
 
     let reconnects: Counter = Counter::default();
-    reconnects.inc_by(crate::media::reconnect::reconnects_total());
+    reconnects.inc_by(state.channels.stats().reconnects_total());
     r.register(
         "source_reconnects",
         "Live sources that dropped during a session and were reconnected (or replaced by a backup URL)",
@@ -272,7 +272,7 @@ fn scrape_registry(state: &AppState) -> Registry {
     );
 
     let live: Gauge = Gauge::default();
-    live.set(crate::media::running::live_pipelines() as i64);
+    live.set(state.channels.stats().live_pipelines() as i64);
     r.register(
         "pipelines_live",
         "GStreamer pipelines built and not yet torn down to NULL",

@@ -238,7 +238,12 @@ pub async fn start(
     };
     let pin = Pin(ch.clone(), rendition.clone());
     let viewer = match tokio::time::timeout_at(deadline, ch.output(&rendition, req.format)).await {
-        Ok(Ok(fanout)) => fanout.subscribe(req.join),
+        // A remux has no encoder to ask for a keyframe: its viewers start
+        // from the source's cached GOP.
+        Ok(Ok(fanout)) => fanout.subscribe(match rendition.mode() {
+            Mode::Remux => Join::Gop,
+            Mode::Transcode => req.join,
+        }),
         Ok(Err(e)) => return Err(fail(&ch, e, timeout_ms, &source, &stream.headers).await),
         Err(_) => return Err(PreviewError::StartTimeout(timeout_ms)),
     };

@@ -32,7 +32,7 @@ fn idle(ts: &TestServer) -> bool {
         && st.channels.is_empty()
         && pool.transcodes == 0
         && pool.remuxes == 0
-        && sluice::media::running::live_pipelines() == 0
+        && st.channels.stats().live_pipelines() == 0
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -147,7 +147,7 @@ async fn hangups_stop_pipelines_and_leak_nothing() {
     assert!(
         eventually(Duration::from_secs(5), || idle(&ts)).await,
         "a failed start left {} pipelines",
-        sluice::media::running::live_pipelines()
+        ts.state().channels.stats().live_pipelines()
     );
 
     // Streaming threads end with their pipelines; tokio's idle blocking

@@ -20,6 +20,7 @@ use crate::media::chains::{self, Branch};
 use crate::media::ingest::SourcePlan;
 use crate::media::pipeline::Heads;
 use crate::media::running::Running;
+use crate::media::stats::MediaStats;
 use crate::media::{EndReason, Format, MediaError, Mode, SourceStreams};
 use crate::pool::{Permit, Slot};
 use crate::profiles::Profile;
@@ -61,6 +62,7 @@ pub struct Channel {
     /// Compressed bytes the source handed to the stream heads.
     in_bytes: Arc<AtomicU64>,
     activated_at: Mutex<Option<Instant>>,
+    stats: Arc<MediaStats>,
 }
 
 /// A channel as status shows it.
@@ -116,6 +118,7 @@ impl Channel {
         linger: Duration,
         owner: Weak<Channels>,
         slot: Slot,
+        stats: Arc<MediaStats>,
     ) -> Arc<Channel> {
         Arc::new_cyclic(|me| Channel {
             stream_id,
@@ -139,6 +142,7 @@ impl Channel {
             runtime: tokio::runtime::Handle::current(),
             in_bytes: Arc::new(AtomicU64::new(0)),
             activated_at: Mutex::new(None),
+            stats,
         })
     }
 
@@ -175,9 +179,9 @@ impl Channel {
             Some(r) => r.clone(),
             None => {
                 let name = format!("channel-{}-{}", self.stream_id, self.start_ms);
-                let r = Running::open(name, self.plan.clone()).await?;
+                let r = Running::open(name, self.plan.clone(), self.stats.clone()).await?;
                 let weak = self.me.clone();
-                r.on_failure(Box::new(move || {
+                r.on_failure(Arc::new(move || {
                     if let Some(ch) = weak.upgrade() {
                         ch.stop(EndReason::SourceError);
                     }

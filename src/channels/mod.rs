@@ -27,6 +27,7 @@ pub use channel::{Channel, ChannelUse, ChannelView};
 pub use rendition::{Rendition, RenditionKey, RenditionView};
 
 use crate::media::ingest::SourcePlan;
+use crate::media::stats::MediaStats;
 use crate::media::{EndReason, Mode};
 use crate::pool::{AdmitError, Pool};
 use crate::sessions::{Registry, SessionEvent};
@@ -52,6 +53,8 @@ pub struct Channels {
     skips_gone: AtomicU64,
     /// Channels opened so far.
     pub started_total: AtomicU64,
+    /// The media engine's counters (pipelines, errors, reconnects).
+    stats: Arc<MediaStats>,
 }
 
 impl Channels {
@@ -64,6 +67,7 @@ impl Channels {
             me: me.clone(),
             skips_gone: AtomicU64::new(0),
             started_total: AtomicU64::new(0),
+            stats: Arc::new(MediaStats::default()),
         })
     }
 
@@ -94,10 +98,16 @@ impl Channels {
             self.settings.linger,
             self.me.clone(),
             slot,
+            self.stats.clone(),
         );
         let used = ch.enter().expect("a new channel is open");
         map.insert(stream_id.to_string(), ch);
         Ok(used)
+    }
+
+    /// The media engine's counters.
+    pub fn stats(&self) -> &Arc<MediaStats> {
+        &self.stats
     }
 
     pub fn get(&self, stream_id: &str) -> Option<Arc<Channel>> {

@@ -17,6 +17,7 @@ pub mod probe;
 pub mod reconnect;
 pub mod running;
 pub mod source;
+pub mod stats;
 mod typefind;
 
 use serde::Serialize;

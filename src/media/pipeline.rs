@@ -21,6 +21,7 @@ use parking_lot::Mutex;
 use super::chains;
 use super::ingest::{self, PadTiming, SourcePlan};
 use super::source::{SourceUri, TestAudio};
+use super::stats::MediaStats;
 use super::{MediaError, SourceStreams, StreamCodec};
 
 /// State shared between streaming-thread callbacks and the async side.
@@ -84,6 +85,8 @@ pub struct Shared {
     pub reconnects: AtomicU64,
     /// Wakes whoever waits for pads or for output.
     pub notify: tokio::sync::Notify,
+    /// The app's media counters.
+    pub(super) stats: Arc<MediaStats>,
     /// Monotonic ms (see [`now_ms`]) of the last output any rendition made.
     pub last_sample_ms: AtomicU64,
 }
@@ -183,16 +186,21 @@ pub(super) use super::chains::{make, queue};
 
 /// Builds the first source generation (none for `test://`) and starts it.
 /// Must run off the async runtime (it changes pipeline state).
-pub fn open(name: &str, plan: SourcePlan) -> Result<Opened, MediaError> {
-    open_in(gst::Pipeline::builder().name(name).build(), plan)
+pub fn open(name: &str, plan: SourcePlan, stats: Arc<MediaStats>) -> Result<Opened, MediaError> {
+    open_in(gst::Pipeline::builder().name(name).build(), plan, stats)
 }
 
 /// [`open`] into a given (empty) pipeline. On failure the pipeline is back
 /// at NULL: a pipeline left in READY or PAUSED is never freed (its bus
 /// keeps the pipeline's own state messages, which reference it, until the
 /// bus is flushed at NULL) and would keep its sockets and threads.
-fn open_in(pipeline: gst::Pipeline, plan: SourcePlan) -> Result<Opened, MediaError> {
+fn open_in(
+    pipeline: gst::Pipeline,
+    plan: SourcePlan,
+    stats: Arc<MediaStats>,
+) -> Result<Opened, MediaError> {
     let shared = Arc::new(Shared {
+        stats,
         last_sample_ms: AtomicU64::new(now_ms()),
         ..Default::default()
     });
@@ -524,7 +532,7 @@ mod tests {
             uri: "udp://203.0.113.1:5000".into(),
             scheme: "udp".into(),
         };
-        let err = match open_in(pipeline, SourcePlan::single(source)) {
+        let err = match open_in(pipeline, SourcePlan::single(source), Default::default()) {
             Ok(_) => panic!("a source that cannot bind must not open"),
             Err(e) => e,
         };

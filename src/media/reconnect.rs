@@ -11,7 +11,7 @@
 //! timestamps. When the budget runs out, [`SOURCE_GONE`] is posted and the
 //! session ends as a source error.
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -29,14 +29,6 @@ const FIRST_BACKOFF: Duration = Duration::from_millis(250);
 const MAX_BACKOFF: Duration = Duration::from_secs(2);
 /// Gap left between the last running time before a splice and the first after.
 const SPLICE_GAP_NS: u64 = 1_000_000;
-
-/// Sources reconnected (or replaced by a backup) while a client watched.
-static RECONNECTS: AtomicU64 = AtomicU64::new(0);
-
-/// Successful reconnects of running sessions, for `/metrics`.
-pub fn reconnects_total() -> u64 {
-    RECONNECTS.load(Ordering::Relaxed)
-}
 
 /// What a lost source leads to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -238,7 +230,7 @@ impl Job {
             match result {
                 Ok(()) => {
                     sh.reconnects.fetch_add(1, Ordering::Relaxed);
-                    RECONNECTS.fetch_add(1, Ordering::Relaxed);
+                    sh.stats.reconnected();
                     tracing::info!(
                         outage_ms = started.elapsed().as_millis() as u64,
                         attempts = attempt + 1,

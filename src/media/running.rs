@@ -8,7 +8,7 @@
 //! `on_teardown` hooks (freeing slots, bookkeeping) run only after the
 //! pipeline has reached NULL.
 
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
@@ -18,6 +18,7 @@ use parking_lot::Mutex;
 use super::ingest::{self, SourcePlan};
 use super::pipeline::{self, Heads, Opened, Shared};
 use super::reconnect::LossAction;
+use super::stats::MediaStats;
 use super::{EndReason, MediaError, SourceStreams};
 use crate::redact;
 /// After the last new source pad, how long to wait for more before deciding.
@@ -30,53 +31,15 @@ const UNTYPED_SETTLE: Duration = Duration::from_secs(3);
 /// parser has no SPS before it).
 const VIDEO_SETTLE: Duration = Duration::from_secs(10);
 
+/// Called when a started pipeline fails for good.
+pub type FailureHook = Arc<dyn Fn() + Send + Sync>;
+
 /// Called once, after the pipeline reached NULL, with the end reason.
 pub type TeardownHook = Box<dyn FnOnce(EndReason) + Send>;
 
-/// Live pipelines, for leak checks and `/metrics`.
-static LIVE_PIPELINES: AtomicU64 = AtomicU64::new(0);
-
-/// Pipelines built and not yet torn down to NULL.
-pub fn live_pipelines() -> u64 {
-    LIVE_PIPELINES.load(Ordering::SeqCst)
-}
-
-/// GStreamer error domains, as counted in [`pipeline_errors`].
-const ERROR_KINDS: [&str; 5] = ["core", "library", "resource", "stream", "other"];
-static ERRORS: [AtomicU64; 5] = [const { AtomicU64::new(0) }; 5];
-/// Where a failing pipeline's graph is dumped (DOT) when debug logging is on.
-static DOT_DIR: std::sync::RwLock<Option<std::path::PathBuf>> = std::sync::RwLock::new(None);
-
-/// Failed pipelines so far, by the error domain of their first error.
-pub fn pipeline_errors() -> [(&'static str, u64); 5] {
-    std::array::from_fn(|i| (ERROR_KINDS[i], ERRORS[i].load(Ordering::Relaxed)))
-}
-
-/// Sets the directory for DOT dumps of failing pipelines (debug level only).
-pub fn set_dot_dump_dir(dir: Option<std::path::PathBuf>) {
-    if let Ok(mut d) = DOT_DIR.write() {
-        *d = dir;
-    }
-}
-
-fn count_error(err: &gst::glib::Error) {
-    let i = if err.is::<gst::CoreError>() {
-        0
-    } else if err.is::<gst::LibraryError>() {
-        1
-    } else if err.is::<gst::ResourceError>() {
-        2
-    } else if err.is::<gst::StreamError>() {
-        3
-    } else {
-        4
-    };
-    ERRORS[i].fetch_add(1, Ordering::Relaxed);
-}
-
 /// Writes the pipeline graph to `<dot dir>/<pipeline>-<ms>.dot` off the runtime.
-fn dump_dot(pipeline: gst::Pipeline) {
-    let Some(dir) = DOT_DIR.read().ok().and_then(|d| d.clone()) else {
+fn dump_dot(pipeline: gst::Pipeline, stats: &MediaStats) {
+    let Some(dir) = stats.dot_dir() else {
         return;
     };
     tokio::task::spawn_blocking(move || {
@@ -93,12 +56,12 @@ fn dump_dot(pipeline: gst::Pipeline) {
     });
 }
 
-/// Takes one pipeline off [`LIVE_PIPELINES`] when dropped.
-struct Uncount;
+/// Takes one pipeline off the live count when dropped.
+struct Uncount(Arc<MediaStats>);
 
 impl Drop for Uncount {
     fn drop(&mut self) {
-        LIVE_PIPELINES.fetch_sub(1, Ordering::SeqCst);
+        self.0.pipeline_freed();
     }
 }
 
@@ -113,25 +76,31 @@ pub struct Running {
     error: Mutex<Option<String>>,
     hooks: Mutex<Vec<TeardownHook>>,
     /// Called (on the async runtime) when a started pipeline fails.
-    on_failure: Mutex<Option<Box<dyn Fn() + Send + Sync>>>,
+    on_failure: Mutex<Option<FailureHook>>,
     /// The pipeline's first error has been counted in [`pipeline_errors`].
     error_counted: AtomicBool,
     torn_down: AtomicBool,
     pub started_at: Instant,
+    stats: Arc<MediaStats>,
 }
 
 impl Running {
     /// Opens the source part of a pipeline off the runtime and starts
     /// watching its bus.
-    pub async fn open(name: String, plan: SourcePlan) -> Result<Arc<Running>, MediaError> {
+    pub async fn open(
+        name: String,
+        plan: SourcePlan,
+        stats: Arc<MediaStats>,
+    ) -> Result<Arc<Running>, MediaError> {
         // The opened pipeline is handed over through a channel: if the
         // caller is gone by then (the client hung up), the blocking task
         // itself brings it back to NULL and uncounts it.
         let (tx, rx) = tokio::sync::oneshot::channel::<Result<Opened, MediaError>>();
+        let counter = stats.clone();
         tokio::task::spawn_blocking(move || {
-            LIVE_PIPELINES.fetch_add(1, Ordering::SeqCst);
-            let counted = Uncount;
-            match pipeline::open(&name, plan) {
+            counter.pipeline_built();
+            let counted = Uncount(counter.clone());
+            match pipeline::open(&name, plan, counter) {
                 Ok(opened) => {
                     if let Err(Ok(opened)) = tx.send(Ok(opened)) {
                         let _ = opened.pipeline.set_state(gst::State::Null);
@@ -161,6 +130,7 @@ impl Running {
             error_counted: AtomicBool::new(false),
             torn_down: AtomicBool::new(false),
             started_at: Instant::now(),
+            stats,
         });
         running.watch_bus();
         Ok(running)
@@ -178,7 +148,7 @@ impl Running {
     }
 
     /// Sets what runs when the started pipeline fails for good.
-    pub fn on_failure(&self, f: Box<dyn Fn() + Send + Sync>) {
+    pub fn on_failure(&self, f: FailureHook) {
         *self.on_failure.lock() = Some(f);
     }
 
@@ -234,7 +204,7 @@ impl Running {
                         let text = describe_error(&err.error(), err.debug().as_deref());
                         tracing::warn!(element = %src, error = %text, "pipeline error");
                         if !session.error_counted.swap(true, Ordering::AcqRel) {
-                            count_error(&err.error());
+                            session.stats.count_error(&err.error());
                         }
                         match gen {
                             Some(gen) => session.source_lost(gen, text),
@@ -277,12 +247,14 @@ impl Running {
     fn fail(&self, text: String) {
         if self.error.lock().is_none() && tracing::enabled!(tracing::Level::DEBUG) {
             if let Some(p) = self.pipeline.lock().clone() {
-                dump_dot(p);
+                dump_dot(p, &self.stats);
             }
         }
         self.error.lock().get_or_insert(text);
         if self.started.load(Ordering::Acquire) {
-            if let Some(f) = self.on_failure.lock().as_ref() {
+            // Called without the lock: the hook ends the pipeline.
+            let hook = self.on_failure.lock().clone();
+            if let Some(f) = hook {
                 f();
             }
         }
@@ -450,6 +422,7 @@ impl Running {
         self.on_failure.lock().take();
         let reason = self.reason().unwrap_or(EndReason::SourceError);
         let shared = self.shared.clone();
+        let stats = self.stats.clone();
         let job = move || {
             let t0 = Instant::now();
             if let Err(e) = pipeline.set_state(gst::State::Null) {
@@ -457,7 +430,7 @@ impl Running {
             }
             drop(opened);
             drop(pipeline);
-            LIVE_PIPELINES.fetch_sub(1, Ordering::SeqCst);
+            stats.pipeline_freed();
             tracing::debug!(
                 ms = t0.elapsed().as_millis() as u64,
                 reason = reason.as_str(),
