@@ -10,10 +10,12 @@
 pub mod chains;
 pub mod diagnose;
 pub mod elements;
+mod encode;
 mod flv;
 pub mod ingest;
 pub mod pipeline;
 pub mod probe;
+mod probes;
 pub mod reconnect;
 pub mod running;
 pub mod source;

@@ -1,0 +1,241 @@
+//! The encoders of a transcode rendition: raw video to profile-sized
+//! constrained-baseline H.264, raw audio to AAC-LC, each into a tee its
+//! container outputs read from; and how many threads a decoder gets.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use gst::prelude::*;
+
+use super::chains::{capsfilter, make, queue, tee, Branch, Encoded};
+use super::probes::{count_output, Counters};
+use super::MediaError;
+use crate::profiles::{Profile, AUDIO_CHANNELS, AUDIO_RATE};
+
+/// Live sources: at most this much raw audio waits for the encoder before
+/// buffers are dropped rather than the source stalling.
+const LEAKY_QUEUE_NS: u64 = 1_000_000_000;
+/// The same for raw video, kept short: a queued frame is a whole picture
+/// at the output size (3 MB at 1080p), and a source that bursts ahead of
+/// the encoder (an HLS client catching up at the live edge) would otherwise
+/// park a second of them per rendition. A few frames decouple the
+/// decoder's and the encoder's threads; a non-live source simply waits.
+const VIDEO_ENCODER_QUEUE_NS: u64 = 300_000_000;
+/// Raw video from `raw` -> profile-sized constrained-baseline H.264 into a
+/// new tee. The queue at its head is leaky for live sources, so an encoder
+/// that falls behind drops its own frames instead of holding up the
+/// decoder and every other rendition.
+pub fn video_encode(
+    p: &gst::Pipeline,
+    raw: &gst::Element,
+    profile: &Profile,
+    live: bool,
+    counters: &Arc<Counters>,
+) -> Result<Encoded, MediaError> {
+    let head = queue(VIDEO_ENCODER_QUEUE_NS, live)?;
+    let deint = make("deinterlace")?;
+    let scale = make("videoscale")?;
+    let rate = make("videorate")?;
+    rate.set_property("drop-only", true);
+    let convert = make("videoconvert")?;
+    let size = capsfilter(
+        gst::Caps::builder("video/x-raw")
+            .field("format", "I420")
+            .field("pixel-aspect-ratio", gst::Fraction::new(1, 1))
+            .build(),
+    )?;
+    let enc = make("x264enc")?;
+    enc.set_property("bitrate", profile.video_bitrate);
+    enc.set_property_from_str("speed-preset", &profile.preset);
+    enc.set_property_from_str("tune", "zerolatency");
+    enc.set_property("vbv-buf-capacity", profile.vbv_buffer_ms);
+    enc.set_property("bframes", 0u32);
+    enc.set_property(
+        "key-int-max",
+        profile.keyframe_interval(profile.max_framerate as i32, 1),
+    );
+    enc.set_property(
+        "option-string",
+        format!("level={}:scenecut=0", profile.level),
+    );
+    let enc_caps = capsfilter(
+        gst::Caps::builder("video/x-h264")
+            .field("profile", "constrained-baseline")
+            .build(),
+    )?;
+    let out = tee()?;
+    let chain = [
+        &head, &deint, &scale, &rate, &convert, &size, &enc, &enc_caps, &out,
+    ];
+    p.add_many(chain)?;
+    gst::Element::link_many(chain)?;
+    count_output(&enc_caps.static_pad("src").expect("src pad"), counters);
+
+    // Fix the output geometry from the first caps the chain sees; later
+    // changes are letterboxed by videoscale into the same size.
+    let weak_size = size.downgrade();
+    let weak_enc = enc.downgrade();
+    let profile = profile.clone();
+    let fixed = AtomicBool::new(false);
+    deint
+        .static_pad("sink")
+        .expect("deinterlace sink pad")
+        .add_probe(gst::PadProbeType::EVENT_DOWNSTREAM, move |_, info| {
+            let Some(gst::EventView::Caps(ev)) = info.event().map(|e| e.view()) else {
+                return gst::PadProbeReturn::Ok;
+            };
+            if fixed.swap(true, Ordering::Relaxed) {
+                return gst::PadProbeReturn::Ok;
+            }
+            let Some(s) = ev.caps().structure(0) else {
+                return gst::PadProbeReturn::Ok;
+            };
+            let w = s.get::<i32>("width").unwrap_or(0).max(0) as u32;
+            let h = s.get::<i32>("height").unwrap_or(0).max(0) as u32;
+            let par = s
+                .get::<gst::Fraction>("pixel-aspect-ratio")
+                .map(|f| (f.numer(), f.denom()))
+                .unwrap_or((1, 1));
+            let fr = s
+                .get::<gst::Fraction>("framerate")
+                .map(|f| (f.numer(), f.denom()))
+                .unwrap_or((0, 1));
+            let (ow, oh) = profile.output_size(w, h, par);
+            let (fn_, fd) = profile.output_framerate(fr.0, fr.1);
+            if let Some(size) = weak_size.upgrade() {
+                let mut caps = gst::Caps::builder("video/x-raw")
+                    .field("format", "I420")
+                    .field("width", ow as i32)
+                    .field("height", oh as i32)
+                    .field("framerate", gst::Fraction::new(fn_, fd))
+                    .field("pixel-aspect-ratio", gst::Fraction::new(1, 1));
+                // Keep the source's colours. Left open, the output size's
+                // default would be chosen (BT.601 below 720 lines, BT.709
+                // above), and scaling 1080p to 480p would then convert every
+                // pixel's colour matrix on the slow generic path as well.
+                // (RGB sources are converted as before: their colorimetry
+                // names no YUV matrix.)
+                if let Some(info) = gst_video::VideoInfo::from_caps(ev.caps())
+                    .ok()
+                    .filter(|i| i.format_info().is_yuv())
+                {
+                    caps = caps
+                        .field("colorimetry", info.colorimetry().to_string())
+                        .field("chroma-site", info.chroma_site().to_string());
+                }
+                size.set_property("caps", caps.build());
+            }
+            if let Some(enc) = weak_enc.upgrade() {
+                enc.set_property("key-int-max", profile.keyframe_interval(fn_, fd));
+            }
+            gst::PadProbeReturn::Ok
+        });
+    let elements: Vec<gst::Element> = chain.iter().map(|e| (*e).clone()).collect();
+    let branch = Branch::attach(p, raw, elements, &head)?;
+    Ok(Encoded {
+        branch,
+        out,
+        encoder: Some(enc.downgrade()),
+    })
+}
+
+/// Raw audio from `raw` -> AAC-LC 48 kHz stereo into a new tee.
+pub fn audio_encode(
+    p: &gst::Pipeline,
+    raw: &gst::Element,
+    profile: &Profile,
+    live: bool,
+) -> Result<Encoded, MediaError> {
+    let head = queue(LEAKY_QUEUE_NS, live)?;
+    let convert = make("audioconvert")?;
+    let resample = make("audioresample")?;
+    let caps = capsfilter(
+        gst::Caps::builder("audio/x-raw")
+            .field("rate", AUDIO_RATE as i32)
+            .field("channels", AUDIO_CHANNELS as i32)
+            .build(),
+    )?;
+    let enc = make("avenc_aac")?;
+    enc.set_property("bitrate", (profile.audio_bitrate as i32) * 1000);
+    let out = tee()?;
+    let chain = [&head, &convert, &resample, &caps, &enc, &out];
+    p.add_many(chain)?;
+    gst::Element::link_many(chain)?;
+    let elements: Vec<gst::Element> = chain.iter().map(|e| (*e).clone()).collect();
+    let branch = Branch::attach(p, raw, elements, &head)?;
+    Ok(Encoded {
+        branch,
+        out,
+        encoder: None,
+    })
+}
+
+/// Asks `encoder` for a keyframe as soon as it can make one.
+pub fn force_keyframe(encoder: &gst::Element) {
+    let event = gst_video::UpstreamForceKeyUnitEvent::builder()
+        .all_headers(true)
+        .build();
+    if !encoder.send_event(event) {
+        tracing::debug!(encoder = %encoder.name(), "the encoder took no keyframe request");
+    }
+}
+
+/// Source pixel rate up to which one decoder thread is used: 1080p30.
+const SINGLE_THREAD_DECODE_PIXELS_PER_S: f64 = 1920.0 * 1088.0 * 30.0;
+
+/// Worker threads for a video decoder of `caps` (0 = the decoder's own
+/// choice, one per core). libav's frame threading keeps a set of pictures
+/// in flight per thread, about 25 MB more per 1080p session, and delays
+/// each picture by a frame per thread; one thread decodes 1080p30 H.264 at
+/// several times real time. Faster or larger streams (1080p60, 4K), and
+/// streams that do not state their size and rate, keep the default.
+pub(super) fn decoder_threads(caps: Option<&gst::CapsRef>) -> u32 {
+    let Some(s) = caps.and_then(|c| c.structure(0)) else {
+        return 0;
+    };
+    let (w, h) = (
+        s.get::<i32>("width").unwrap_or(0),
+        s.get::<i32>("height").unwrap_or(0),
+    );
+    let fps = s
+        .get::<gst::Fraction>("framerate")
+        .ok()
+        .filter(|f| f.numer() > 0 && f.denom() > 0)
+        .map_or(0.0, |f| f.numer() as f64 / f.denom() as f64);
+    let rate = w.max(0) as f64 * h.max(0) as f64 * fps;
+    if rate > 0.0 && rate <= SINGLE_THREAD_DECODE_PIXELS_PER_S {
+        1
+    } else {
+        0
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn h264(w: i32, h: i32, fps: Option<(i32, i32)>) -> gst::Caps {
+        let mut b = gst::Caps::builder("video/x-h264")
+            .field("width", w)
+            .field("height", h);
+        if let Some((n, d)) = fps {
+            b = b.field("framerate", gst::Fraction::new(n, d));
+        }
+        b.build()
+    }
+
+    #[test]
+    fn one_decoder_thread_up_to_1080p30() {
+        gst::init().unwrap();
+        let threads = |c: gst::Caps| decoder_threads(Some(c.as_ref()));
+        assert_eq!(threads(h264(1920, 1080, Some((30, 1)))), 1);
+        assert_eq!(threads(h264(1920, 1080, Some((30000, 1001)))), 1);
+        assert_eq!(threads(h264(1280, 720, Some((50, 1)))), 1);
+        assert_eq!(threads(h264(1920, 1080, Some((50, 1)))), 0);
+        assert_eq!(threads(h264(3840, 2160, Some((25, 1)))), 0);
+        // Nothing stated: the decoder chooses.
+        assert_eq!(threads(h264(1920, 1080, None)), 0);
+        assert_eq!(threads(h264(1920, 1080, Some((0, 1)))), 0);
+        assert_eq!(decoder_threads(None), 0);
+    }
+}
