@@ -343,12 +343,7 @@ impl Channel {
         Arc<dyn Fn() + Send + Sync>,
         Arc<dyn Fn() -> EndReason + Send + Sync>,
     ) {
-        let shared = running.shared.clone();
-        let on_output: Arc<dyn Fn() + Send + Sync> = Arc::new(move || {
-            shared
-                .last_sample_ms
-                .store(crate::media::pipeline::now_ms(), Ordering::Relaxed)
-        });
+        let on_output = running.output_clock();
         let weak = self.me.clone();
         let on_eos: Arc<dyn Fn() -> EndReason + Send + Sync> =
             Arc::new(move || match weak.upgrade() {
@@ -543,7 +538,7 @@ impl Channel {
     pub fn idle_ms(&self) -> Option<u64> {
         let run = self.running.get()?;
         let st = self.state.lock();
-        if st.heads.is_none() || st.closed || run.shared.reconnecting.load(Ordering::Acquire) {
+        if st.heads.is_none() || st.closed || run.reconnecting() {
             return None;
         }
         Some(run.idle_ms())
@@ -595,7 +590,7 @@ impl Channel {
             "stopping"
         } else if self.state.lock().heads.is_none() {
             "starting"
-        } else if run.is_some_and(|r| r.shared.reconnecting.load(Ordering::Acquire)) {
+        } else if run.is_some_and(|r| r.reconnecting()) {
             "reconnecting"
         } else {
             "running"
@@ -617,7 +612,7 @@ impl Channel {
             start_time: self.start_ms,
             upstream: UpstreamView {
                 protocol: self.protocol.clone(),
-                reconnects: run.map_or(0, |r| r.shared.reconnects.load(Ordering::Relaxed)),
+                reconnects: run.map_or(0, |r| r.reconnects()),
                 bitrate_kbps,
             },
             renditions: self

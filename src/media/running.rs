@@ -68,7 +68,7 @@ impl Drop for Uncount {
 pub struct Running {
     pipeline: Mutex<Option<gst::Pipeline>>,
     opened: Mutex<Option<Opened>>,
-    pub shared: Arc<Shared>,
+    shared: Arc<Shared>,
     reason: OnceLock<EndReason>,
     /// Set once the channel's media flows.
     started: AtomicBool,
@@ -405,11 +405,25 @@ impl Running {
         pipeline::now_ms().saturating_sub(self.shared.last_sample_ms.load(Ordering::Relaxed))
     }
 
-    /// Notes that a rendition produced output now.
-    pub fn note_output(&self) {
-        self.shared
-            .last_sample_ms
-            .store(pipeline::now_ms(), Ordering::Relaxed);
+    /// What an output calls on each buffer it makes: the stall clock.
+    /// (Holds no pipeline object.)
+    pub fn output_clock(&self) -> Arc<dyn Fn() + Send + Sync> {
+        let shared = self.shared.clone();
+        Arc::new(move || {
+            shared
+                .last_sample_ms
+                .store(pipeline::now_ms(), Ordering::Relaxed)
+        })
+    }
+
+    /// A lost source is being reconnected.
+    pub fn reconnecting(&self) -> bool {
+        self.shared.reconnecting.load(Ordering::Acquire)
+    }
+
+    /// Times the source dropped and was reconnected.
+    pub fn reconnects(&self) -> u64 {
+        self.shared.reconnects.load(Ordering::Relaxed)
     }
 
     /// Sets the pipeline to NULL on a blocking thread, once, then runs hooks.
