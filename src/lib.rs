@@ -10,6 +10,7 @@ pub mod catalog;
 pub mod channels;
 pub mod config;
 pub mod epg;
+pub mod events;
 pub mod health;
 pub mod http;
 pub mod logging;
@@ -131,7 +132,7 @@ pub fn build_state(settings: Settings) -> Result<Arc<AppState>, StartError> {
     let registry = sessions::Registry::new();
     let channels = channels::Channels::new(
         pool.clone(),
-        registry.clone(),
+        registry.events().clone(),
         channels::ChannelSettings {
             linger: settings.channel_linger(),
             viewer_buffer: settings.viewer_buffer(),

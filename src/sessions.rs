@@ -6,7 +6,6 @@
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use parking_lot::RwLock;
 use serde::Serialize;
@@ -14,6 +13,8 @@ use tokio::sync::broadcast;
 
 use crate::channels::fanout::ViewerHandle;
 use crate::channels::Rendition;
+use crate::events::Events;
+pub use crate::events::{epoch_ms, SessionEvent};
 use crate::media::{EndReason, Format, Mode};
 
 /// One viewer of a rendition.
@@ -86,80 +87,18 @@ impl SessionEntry {
     }
 }
 
-/// Events for the SSE feed.
-#[derive(Debug, Clone, Serialize)]
-#[serde(tag = "type", rename_all = "snake_case")]
-pub enum SessionEvent {
-    #[serde(rename_all = "camelCase")]
-    SessionQueued {
-        stream_id: String,
-        quality: String,
-        #[serde(rename = "clientIP")]
-        client_ip: String,
-        position: usize,
-    },
-    #[serde(rename_all = "camelCase")]
-    SessionStarted {
-        session_id: String,
-        stream_id: String,
-        quality: String,
-        format: Format,
-        mode: Mode,
-        #[serde(rename = "clientIP")]
-        client_ip: String,
-    },
-    #[serde(rename_all = "camelCase")]
-    SessionEnded {
-        session_id: String,
-        stream_id: String,
-        reason: EndReason,
-        duration: u64,
-        bytes_sent: u64,
-    },
-    #[serde(rename_all = "camelCase")]
-    ChannelStarted {
-        stream_id: String,
-        stream_name: String,
-    },
-    #[serde(rename_all = "camelCase")]
-    ChannelEnded {
-        stream_id: String,
-        reason: EndReason,
-        duration: u64,
-    },
-}
-
-impl SessionEvent {
-    pub fn name(&self) -> &'static str {
-        match self {
-            SessionEvent::SessionQueued { .. } => "session_queued",
-            SessionEvent::SessionStarted { .. } => "session_started",
-            SessionEvent::SessionEnded { .. } => "session_ended",
-            SessionEvent::ChannelStarted { .. } => "channel_started",
-            SessionEvent::ChannelEnded { .. } => "channel_ended",
-        }
-    }
-}
-
 pub struct Registry {
     sessions: RwLock<HashMap<String, Arc<SessionEntry>>>,
-    events: broadcast::Sender<SessionEvent>,
+    events: Arc<Events>,
     ended: RwLock<HashMap<EndReason, u64>>,
     pub started_total: AtomicU64,
     /// Bytes sent by viewers that have ended.
     bytes_done: AtomicU64,
 }
 
-pub fn epoch_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
-}
-
 impl Registry {
     pub fn new() -> Arc<Self> {
-        let (events, _) = broadcast::channel(1024);
+        let events = Arc::new(Events::new());
         Arc::new(Self {
             sessions: RwLock::new(HashMap::new()),
             events,
@@ -169,12 +108,17 @@ impl Registry {
         })
     }
 
+    /// The feed channels report to as well.
+    pub fn events(&self) -> &Arc<Events> {
+        &self.events
+    }
+
     pub fn subscribe(&self) -> broadcast::Receiver<SessionEvent> {
         self.events.subscribe()
     }
 
     pub fn emit(&self, event: SessionEvent) {
-        let _ = self.events.send(event);
+        self.events.emit(event);
     }
 
     /// Adds a session; it is removed (and `session_ended` sent) once its

@@ -9,29 +9,28 @@ use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock, Weak};
 use std::time::{Duration, Instant};
 
-use gst::prelude::*;
 use parking_lot::Mutex;
-use serde::Serialize;
 
 use super::fanout::{Fanout, FanoutConfig};
-use super::rendition::{Rendition, RenditionKey, RenditionView};
+use super::rendition::{Rendition, RenditionKey};
+use super::view::count_input;
 use super::Channels;
 use crate::media::chains::{self, Branch};
 use crate::media::ingest::SourcePlan;
 use crate::media::pipeline::Heads;
 use crate::media::running::Running;
 use crate::media::stats::MediaStats;
-use crate::media::{EndReason, Format, MediaError, Mode, SourceStreams};
+use crate::media::{EndReason, Format, MediaError, SourceStreams};
 use crate::pool::{Permit, Slot};
 use crate::profiles::Profile;
 
 #[derive(Default)]
-struct State {
-    renditions: BTreeMap<RenditionKey, Arc<Rendition>>,
-    heads: Option<Heads>,
+pub(super) struct State {
+    pub(super) renditions: BTreeMap<RenditionKey, Arc<Rendition>>,
+    pub(super) heads: Option<Heads>,
     /// Per stream (0 video, 1 audio): the decoder branch and its raw tee.
-    decoders: [Option<(Branch, gst::Element)>; 2],
-    closed: bool,
+    pub(super) decoders: [Option<(Branch, gst::Element)>; 2],
+    pub(super) closed: bool,
 }
 
 pub struct Channel {
@@ -40,49 +39,29 @@ pub struct Channel {
     /// Source protocol (`http`, `rtsp`, `test`, ...).
     pub protocol: String,
     pub start_ms: u64,
-    started_at: Instant,
-    plan: SourcePlan,
-    fanout_config: FanoutConfig,
-    linger: Duration,
-    owner: Weak<Channels>,
-    me: Weak<Channel>,
+    pub(super) started_at: Instant,
+    pub(super) plan: SourcePlan,
+    pub(super) fanout_config: FanoutConfig,
+    pub(super) linger: Duration,
+    pub(super) owner: Weak<Channels>,
+    pub(super) me: Weak<Channel>,
     /// Serialises opening the source and changing the graph.
-    build: tokio::sync::Mutex<()>,
-    running: OnceLock<Arc<Running>>,
-    streams: OnceLock<SourceStreams>,
-    state: Mutex<State>,
-    slot: Mutex<Option<Slot>>,
-    ended: OnceLock<EndReason>,
+    pub(super) build: tokio::sync::Mutex<()>,
+    pub(super) running: OnceLock<Arc<Running>>,
+    pub(super) streams: OnceLock<SourceStreams>,
+    pub(super) state: Mutex<State>,
+    pub(super) slot: Mutex<Option<Slot>>,
+    pub(super) ended: OnceLock<EndReason>,
     /// Requests using the channel that hold no rendition yet.
-    users: AtomicUsize,
-    draining: AtomicBool,
+    pub(super) users: AtomicUsize,
+    pub(super) draining: AtomicBool,
     /// The runtime that timers and teardown run on (callbacks may come
     /// from GStreamer's streaming threads).
-    runtime: tokio::runtime::Handle,
+    pub(super) runtime: tokio::runtime::Handle,
     /// Compressed bytes the source handed to the stream heads.
-    in_bytes: Arc<AtomicU64>,
-    activated_at: Mutex<Option<Instant>>,
-    stats: Arc<MediaStats>,
-}
-
-/// A channel as status shows it.
-#[derive(Debug, Clone, Serialize)]
-#[serde(rename_all = "camelCase")]
-pub struct ChannelView {
-    pub stream_id: String,
-    pub stream_name: String,
-    pub state: &'static str,
-    pub start_time: u64,
-    pub upstream: UpstreamView,
-    pub renditions: Vec<RenditionView>,
-}
-
-#[derive(Debug, Clone, Serialize)]
-#[serde(rename_all = "camelCase")]
-pub struct UpstreamView {
-    pub protocol: String,
-    pub reconnects: u64,
-    pub bitrate_kbps: u64,
+    pub(super) in_bytes: Arc<AtomicU64>,
+    pub(super) activated_at: Mutex<Option<Instant>>,
+    pub(super) stats: Arc<MediaStats>,
 }
 
 /// A request's use of a channel: while any exists, a channel without
@@ -124,7 +103,7 @@ impl Channel {
             stream_id,
             stream_name,
             protocol,
-            start_ms: crate::sessions::epoch_ms(),
+            start_ms: crate::events::epoch_ms(),
             started_at: Instant::now(),
             plan,
             fanout_config,
@@ -369,92 +348,6 @@ impl Channel {
         EndReason::SourceEos
     }
 
-    /// A request that joined `r` is done joining (it has subscribed, or
-    /// failed); an unwatched rendition then starts its linger.
-    pub fn unpin(&self, r: &Arc<Rendition>) {
-        r.unpin();
-        if r.idle() {
-            self.linger(&r.key);
-        }
-    }
-
-    /// Stops the rendition `key` after the linger unless a viewer comes.
-    fn linger(&self, key: &RenditionKey) {
-        let Some(me) = self.me.upgrade() else { return };
-        let epoch = match self.state.lock().renditions.get(key) {
-            Some(r) => r.epoch.load(Ordering::Acquire),
-            None => return,
-        };
-        let key = key.clone();
-        let linger = self.linger;
-        let reap = async move {
-            tokio::time::sleep(linger).await;
-            me.reap(&key, epoch).await;
-        };
-        self.runtime.spawn(reap);
-    }
-
-    async fn reap(self: &Arc<Self>, key: &RenditionKey, epoch: u64) {
-        let _build = self.build.lock().await;
-        let gone = {
-            let mut st = self.state.lock();
-            let idle = st
-                .renditions
-                .get(key)
-                .is_some_and(|r| r.idle() && r.epoch.load(Ordering::Acquire) == epoch);
-            if st.closed || !idle {
-                return;
-            }
-            if st.renditions.len() == 1 {
-                None
-            } else {
-                st.renditions.remove(key)
-            }
-        };
-        let Some(r) = gone else {
-            tracing::info!(stream_id = %self.stream_id, "channel unwatched: closing it");
-            self.stop(EndReason::ClientDisconnect);
-            return;
-        };
-        tracing::info!(stream_id = %self.stream_id, quality = %r.key.quality, mode = r.key.mode.as_str(), "rendition unwatched: stopping it");
-        if let Some(owner) = self.owner.upgrade() {
-            owner.rendition_gone(&r);
-        }
-        let Some(running) = self.running.get().cloned() else {
-            r.release();
-            return;
-        };
-        let me = self.clone();
-        let r2 = r.clone();
-        let removed = running
-            .build(move |p, _| {
-                r2.remove(p);
-                me.drop_unused_decoders(p);
-                Ok(())
-            })
-            .await;
-        if removed.is_err() {
-            r.release();
-        }
-    }
-
-    /// Takes the decoders down when no transcode rendition is left.
-    fn drop_unused_decoders(&self, p: &gst::Pipeline) {
-        let taken: Vec<Branch> = {
-            let mut st = self.state.lock();
-            if st.renditions.keys().any(|k| k.mode == Mode::Transcode) {
-                return;
-            }
-            st.decoders
-                .iter_mut()
-                .filter_map(|d| d.take().map(|(b, _)| b))
-                .collect()
-        };
-        for b in taken {
-            b.remove(p);
-        }
-    }
-
     /// Ends the channel and every viewer with `reason`; the pipeline goes
     /// to NULL off the runtime and slots are freed after it did.
     pub fn stop(&self, reason: EndReason) {
@@ -532,115 +425,5 @@ impl Channel {
             tokio::time::sleep_until(flush).await;
         }
         self.stop(EndReason::Shutdown);
-    }
-
-    /// Ms since the pipeline's last output; None while nothing runs.
-    pub fn idle_ms(&self) -> Option<u64> {
-        let run = self.running.get()?;
-        let st = self.state.lock();
-        if st.heads.is_none() || st.closed || run.reconnecting() {
-            return None;
-        }
-        Some(run.idle_ms())
-    }
-
-    /// The renditions running now.
-    pub fn renditions(&self) -> Vec<Arc<Rendition>> {
-        self.state.lock().renditions.values().cloned().collect()
-    }
-
-    /// Decoders running now (video, audio).
-    pub fn decoders(&self) -> [bool; 2] {
-        let st = self.state.lock();
-        [st.decoders[0].is_some(), st.decoders[1].is_some()]
-    }
-
-    /// Whether an upstream connection is open.
-    pub fn connected(&self) -> bool {
-        self.running.get().is_some_and(|r| !r.is_torn_down())
-    }
-
-    /// A weak handle to the pipeline, for leak checks.
-    pub fn pipeline_weak(&self) -> Option<gst::glib::WeakRef<gst::Pipeline>> {
-        self.running.get().and_then(|r| r.pipeline_weak())
-    }
-
-    /// The factory name of the running video decoder, if any.
-    fn video_decoder(&self) -> Option<String> {
-        let st = self.state.lock();
-        let (branch, _) = st.decoders[0].as_ref()?;
-        let bin = branch
-            .elements()
-            .iter()
-            .find_map(|e| e.downcast_ref::<gst::Bin>().cloned())?;
-        let found = bin.iterate_recurse().into_iter().flatten().find_map(|e| {
-            let f = e.factory()?;
-            f.metadata("klass")
-                .is_some_and(|k| k.contains("Decoder"))
-                .then(|| f.name().to_string())
-        });
-        found
-    }
-
-    pub fn view(&self) -> ChannelView {
-        let run = self.running.get();
-        let state = if self.draining.load(Ordering::Acquire) {
-            "draining"
-        } else if self.ended().is_some() {
-            "stopping"
-        } else if self.state.lock().heads.is_none() {
-            "starting"
-        } else if run.is_some_and(|r| r.reconnecting()) {
-            "reconnecting"
-        } else {
-            "running"
-        };
-        let secs = self
-            .activated_at
-            .lock()
-            .map_or(0.0, |t| t.elapsed().as_secs_f64());
-        let bitrate_kbps = if secs > 0.5 {
-            (self.in_bytes.load(Ordering::Relaxed) as f64 * 8.0 / secs / 1000.0) as u64
-        } else {
-            0
-        };
-        let decoder = self.video_decoder();
-        ChannelView {
-            stream_id: self.stream_id.clone(),
-            stream_name: self.stream_name.clone(),
-            state,
-            start_time: self.start_ms,
-            upstream: UpstreamView {
-                protocol: self.protocol.clone(),
-                reconnects: run.map_or(0, |r| r.reconnects()),
-                bitrate_kbps,
-            },
-            renditions: self
-                .renditions()
-                .iter()
-                .map(|r| r.view(decoder.clone()))
-                .collect(),
-        }
-    }
-
-    /// How long the channel has existed.
-    pub fn age(&self) -> Duration {
-        self.started_at.elapsed()
-    }
-}
-
-/// Counts the compressed bytes entering the stream heads.
-fn count_input(heads: &Heads, counter: &Arc<AtomicU64>) {
-    for es in heads.es.iter().flatten() {
-        let Some(pad) = es.static_pad("sink") else {
-            continue;
-        };
-        let c = counter.clone();
-        pad.add_probe(gst::PadProbeType::BUFFER, move |_, info| {
-            if let Some(b) = info.buffer() {
-                c.fetch_add(b.size() as u64, Ordering::Relaxed);
-            }
-            gst::PadProbeReturn::Ok
-        });
     }
 }

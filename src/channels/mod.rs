@@ -14,7 +14,9 @@
 mod channel;
 pub mod container;
 pub mod fanout;
+mod linger;
 mod rendition;
+mod view;
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -23,14 +25,15 @@ use std::time::Duration;
 
 use parking_lot::Mutex;
 
-pub use channel::{Channel, ChannelUse, ChannelView};
+pub use channel::{Channel, ChannelUse};
 pub use rendition::{Rendition, RenditionKey, RenditionView};
+pub use view::{ChannelView, UpstreamView};
 
+use crate::events::{Events, SessionEvent};
 use crate::media::ingest::SourcePlan;
 use crate::media::stats::MediaStats;
 use crate::media::{EndReason, Mode};
 use crate::pool::{AdmitError, Pool};
-use crate::sessions::{Registry, SessionEvent};
 
 /// How channels behave, from the settings.
 #[derive(Debug, Clone)]
@@ -46,7 +49,7 @@ pub struct ChannelSettings {
 pub struct Channels {
     map: Mutex<HashMap<String, Arc<Channel>>>,
     pool: Arc<Pool>,
-    events: Arc<Registry>,
+    events: Arc<Events>,
     settings: ChannelSettings,
     me: Weak<Channels>,
     /// Viewer skips of renditions that are gone.
@@ -58,7 +61,7 @@ pub struct Channels {
 }
 
 impl Channels {
-    pub fn new(pool: Arc<Pool>, events: Arc<Registry>, settings: ChannelSettings) -> Arc<Self> {
+    pub fn new(pool: Arc<Pool>, events: Arc<Events>, settings: ChannelSettings) -> Arc<Self> {
         Arc::new_cyclic(|me| Channels {
             map: Mutex::new(HashMap::new()),
             pool,

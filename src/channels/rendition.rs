@@ -93,7 +93,7 @@ impl Rendition {
         Arc::new(Rendition {
             key,
             profile,
-            start_ms: crate::sessions::epoch_ms(),
+            start_ms: crate::events::epoch_ms(),
             started_at: Instant::now(),
             counters: Arc::new(Counters::default()),
             graph: Mutex::new(Graph::default()),

@@ -24,7 +24,8 @@ use std::sync::Arc;
 
 use gst::prelude::*;
 
-use super::encode::decoder_threads;
+use super::branch::capsfilter;
+pub use super::branch::{make, queue, tee, Branch, Encoded};
 pub use super::encode::{audio_encode, force_keyframe, video_encode};
 pub use super::probes::{add_keyframe_gate, Counters};
 use super::probes::{count_output, join_split_access_units};
@@ -36,115 +37,6 @@ pub const FRAGMENT_DURATION_MS: u32 = 250;
 /// Encoded or compressed media a branch may queue before its muxer or
 /// decoder takes it.
 const BRANCH_QUEUE_NS: u64 = 3_000_000_000;
-
-/// Elements hung off one or more tees of a running pipeline.
-pub struct Branch {
-    links: Vec<(gst::Element, gst::Pad)>,
-    elements: Vec<gst::Element>,
-}
-
-impl Branch {
-    /// Brings `elements` (already in `p` and linked among themselves) to the
-    /// pipeline's state, then links a new src pad of `tee` to `head`'s sink.
-    pub fn attach(
-        p: &gst::Pipeline,
-        tee: &gst::Element,
-        elements: Vec<gst::Element>,
-        head: &gst::Element,
-    ) -> Result<Branch, MediaError> {
-        let mut branch = Branch {
-            links: Vec::new(),
-            elements,
-        };
-        let started = branch
-            .elements
-            .iter()
-            .rev()
-            .try_for_each(|e| e.sync_state_with_parent().map_err(MediaError::from))
-            .and_then(|()| branch.link(tee, head));
-        match started {
-            Ok(()) => Ok(branch),
-            Err(e) => {
-                branch.remove(p);
-                Err(e)
-            }
-        }
-    }
-
-    /// Links one more tee into this branch's `head`.
-    pub fn link(&mut self, tee: &gst::Element, head: &gst::Element) -> Result<(), MediaError> {
-        let src = tee
-            .request_pad_simple("src_%u")
-            .ok_or_else(|| MediaError::SourceFailed("tee refused a new output".into()))?;
-        let sink = head.static_pad("sink").expect("branch head sink pad");
-        let linked = src.link(&sink);
-        self.links.push((tee.clone(), src));
-        linked
-            .map(drop)
-            .map_err(|e| MediaError::SourceFailed(format!("cannot link a branch: {e:?}")))
-    }
-
-    /// The branch's elements, in the order they were built.
-    pub fn elements(&self) -> &[gst::Element] {
-        &self.elements
-    }
-
-    /// Unlinks the branch from its tees and takes its elements to NULL and
-    /// out of the pipeline. Must run off the async runtime.
-    pub fn remove(self, p: &gst::Pipeline) {
-        for (tee, pad) in self.links {
-            tee.release_request_pad(&pad);
-        }
-        for e in &self.elements {
-            if e.set_state(gst::State::Null).is_err() {
-                tracing::warn!(element = %e.name(), "a branch element did not reach NULL cleanly");
-            }
-        }
-        for e in &self.elements {
-            let _ = p.remove(e);
-        }
-    }
-}
-
-/// A rendition's encoded elementary stream: the branch that makes it and
-/// the tee its container outputs read from.
-pub struct Encoded {
-    pub branch: Branch,
-    pub out: gst::Element,
-    /// The video encoder, asked for keyframes when a viewer joins live.
-    pub encoder: Option<gst::glib::WeakRef<gst::Element>>,
-}
-
-pub fn make(factory: &str) -> Result<gst::Element, MediaError> {
-    gst::ElementFactory::make(factory).build().map_err(|_| {
-        MediaError::SourceFailed(format!("GStreamer element '{factory}' is not installed"))
-    })
-}
-
-pub fn queue(max_time_ns: u64, leaky: bool) -> Result<gst::Element, MediaError> {
-    let q = make("queue")?;
-    q.set_property("max-size-buffers", 0u32);
-    q.set_property("max-size-bytes", 0u32);
-    q.set_property("max-size-time", max_time_ns);
-    if leaky {
-        q.set_property_from_str("leaky", "downstream");
-    }
-    Ok(q)
-}
-
-/// A tee that drops what no branch takes (a channel's tees exist before
-/// and between their branches).
-pub fn tee() -> Result<gst::Element, MediaError> {
-    let t = make("tee")?;
-    t.set_property("allow-not-linked", true);
-    Ok(t)
-}
-
-pub(super) fn capsfilter(caps: gst::Caps) -> Result<gst::Element, MediaError> {
-    let f = make("capsfilter")?;
-    f.set_property("caps", caps);
-    Ok(f)
-}
 
 /// The head of one elementary stream of a channel: an `identity` that
 /// plays a file in real time as a live channel would (when `paced`), then
@@ -399,6 +291,36 @@ pub fn test_sources(
     Ok([Some(vtee), audio])
 }
 
+/// Source pixel rate up to which one decoder thread is used: 1080p30.
+const SINGLE_THREAD_DECODE_PIXELS_PER_S: f64 = 1920.0 * 1088.0 * 30.0;
+
+/// Worker threads for a video decoder of `caps` (0 = the decoder's own
+/// choice, one per core). libav's frame threading keeps a set of pictures
+/// in flight per thread, about 25 MB more per 1080p session, and delays
+/// each picture by a frame per thread; one thread decodes 1080p30 H.264 at
+/// several times real time. Faster or larger streams (1080p60, 4K), and
+/// streams that do not state their size and rate, keep the default.
+fn decoder_threads(caps: Option<&gst::CapsRef>) -> u32 {
+    let Some(s) = caps.and_then(|c| c.structure(0)) else {
+        return 0;
+    };
+    let (w, h) = (
+        s.get::<i32>("width").unwrap_or(0),
+        s.get::<i32>("height").unwrap_or(0),
+    );
+    let fps = s
+        .get::<gst::Fraction>("framerate")
+        .ok()
+        .filter(|f| f.numer() > 0 && f.denom() > 0)
+        .map_or(0.0, |f| f.numer() as f64 / f.denom() as f64);
+    let rate = w.max(0) as f64 * h.max(0) as f64 * fps;
+    if rate > 0.0 && rate <= SINGLE_THREAD_DECODE_PIXELS_PER_S {
+        1
+    } else {
+        0
+    }
+}
+
 fn h264_output_caps(format: Format, profile: Option<&str>) -> gst::Caps {
     let mut b = gst::Caps::builder("video/x-h264")
         .field(
@@ -424,4 +346,34 @@ fn aac_output_caps(format: Format) -> gst::Caps {
             if format == Format::Ts { "adts" } else { "raw" },
         )
         .build()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn h264(w: i32, h: i32, fps: Option<(i32, i32)>) -> gst::Caps {
+        let mut b = gst::Caps::builder("video/x-h264")
+            .field("width", w)
+            .field("height", h);
+        if let Some((n, d)) = fps {
+            b = b.field("framerate", gst::Fraction::new(n, d));
+        }
+        b.build()
+    }
+
+    #[test]
+    fn one_decoder_thread_up_to_1080p30() {
+        gst::init().unwrap();
+        let threads = |c: gst::Caps| decoder_threads(Some(c.as_ref()));
+        assert_eq!(threads(h264(1920, 1080, Some((30, 1)))), 1);
+        assert_eq!(threads(h264(1920, 1080, Some((30000, 1001)))), 1);
+        assert_eq!(threads(h264(1280, 720, Some((50, 1)))), 1);
+        assert_eq!(threads(h264(1920, 1080, Some((50, 1)))), 0);
+        assert_eq!(threads(h264(3840, 2160, Some((25, 1)))), 0);
+        // Nothing stated: the decoder chooses.
+        assert_eq!(threads(h264(1920, 1080, None)), 0);
+        assert_eq!(threads(h264(1920, 1080, Some((0, 1)))), 0);
+        assert_eq!(decoder_threads(None), 0);
+    }
 }

@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use gst::prelude::*;
 
-use super::chains::{capsfilter, make, queue, tee, Branch, Encoded};
+use super::branch::{capsfilter, make, queue, tee, Branch, Encoded};
 use super::probes::{count_output, Counters};
 use super::MediaError;
 use crate::profiles::{Profile, AUDIO_CHANNELS, AUDIO_RATE};
@@ -177,65 +177,5 @@ pub fn force_keyframe(encoder: &gst::Element) {
         .build();
     if !encoder.send_event(event) {
         tracing::debug!(encoder = %encoder.name(), "the encoder took no keyframe request");
-    }
-}
-
-/// Source pixel rate up to which one decoder thread is used: 1080p30.
-const SINGLE_THREAD_DECODE_PIXELS_PER_S: f64 = 1920.0 * 1088.0 * 30.0;
-
-/// Worker threads for a video decoder of `caps` (0 = the decoder's own
-/// choice, one per core). libav's frame threading keeps a set of pictures
-/// in flight per thread, about 25 MB more per 1080p session, and delays
-/// each picture by a frame per thread; one thread decodes 1080p30 H.264 at
-/// several times real time. Faster or larger streams (1080p60, 4K), and
-/// streams that do not state their size and rate, keep the default.
-pub(super) fn decoder_threads(caps: Option<&gst::CapsRef>) -> u32 {
-    let Some(s) = caps.and_then(|c| c.structure(0)) else {
-        return 0;
-    };
-    let (w, h) = (
-        s.get::<i32>("width").unwrap_or(0),
-        s.get::<i32>("height").unwrap_or(0),
-    );
-    let fps = s
-        .get::<gst::Fraction>("framerate")
-        .ok()
-        .filter(|f| f.numer() > 0 && f.denom() > 0)
-        .map_or(0.0, |f| f.numer() as f64 / f.denom() as f64);
-    let rate = w.max(0) as f64 * h.max(0) as f64 * fps;
-    if rate > 0.0 && rate <= SINGLE_THREAD_DECODE_PIXELS_PER_S {
-        1
-    } else {
-        0
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn h264(w: i32, h: i32, fps: Option<(i32, i32)>) -> gst::Caps {
-        let mut b = gst::Caps::builder("video/x-h264")
-            .field("width", w)
-            .field("height", h);
-        if let Some((n, d)) = fps {
-            b = b.field("framerate", gst::Fraction::new(n, d));
-        }
-        b.build()
-    }
-
-    #[test]
-    fn one_decoder_thread_up_to_1080p30() {
-        gst::init().unwrap();
-        let threads = |c: gst::Caps| decoder_threads(Some(c.as_ref()));
-        assert_eq!(threads(h264(1920, 1080, Some((30, 1)))), 1);
-        assert_eq!(threads(h264(1920, 1080, Some((30000, 1001)))), 1);
-        assert_eq!(threads(h264(1280, 720, Some((50, 1)))), 1);
-        assert_eq!(threads(h264(1920, 1080, Some((50, 1)))), 0);
-        assert_eq!(threads(h264(3840, 2160, Some((25, 1)))), 0);
-        // Nothing stated: the decoder chooses.
-        assert_eq!(threads(h264(1920, 1080, None)), 0);
-        assert_eq!(threads(h264(1920, 1080, Some((0, 1)))), 0);
-        assert_eq!(decoder_threads(None), 0);
     }
 }

@@ -7,6 +7,7 @@
 //! It never knows about HTTP, warp, admission, the catalog or viewers:
 //! callers hand it a [`source::SourceUri`] and build on what it returns.
 
+mod branch;
 pub mod chains;
 pub mod diagnose;
 pub mod elements;
