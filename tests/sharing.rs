@@ -592,6 +592,7 @@ async fn ten_viewers_of_one_profile_share_one_upstream_and_one_encoder() {
         }
         read_on(viewers.last().unwrap(), Duration::from_secs(3)).await;
         let st = status(ts).await;
+        let metrics = scrape(ts).await;
         let connections = up.accepted();
         let ids: Vec<String> = viewers.iter().map(|v| v.session_id.clone()).collect();
         for (i, v) in viewers.into_iter().enumerate() {
@@ -623,6 +624,19 @@ async fn ten_viewers_of_one_profile_share_one_upstream_and_one_encoder() {
             assert_eq!(s["channel"], "ten", "{s}");
             assert!(s["lagMs"].as_u64().is_some(), "lagMs: {s}");
         }
+        let gauge = |name: &str, labels: &[(&str, &str)]| metric(&metrics, name, labels);
+        assert_eq!(gauge("sluice_channels", &[]), Some(1.0));
+        assert_eq!(gauge("sluice_upstream_connections", &[]), Some(1.0));
+        assert_eq!(gauge("sluice_pipelines_live", &[]), Some(1.0));
+        assert_eq!(gauge("sluice_viewers", &[]), Some(10.0));
+        let low = [("mode", "transcode"), ("quality", "low")];
+        assert_eq!(gauge("sluice_renditions", &low), Some(1.0));
+        assert_eq!(gauge("sluice_decoders", &[("kind", "video")]), Some(1.0));
+        // Nine viewers (at least) joined a rendition that was running.
+        assert!(
+            gauge("sluice_join_seconds_count", &[]).is_some_and(|n| n >= 9.0),
+            "sluice_join_seconds counts the joins"
+        );
     })
     .await;
 }
@@ -668,6 +682,14 @@ async fn every_profile_and_the_remux_of_one_channel_share_one_upstream_and_one_d
             metric(&metrics, "sluice_decoders", &[("kind", "video")]),
             Some(1.0),
             "one video decoder for the three encodes (the remux decodes nothing)"
+        );
+        assert!(
+            metric(&metrics, "sluice_decoders", &[("kind", "audio")]).is_some_and(|n| n <= 1.0),
+            "at most one audio decoder"
+        );
+        assert_eq!(
+            metric(&metrics, "sluice_upstream_connections", &[]),
+            Some(1.0)
         );
         let ch = only_channel(&st);
         let r = renditions(ch);
