@@ -109,6 +109,10 @@ fn profile(name: &str) -> Result<Profile, String> {
         .ok_or_else(|| format!("no profile '{name}' in {}", path.display()))
 }
 
+/// How much longer than the set window a group may take to deliver two
+/// fragments per viewer.
+const LONGEST_WAIT: Duration = Duration::from_secs(60);
+
 /// Runs `viewers` (catalog id, profile) of `who` together on `source`:
 /// every one to its first fragment, then the warm-up, then the window.
 async fn group(b: &Bench, who: Who, viewers: &[(String, Profile)], source: &Source) -> Run {
@@ -126,14 +130,28 @@ async fn group(b: &Bench, who: Who, viewers: &[(String, Profile)], source: &Sour
         let from = Instant::now() + Duration::from_secs_f64(b.cfg.warm_s);
         let to = from + Duration::from_secs_f64(b.cfg.window_s);
         tokio::time::sleep_until((to + Duration::from_millis(50)).into()).await;
-        let windows: Vec<Window> = sessions
-            .iter()
-            .map(|s| {
-                let p = s.progress.lock().expect("progress lock");
-                p.window(from - s.t0, to - s.t0)
-            })
-            .collect::<Option<_>>()
-            .ok_or("a viewer delivered no fragment in the window")?;
+        // Viewers that fall behind deliver a fragment seldom: the window
+        // grows (a minute at most) until each has two in it.
+        let windows: Vec<Window> = loop {
+            let now = Instant::now();
+            let w: Option<Vec<Window>> = sessions
+                .iter()
+                .map(|s| {
+                    let p = s.progress.lock().expect("progress lock");
+                    p.window(from - s.t0, now - s.t0)
+                })
+                .collect();
+            match w {
+                Some(w) => break w,
+                None if now > to + LONGEST_WAIT => {
+                    return Err(format!(
+                        "a viewer delivered fewer than two fragments in {:?}",
+                        now - from
+                    ))
+                }
+                None => tokio::time::sleep(Duration::from_millis(250)).await,
+            }
+        };
         run.min_speed = windows.iter().map(Window::speed).reduce(f64::min);
         run.cpu_per_media_s = Some(match who {
             // Every window reads the whole server: one of them is the channel's cost.
