@@ -428,6 +428,27 @@ fn channels(st: &Value) -> &Vec<Value> {
         .unwrap_or_else(|| panic!("the status lists no `channels` array: {st}"))
 }
 
+/// Polls `cond` every 100 ms until it holds or `timeout` passes.
+async fn until(timeout: Duration, mut cond: impl AsyncFnMut() -> bool) -> bool {
+    let start = Instant::now();
+    while start.elapsed() < timeout {
+        if cond().await {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    cond().await
+}
+
+/// The status lists no channel (within 5 s).
+async fn assert_no_channels(ts: &TestServer) {
+    let gone = until(Duration::from_secs(5), async || {
+        channels(&status(ts).await).is_empty()
+    })
+    .await;
+    assert!(gone, "a channel is still listed: {}", status(ts).await);
+}
+
 /// The one channel the status lists.
 fn only_channel(st: &Value) -> &Value {
     let ch = channels(st);
@@ -938,10 +959,14 @@ async fn a_viewer_back_within_the_linger_rejoins_and_the_channel_closes_after_it
             "the upstream connection is still open {:?} after the last viewer left",
             left.elapsed()
         );
-        let m = scrape(ts).await;
-        assert_eq!(metric(&m, "sluice_pipelines_live", &[]), Some(0.0));
-        let st = status(ts).await;
-        assert!(channels(&st).is_empty(), "{st}");
+        assert!(
+            until(Duration::from_secs(5), async || {
+                metric(&scrape(ts).await, "sluice_pipelines_live", &[]) == Some(0.0)
+            })
+            .await,
+            "sluice_pipelines_live is not 0 after the linger"
+        );
+        assert_no_channels(ts).await;
         tokio::time::sleep(Duration::from_secs(1)).await;
         let now = rss();
         assert!(
@@ -990,8 +1015,7 @@ async fn deleting_a_channel_ends_its_viewers_as_admin_stop() {
             eventually(Duration::from_secs(5), || up.open() == 0).await,
             "the upstream connection is still open after the channel was stopped"
         );
-        let st = status(ts).await;
-        assert!(channels(&st).is_empty(), "{st}");
+        assert_no_channels(ts).await;
         for id in ["gone", "never-ran"] {
             let url = ts.url(&format!("/api/streams/transcoding/channels/{id}"));
             let r = client().delete(&url).send().await.unwrap();

@@ -58,6 +58,8 @@ pub struct PairRun {
 #[derive(Debug, Clone, Default)]
 pub struct Sharing {
     pub profile: String,
+    /// The shortest measuring window (s).
+    pub window_s: f64,
     pub levels: Vec<Level>,
     pub joins: Joins,
     /// sluice's steps, up while every viewer keeps real time.
@@ -75,6 +77,9 @@ pub struct SharingConfig {
     pub capacity_steps: Vec<usize>,
     pub pair: [String; 2],
     pub pair_runs: usize,
+    /// Measuring window (s) of a group, at least (it grows until every
+    /// viewer delivered two fragments).
+    pub window_s: f64,
 }
 
 impl SharingConfig {
@@ -86,6 +91,7 @@ impl SharingConfig {
             capacity_steps: vec![10, 20, 30, 40, 50, 60],
             pair: ["low".into(), "medium".into()],
             pair_runs: 2,
+            window_s: 6.0,
         }
     }
 
@@ -97,6 +103,7 @@ impl SharingConfig {
             capacity_steps: vec![2],
             pair: ["low".into(), "medium".into()],
             pair_runs: 1,
+            window_s: 2.0,
         }
     }
 }
@@ -115,7 +122,13 @@ const LONGEST_WAIT: Duration = Duration::from_secs(60);
 
 /// Runs `viewers` (catalog id, profile) of `who` together on `source`:
 /// every one to its first fragment, then the warm-up, then the window.
-async fn group(b: &Bench, who: Who, viewers: &[(String, Profile)], source: &Source) -> Run {
+async fn group(
+    b: &Bench,
+    c: &SharingConfig,
+    who: Who,
+    viewers: &[(String, Profile)],
+    source: &Source,
+) -> Run {
     let idle = b.sluice.rss() as f64;
     let mut sessions: Vec<Session> = Vec::new();
     let mut run = Run::default();
@@ -128,7 +141,7 @@ async fn group(b: &Bench, who: Who, viewers: &[(String, Profile)], source: &Sour
             first_fragment(s, Duration::from_secs(60)).await?;
         }
         let from = Instant::now() + Duration::from_secs_f64(b.cfg.warm_s);
-        let to = from + Duration::from_secs_f64(b.cfg.window_s);
+        let to = from + Duration::from_secs_f64(c.window_s);
         tokio::time::sleep_until((to + Duration::from_millis(50)).into()).await;
         // Viewers that fall behind deliver a fragment seldom: the window
         // grows (a minute at most) until each has two in it.
@@ -183,7 +196,7 @@ async fn levels(b: &Bench, c: &SharingConfig, p: &Profile) -> Result<Vec<Level>,
         for (i, who) in [Who::Sluice, Who::Ffmpeg].into_iter().enumerate() {
             let (id, source) = b.fresh_hls().await?;
             let viewers = vec![(id, p.clone()); n];
-            runs[i] = group(b, who, &viewers, &source).await;
+            runs[i] = group(b, c, who, &viewers, &source).await;
         }
         eprintln!(
             "bench: sharing {} x{n}: cpu/media-s sluice {:?} ffmpeg {:?}; MiB sluice {:?} ffmpeg {:?}",
@@ -269,12 +282,12 @@ async fn pairs(b: &Bench, c: &SharingConfig) -> Result<Vec<PairRun>, String> {
     for _ in 0..c.pair_runs {
         let (id, source) = b.fresh_hls().await?;
         let one: Vec<_> = ps.iter().map(|p| (id.clone(), p.clone())).collect();
-        let shared = group(b, Who::Sluice, &one, &source).await;
+        let shared = group(b, c, Who::Sluice, &one, &source).await;
         let (id, source) = b.fresh_hls().await?;
         let twin = format!("{id}-twin");
         b.sluice.add_stream(&twin, &source).await?;
         let two = vec![(id, ps[0].clone()), (twin, ps[1].clone())];
-        let separate = group(b, Who::Sluice, &two, &source).await;
+        let separate = group(b, c, Who::Sluice, &two, &source).await;
         eprintln!(
             "bench: sharing {} + {}: cpu/media-s one channel {:?}, two sessions {:?}",
             c.pair[0], c.pair[1], shared.cpu_per_media_s, separate.cpu_per_media_s
@@ -288,6 +301,7 @@ pub async fn run(b: &Bench, c: &SharingConfig) -> Result<Sharing, String> {
     let p = profile(&c.profile)?;
     Ok(Sharing {
         profile: c.profile.clone(),
+        window_s: c.window_s,
         levels: levels(b, c, &p).await?,
         joins: joins(b, c, &p).await?,
         capacity: capacity(b, c, &p).await?,

@@ -112,8 +112,11 @@ pub fn render(o: &mut String, s: &Sharing, cap_rows: &[CapacityRow]) {
     let _ = writeln!(
         o,
         "N viewers of one fresh channel started together (sluice: N previews of one catalog stream; ffmpeg: N \
-         processes), measured like the CPU and memory figures once every viewer has its first fragment. *× one \
-         viewer* is each contender's cost at N over its own cost at 1.\n"
+         processes). Once every viewer has its first fragment and the warm-up has passed, CPU per media second is \
+         taken as in the CPU figure over at least {:.0} s (longer for a group that falls behind, until every viewer \
+         delivered two fragments), and memory at the end of it. *× one viewer* is each contender's cost at N over \
+         its own cost at 1.\n",
+        s.window_s
     );
     let one = s.levels.iter().find(|l| l.n == 1);
     let base = |i: usize| one.and_then(|l| l.runs[i].cpu_per_media_s);
