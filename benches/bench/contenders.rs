@@ -117,6 +117,10 @@ impl Sluice {
             .env("MAX_CONCURRENT_TRANSCODES", "24")
             .env("MAX_QUEUED_REQUESTS", "64")
             .env("MAX_SESSIONS_PER_CLIENT", "64")
+            .env("MAX_VIEWERS", "256")
+            // A channel stops with its last viewer, so no trial pays for
+            // the previous one's lingering encode.
+            .env("CHANNEL_LINGER", "0")
             .env("MEMORY_WARNING_THRESHOLD", "16GB")
             .env("MEMORY_CRITICAL_THRESHOLD", "20GB")
             .env("RATE_LIMIT_PREVIEW", "off")
@@ -201,10 +205,12 @@ impl Sluice {
 
     /// Opens a preview of `stream_id` at `quality` as fMP4.
     pub fn preview(&self, stream_id: &str, quality: &str, capture: bool) -> Session {
-        let url = format!(
-            "{}/streams/preview/{stream_id}?quality={quality}&format=mp4",
-            self.base
-        );
+        self.preview_query(stream_id, &format!("quality={quality}&format=mp4"), capture)
+    }
+
+    /// Opens a preview of `stream_id` with the query string `query` (fMP4).
+    pub fn preview_query(&self, stream_id: &str, query: &str, capture: bool) -> Session {
+        let url = format!("{}/streams/preview/{stream_id}?{query}", self.base);
         let progress = Arc::new(Mutex::new(Progress::default()));
         let t0 = Instant::now();
         let mut feed = Feed::new(t0, progress.clone(), self.pid, capture);
@@ -259,12 +265,14 @@ impl Sluice {
             .is_some_and(|a| a.iter().any(|x| x["sessionId"] == id)))
     }
 
-    /// Waits until no session is listed (previous trial fully torn down).
+    /// Waits until no session (and no channel) is listed: the previous
+    /// trial is fully torn down.
     pub async fn wait_idle(&self, timeout: Duration) -> Result<(), String> {
         let deadline = Instant::now() + timeout;
         loop {
             let s = self.status().await?;
-            if s["sessions"].as_array().is_some_and(|a| a.is_empty()) {
+            let none = |key: &str| s[key].as_array().is_none_or(|a| a.is_empty());
+            if s["sessions"].is_array() && none("sessions") && none("channels") {
                 return Ok(());
             }
             if Instant::now() > deadline {

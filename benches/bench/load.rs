@@ -62,7 +62,7 @@ fn mem_now(b: &Bench, who: Who, sessions: &[Session], idle: Mem) -> Mem {
     }
 }
 
-async fn first_fragment(s: &Session, timeout: Duration) -> Result<Duration, String> {
+pub async fn first_fragment(s: &Session, timeout: Duration) -> Result<Duration, String> {
     wait_for(&s.progress, timeout, |p| p.first_fragment.is_some()).await;
     let p = s.progress.lock().expect("progress lock");
     p.first_fragment.ok_or_else(|| {
@@ -158,7 +158,7 @@ pub struct CapacityRow {
     pub result: [(usize, Vec<Step>); 2],
 }
 
-async fn step(b: &Bench, who: Who, profile: &Profile, n: usize) -> Result<Step, String> {
+pub async fn step(b: &Bench, who: Who, profile: &Profile, n: usize) -> Result<Step, String> {
     let (id, source) = b.fresh_hls().await?;
     let mut sessions = Vec::new();
     for _ in 0..n {

@@ -18,6 +18,8 @@ mod mp4;
 mod procfs;
 mod report;
 mod selftest;
+mod sharing;
+mod sharing_report;
 mod startup;
 mod stats;
 mod teardown;
@@ -54,6 +56,7 @@ pub struct Config {
     pub material: Material,
     /// The figures to measure (see [`FIGURES`]).
     pub figures: Vec<String>,
+    pub sharing: sharing::SharingConfig,
 }
 
 impl Config {
@@ -77,6 +80,7 @@ impl Config {
                 video_kbit: 5000,
             },
             figures: FIGURES.map(String::from).to_vec(),
+            sharing: sharing::SharingConfig::full(),
         }
     }
 
@@ -101,6 +105,7 @@ impl Config {
                 video_kbit: 1000,
             },
             figures: FIGURES.map(String::from).to_vec(),
+            sharing: sharing::SharingConfig::smoke(),
         }
     }
 }
@@ -211,7 +216,9 @@ fn bench_binary() -> PathBuf {
 }
 
 /// Every figure, in the order they run.
-pub const FIGURES: [&str; 5] = ["startup", "load", "teardown", "capacity", "status"];
+pub const FIGURES: [&str; 6] = [
+    "startup", "load", "teardown", "capacity", "sharing", "status",
+];
 
 fn run(cfg: Config, out: &Path) -> Result<(), String> {
     let rt = tokio::runtime::Builder::new_multi_thread()
@@ -268,6 +275,9 @@ fn run(cfg: Config, out: &Path) -> Result<(), String> {
         }
         if only("capacity") {
             results.capacity = load::capacity(&bench, &results.load).await?;
+        }
+        if only("sharing") {
+            results.sharing = Some(sharing::run(&bench, &bench.cfg.sharing).await?);
         }
         if only("status") {
             results.status = load::status_latency(&bench).await?;

@@ -19,6 +19,7 @@ pub struct Results {
     pub teardown: Vec<TeardownRow>,
     pub capacity: Vec<CapacityRow>,
     pub status: Vec<StatusRow>,
+    pub sharing: Option<crate::sharing::Sharing>,
     pub elapsed: Duration,
 }
 
@@ -170,10 +171,13 @@ pub fn verdicts(r: &Results) -> Vec<Verdict> {
             false,
         );
     }
+    if let Some(s) = &r.sharing {
+        v.extend(crate::sharing_report::verdicts(s, &r.capacity));
+    }
     v
 }
 
-fn table(out: &mut String, head: &[&str], rows: &[Vec<String>]) {
+pub fn table(out: &mut String, head: &[&str], rows: &[Vec<String>]) {
     let _ = writeln!(out, "| {} |", head.join(" | "));
     let _ = writeln!(out, "|{}", "---|".repeat(head.len()));
     for r in rows {
@@ -245,6 +249,9 @@ pub fn render(b: &Bench, m: &Machine, r: &Results) -> String {
 
     method(&mut o, b);
     figures_detail(&mut o, b, r);
+    if let Some(s) = &r.sharing {
+        crate::sharing_report::render(&mut o, s, &r.capacity);
+    }
     losses(&mut o, &verdicts);
     o.push_str(CHANGES);
     o
@@ -285,7 +292,8 @@ fn method(o: &mut String, b: &Bench) {
     let _ = writeln!(
         o,
         "- **sluice** is the release binary, started once with the repository's `pipelines/profiles.toml`; a viewer is \
-         `GET /streams/preview/ID?quality=P&format=mp4`. Pool, per-client and rate limits are raised out of the way; \
+         `GET /streams/preview/ID?quality=P&format=mp4`. Pool, per-client and rate limits are raised out of the way \
+         and a channel stops with its last viewer (`CHANNEL_LINGER=0`, so no trial pays for the one before); \
          everything else is at its defaults."
     );
     let _ = writeln!(
@@ -589,7 +597,9 @@ fn losses(o: &mut String, verdicts: &[Verdict]) {
 
 /// What makes sluice lose on a figure, as far as the design explains it.
 fn why(figure: &str) -> &'static str {
-    if figure.starts_with("memory") {
+    if figure.starts_with(crate::sharing_report::PREFIX) {
+        crate::sharing_report::WHY
+    } else if figure.starts_with("memory") {
         "A sluice session shares the process, its libraries and the GStreamer registry with every other, but its \
          decoder pictures, scaler and encoder are its own, as in an ffmpeg process; the PSS column, which splits \
          shared library pages among ffmpeg processes, is the fairer comparison for one viewer."
