@@ -73,6 +73,108 @@ pub async fn start(
     req: PreviewRequest,
 ) -> Result<PreviewStart, PreviewError> {
     let t0 = std::time::Instant::now();
+    let wanted = resolve(state, &req)?;
+    // Admission: every refusal comes before any upstream connection opens.
+    let client_slot = state
+        .pool
+        .enter_client(req.client_ip)
+        .map_err(PreviewError::Admit)?;
+    let viewer_slot = state.pool.enter_viewer().map_err(PreviewError::Admit)?;
+    let deadline = tokio::time::Instant::now() + req.timeout;
+    let used = state
+        .channels
+        .join_or_create(
+            &wanted.stream.id,
+            &wanted.stream.name,
+            &wanted.protocol(),
+            || {
+                source_plan(
+                    state,
+                    &wanted.stream,
+                    wanted.source.clone(),
+                    &wanted.profile,
+                )
+            },
+        )
+        .map_err(PreviewError::Admit)?;
+    let ch = used.channel().clone();
+    let rendition = rendition(state, &req, &wanted, &ch, deadline).await?;
+    let joined = std::time::Instant::now();
+    let viewer = subscribe(&req, &wanted, &ch, rendition.clone(), deadline).await?;
+    drop(used);
+
+    let mode = rendition.mode();
+    let quality = rendition.key.quality.clone();
+    let session_id = uuid::Uuid::new_v4().simple().to_string();
+    let handle = viewer.handle();
+    let entry = state.registry.insert(SessionEntry {
+        id: session_id.clone(),
+        stream_id: wanted.stream.id.clone(),
+        stream_name: wanted.stream.name.clone(),
+        quality: quality.clone(),
+        format: req.format,
+        mode,
+        client_ip: req.client_ip.to_string(),
+        start_ms: epoch_ms(),
+        started_at: std::time::Instant::now(),
+        viewer: handle.clone(),
+        rendition: rendition.clone(),
+    });
+    handle.on_end(Box::new(move |_| {
+        drop(client_slot);
+        drop(viewer_slot);
+    }));
+    tracing::info!(session_id = %session_id, stream_id = %wanted.stream.id, quality = %quality, mode = mode.as_str(), format = req.format.as_str(), client_ip = %req.client_ip, ttfb_ms = t0.elapsed().as_millis() as u64, "session started");
+    state.registry.emit(SessionEvent::SessionStarted {
+        session_id: session_id.clone(),
+        stream_id: wanted.stream.id.clone(),
+        quality: quality.clone(),
+        format: req.format,
+        mode,
+        client_ip: req.client_ip.to_string(),
+    });
+    state.metrics.observe_ttfb(t0.elapsed());
+    state.metrics.observe_join(joined.elapsed());
+    drop(entry);
+    Ok(PreviewStart {
+        session_id,
+        mode,
+        quality,
+        format: req.format,
+        body: viewer,
+    })
+}
+
+/// What a request asks for, checked against the catalog, the profiles and
+/// memory before anything is admitted.
+struct Wanted {
+    stream: crate::catalog::Stream,
+    profile: crate::profiles::Profile,
+    source: SourceUri,
+    /// The mode the request fixes; None: follow the source (auto).
+    mode: Option<Mode>,
+}
+
+impl Wanted {
+    fn protocol(&self) -> String {
+        match &self.source {
+            SourceUri::Test(_) => "test".to_string(),
+            SourceUri::Uri { scheme, .. } => scheme.clone(),
+        }
+    }
+
+    fn key(&self, mode: Mode) -> RenditionKey {
+        RenditionKey {
+            mode,
+            quality: match mode {
+                Mode::Remux => REMUX_QUALITY.to_string(),
+                Mode::Transcode => self.profile.name.clone(),
+            },
+        }
+    }
+}
+
+fn resolve(state: &AppState, req: &PreviewRequest) -> Result<Wanted, PreviewError> {
     if state.shutdown.is_shutting_down() {
         return Err(PreviewError::ShuttingDown);
     }
@@ -123,7 +225,7 @@ pub async fn start(
     let source = SourceUri::parse(&stream.url, state.catalog.media_dir())
         .map_err(|e| PreviewError::SourceFailed(e.to_string()))?;
     let is_test = matches!(source, SourceUri::Test(_));
-    let asked_mode =
+    let mode =
         match req.transcode {
             ModeRequest::Transcode => Some(Mode::Transcode),
             ModeRequest::Remux if is_test => return Err(PreviewError::Incompatible(
@@ -134,172 +236,134 @@ pub async fn start(
             ModeRequest::Auto if asked.is_some() || is_test => Some(Mode::Transcode),
             ModeRequest::Auto => None,
         };
-
-    // Admission: every refusal comes before any upstream connection opens.
-    let client_slot = state
-        .pool
-        .enter_client(req.client_ip)
-        .map_err(PreviewError::Admit)?;
-    let viewer_slot = state.pool.enter_viewer().map_err(PreviewError::Admit)?;
-    let deadline = tokio::time::Instant::now() + req.timeout;
-    let timeout_ms = req.timeout.as_millis() as u64;
-    let protocol = match &source {
-        SourceUri::Test(_) => "test".to_string(),
-        SourceUri::Uri { scheme, .. } => scheme.clone(),
-    };
-    let used = state
-        .channels
-        .join_or_create(&stream.id, &stream.name, &protocol, || {
-            source_plan(state, &stream, source.clone(), &profile)
-        })
-        .map_err(PreviewError::Admit)?;
-    let ch = used.channel().clone();
-    let key = |mode: Mode| RenditionKey {
+    Ok(Wanted {
+        stream,
+        profile,
+        source,
         mode,
-        quality: match mode {
-            Mode::Remux => REMUX_QUALITY.to_string(),
-            Mode::Transcode => profile.name.clone(),
-        },
-    };
-    let acquire = |mode: Mode| {
-        let state = state.clone();
-        let stream_id = stream.id.clone();
-        let quality = key(mode).quality;
-        let ip = req.client_ip;
-        async move {
-            let events = state.registry.clone();
-            let (sid, q) = (stream_id.clone(), quality.clone());
-            state
-                .pool
-                .acquire(mode, &stream_id, &quality, ip, deadline, move |position| {
-                    events.emit(SessionEvent::SessionQueued {
-                        stream_id: sid,
-                        quality: q,
-                        client_ip: ip.to_string(),
-                        position,
-                    });
-                })
-                .await
-                .map_err(PreviewError::Admit)
-        }
-    };
+    })
+}
 
-    // What runs already decides the mode; joining it takes no slot.
-    let known = ch.streams();
-    let mode = match (asked_mode, &known) {
-        (Some(Mode::Remux), Some(s)) if !s.remuxable() => {
-            return Err(not_remuxable(s));
-        }
+/// The rendition the request joins (what runs already decides the mode,
+/// and joining takes no slot), or builds: its slot first, then the source
+/// is opened if the channel has not been. Returned pinned.
+async fn rendition(
+    state: &Arc<AppState>,
+    req: &PreviewRequest,
+    wanted: &Wanted,
+    ch: &Arc<Channel>,
+    deadline: tokio::time::Instant,
+) -> Result<Arc<Rendition>, PreviewError> {
+    let timeout_ms = req.timeout.as_millis() as u64;
+    let mode = match (wanted.mode, ch.streams()) {
+        (Some(Mode::Remux), Some(s)) if !s.remuxable() => return Err(not_remuxable(&s)),
         (Some(m), _) => Some(m),
         (None, Some(s)) if s.remuxable() => Some(Mode::Remux),
         (None, Some(_)) => Some(Mode::Transcode),
         (None, None) => None,
     };
-    let running = mode.and_then(|m| ch.find(&key(m)));
-    let rendition = match running {
-        Some(r) => r,
-        None => {
-            // Auto mode on a source not opened yet holds an encoder slot
-            // (the dearer kind) until the source shows what it carries.
-            let provisional = mode.unwrap_or(Mode::Transcode);
-            let permit = acquire(provisional).await?;
-            let streams = match tokio::time::timeout_at(deadline, ch.open()).await {
-                Ok(Ok(s)) => s,
-                Ok(Err(e)) => return Err(fail(&ch, e, timeout_ms, &source, &stream.headers).await),
-                Err(_) => return Err(PreviewError::StartTimeout(timeout_ms)),
-            };
-            let chosen = match mode {
-                Some(Mode::Remux) if !streams.remuxable() => return Err(not_remuxable(&streams)),
-                Some(m) => m,
-                None if streams.remuxable() => Mode::Remux,
-                None => Mode::Transcode,
-            };
-            let permit: Option<Permit> = if chosen == provisional {
-                Some(permit)
-            } else {
-                drop(permit);
-                match ch.find(&key(chosen)) {
-                    Some(_) => None,
-                    None => Some(acquire(chosen).await?),
-                }
-            };
-            tracing::debug!(stream_id = %stream.id, streams = %streams.describe(), mode = chosen.as_str(), elapsed_ms = t0.elapsed().as_millis() as u64, "source opened");
-            let built = tokio::time::timeout_at(
-                deadline,
-                ch.rendition(key(chosen), profile.clone(), permit, req.format),
-            )
-            .await;
-            match built {
-                Ok(Ok(r)) => r,
-                Ok(Err(e)) => return Err(fail(&ch, e, timeout_ms, &source, &stream.headers).await),
-                Err(_) => return Err(PreviewError::StartTimeout(timeout_ms)),
-            }
-        }
-    };
-    let pin = Pin(ch.clone(), rendition.clone());
-    let viewer = match tokio::time::timeout_at(deadline, ch.output(&rendition, req.format)).await {
-        // A remux has no encoder to ask for a keyframe: its viewers start
-        // from the source's cached GOP.
-        Ok(Ok(fanout)) => fanout.subscribe(match rendition.mode() {
-            Mode::Remux => Join::Gop,
-            Mode::Transcode => req.join,
-        }),
-        Ok(Err(e)) => return Err(fail(&ch, e, timeout_ms, &source, &stream.headers).await),
-        Err(_) => return Err(PreviewError::StartTimeout(timeout_ms)),
-    };
-    drop(pin);
-    drop(used);
-    let join_started = std::time::Instant::now();
-    match tokio::time::timeout_at(deadline, viewer.ready()).await {
-        Ok(Ok(())) => {}
-        Ok(Err(EndReason::Shutdown)) => return Err(PreviewError::ShuttingDown),
-        Ok(Err(r)) => {
-            return Err(PreviewError::SourceFailed(ch.error().unwrap_or_else(
-                || format!("the channel ended before any media: {}", r.as_str()),
-            )))
-        }
-        Err(_) => return Err(PreviewError::StartTimeout(timeout_ms)),
+    if let Some(r) = mode.and_then(|m| ch.find(&wanted.key(m))) {
+        return Ok(r);
     }
-    let mode = rendition.mode();
-    let quality = rendition.key.quality.clone();
-    let session_id = uuid::Uuid::new_v4().simple().to_string();
-    let handle = viewer.handle();
-    let entry = state.registry.insert(SessionEntry {
-        id: session_id.clone(),
-        stream_id: stream.id.clone(),
-        stream_name: stream.name.clone(),
-        quality: quality.clone(),
-        format: req.format,
-        mode,
-        client_ip: req.client_ip.to_string(),
-        start_ms: epoch_ms(),
-        started_at: std::time::Instant::now(),
-        viewer: handle.clone(),
-        rendition: rendition.clone(),
+    let failed = |e| fail(ch, e, timeout_ms, &wanted.source, &wanted.stream.headers);
+    // Auto mode on a source not opened yet holds an encoder slot (the
+    // dearer kind) until the source shows what it carries.
+    let provisional = mode.unwrap_or(Mode::Transcode);
+    let permit = acquire(state, req, wanted, provisional, deadline).await?;
+    let streams = match tokio::time::timeout_at(deadline, ch.open()).await {
+        Ok(Ok(s)) => s,
+        Ok(Err(e)) => return Err(failed(e).await),
+        Err(_) => return Err(PreviewError::StartTimeout(timeout_ms)),
+    };
+    let chosen = match mode {
+        Some(Mode::Remux) if !streams.remuxable() => return Err(not_remuxable(&streams)),
+        Some(m) => m,
+        None if streams.remuxable() => Mode::Remux,
+        None => Mode::Transcode,
+    };
+    let permit: Option<Permit> = if chosen == provisional {
+        Some(permit)
+    } else {
+        drop(permit);
+        match ch.find(&wanted.key(chosen)) {
+            Some(r) => return Ok(r),
+            None => Some(acquire(state, req, wanted, chosen, deadline).await?),
+        }
+    };
+    tracing::debug!(stream_id = %wanted.stream.id, streams = %streams.describe(), mode = chosen.as_str(), "source opened");
+    let built = ch.rendition(
+        wanted.key(chosen),
+        wanted.profile.clone(),
+        permit,
+        req.format,
+    );
+    match tokio::time::timeout_at(deadline, built).await {
+        Ok(Ok(r)) => Ok(r),
+        Ok(Err(e)) => Err(failed(e).await),
+        Err(_) => Err(PreviewError::StartTimeout(timeout_ms)),
+    }
+}
+
+/// Waits in the pool's queue for a `mode` slot until `deadline`.
+async fn acquire(
+    state: &Arc<AppState>,
+    req: &PreviewRequest,
+    wanted: &Wanted,
+    mode: Mode,
+    deadline: tokio::time::Instant,
+) -> Result<Permit, PreviewError> {
+    let stream_id = wanted.stream.id.clone();
+    let quality = wanted.key(mode).quality;
+    let ip = req.client_ip;
+    let events = state.registry.clone();
+    let (sid, q) = (stream_id.clone(), quality.clone());
+    state
+        .pool
+        .acquire(mode, &stream_id, &quality, ip, deadline, move |position| {
+            events.emit(SessionEvent::SessionQueued {
+                stream_id: sid,
+                quality: q,
+                client_ip: ip.to_string(),
+                position,
+            });
+        })
+        .await
+        .map_err(PreviewError::Admit)
+}
+
+/// A viewer of `rendition` in the requested container, once it has its
+/// header and a keyframe to send.
+async fn subscribe(
+    req: &PreviewRequest,
+    wanted: &Wanted,
+    ch: &Arc<Channel>,
+    rendition: Arc<Rendition>,
+    deadline: tokio::time::Instant,
+) -> Result<Viewer, PreviewError> {
+    let timeout_ms = req.timeout.as_millis() as u64;
+    let pin = Pin(ch.clone(), rendition.clone());
+    let output = match tokio::time::timeout_at(deadline, ch.output(&rendition, req.format)).await {
+        Ok(Ok(fanout)) => fanout,
+        Ok(Err(e)) => {
+            return Err(fail(ch, e, timeout_ms, &wanted.source, &wanted.stream.headers).await)
+        }
+        Err(_) => return Err(PreviewError::StartTimeout(timeout_ms)),
+    };
+    // A remux has no encoder to ask for a keyframe: its viewers start
+    // from the source's cached GOP.
+    let viewer = output.subscribe(match rendition.mode() {
+        Mode::Remux => Join::Gop,
+        Mode::Transcode => req.join,
     });
-    handle.on_end(Box::new(move |_| {
-        drop(client_slot);
-        drop(viewer_slot);
-    }));
-    tracing::info!(session_id = %session_id, stream_id = %stream.id, quality = %quality, mode = mode.as_str(), format = req.format.as_str(), client_ip = %req.client_ip, ttfb_ms = t0.elapsed().as_millis() as u64, "session started");
-    state.registry.emit(SessionEvent::SessionStarted {
-        session_id: session_id.clone(),
-        stream_id: stream.id.clone(),
-        quality: quality.clone(),
-        format: req.format,
-        mode,
-        client_ip: req.client_ip.to_string(),
-    });
-    state.metrics.observe_ttfb(t0.elapsed());
-    state.metrics.observe_join(join_started.elapsed());
-    drop(entry);
-    Ok(PreviewStart {
-        session_id,
-        mode,
-        quality,
-        format: req.format,
-        body: viewer,
-    })
+    drop(pin);
+    match tokio::time::timeout_at(deadline, viewer.ready()).await {
+        Ok(Ok(())) => Ok(viewer),
+        Ok(Err(EndReason::Shutdown)) => Err(PreviewError::ShuttingDown),
+        Ok(Err(r)) => Err(PreviewError::SourceFailed(ch.error().unwrap_or_else(
+            || format!("the channel ended before any media: {}", r.as_str()),
+        ))),
+        Err(_) => Err(PreviewError::StartTimeout(timeout_ms)),
+    }
 }
 
 fn not_remuxable(streams: &crate::media::SourceStreams) -> PreviewError {
