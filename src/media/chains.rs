@@ -31,9 +31,12 @@ pub use super::probes::{add_keyframe_gate, Counters};
 use super::probes::{count_output, join_split_access_units};
 use super::{Format, MediaError};
 
-/// Fragment length of fMP4 output: short fragments get the first frame to
-/// the client quickly.
-pub const FRAGMENT_DURATION_MS: u32 = 250;
+/// Fragment length of fMP4 output. mp4mux starts a fragment at each
+/// keyframe but hands it on only when it is this long, so it is how long a
+/// viewer joining at a new keyframe waits for its first media: short
+/// fragments start viewers quickly (the per-fragment overhead, about 100
+/// bytes, is small beside the media).
+pub const FRAGMENT_DURATION_MS: u32 = 100;
 /// Encoded or compressed media a branch may queue before its muxer or
 /// decoder takes it.
 const BRANCH_QUEUE_NS: u64 = 3_000_000_000;

@@ -170,12 +170,16 @@ pub fn audio_encode(
     })
 }
 
-/// Asks `encoder` for a keyframe as soon as it can make one.
+/// Asks `encoder` for a keyframe as soon as it can make one: the request
+/// is handed to its output pad, as a muxer downstream would send it.
 pub fn force_keyframe(encoder: &gst::Element) {
     let event = gst_video::UpstreamForceKeyUnitEvent::builder()
         .all_headers(true)
         .build();
-    if !encoder.send_event(event) {
+    let taken = encoder
+        .static_pad("src")
+        .is_some_and(|pad| pad.send_event(event));
+    if !taken {
         tracing::debug!(encoder = %encoder.name(), "the encoder took no keyframe request");
     }
 }
