@@ -7,8 +7,9 @@
 //! `held`, `parse`, `netsrc` (held streams, parsebins, HTTP and HLS
 //! sources) <- [`ingest`] (source generations) <- [`pipeline`] (an opened
 //! source and its stream heads) <- [`reconnect`] <- `settle` (when the
-//! streams are known) <- [`running`] (bus, end and teardown); `failure`
-//! words a pipeline error for both of the last.
+//! streams are known) <- `handoff` (opening off the runtime, the bus
+//! carried to it) <- [`running`] (bus, end and teardown); `failure` words
+//! a pipeline error for `pipeline` and `running`.
 //!
 //! It never knows about HTTP, warp, admission, the catalog or viewers:
 //! callers hand it a [`source::SourceUri`] and build on what it returns.
@@ -19,6 +20,7 @@ pub mod elements;
 mod encode;
 mod failure;
 mod flv;
+mod handoff;
 mod held;
 pub mod ingest;
 mod netsrc;

@@ -16,9 +16,10 @@ use gst::prelude::*;
 use parking_lot::Mutex;
 
 use super::failure::{describe_error, dump_dot};
+use super::handoff::{forward_bus, open_off_runtime};
 use super::held::SOURCE_LOST;
-use super::ingest::{self, SourcePlan};
-use super::pipeline::{self, Heads, Opened};
+use super::ingest::SourcePlan;
+use super::pipeline::{Heads, Opened};
 use super::reconnect::{LossAction, SOURCE_GONE};
 use super::settle::Settle;
 use super::shared::{now_ms, Shared};
@@ -30,15 +31,6 @@ pub type FailureHook = Arc<dyn Fn() + Send + Sync>;
 
 /// Called once, after the pipeline reached NULL, with the end reason.
 pub type TeardownHook = Box<dyn FnOnce(EndReason) + Send>;
-
-/// Takes one pipeline off the live count when dropped.
-struct Uncount(Arc<MediaStats>);
-
-impl Drop for Uncount {
-    fn drop(&mut self) {
-        self.0.pipeline_freed();
-    }
-}
 
 pub struct Running {
     pipeline: Mutex<Option<gst::Pipeline>>,
@@ -67,32 +59,7 @@ impl Running {
         plan: SourcePlan,
         stats: Arc<MediaStats>,
     ) -> Result<Arc<Running>, MediaError> {
-        // The opened pipeline is handed over through a channel: if the
-        // caller is gone by then (the client hung up), the blocking task
-        // itself brings it back to NULL and uncounts it.
-        let (tx, rx) = tokio::sync::oneshot::channel::<Result<Opened, MediaError>>();
-        let counter = stats.clone();
-        tokio::task::spawn_blocking(move || {
-            counter.pipeline_built();
-            let counted = Uncount(counter.clone());
-            match pipeline::open(&name, plan, counter) {
-                Ok(opened) => {
-                    if let Err(Ok(opened)) = tx.send(Ok(opened)) {
-                        let _ = opened.pipeline.set_state(gst::State::Null);
-                    } else {
-                        std::mem::forget(counted);
-                    }
-                }
-                Err(e) => {
-                    let _ = tx.send(Err(e));
-                }
-            }
-        });
-        let opened = match rx.await {
-            Ok(Ok(o)) => o,
-            Ok(Err(e)) => return Err(e),
-            Err(_) => return Err(MediaError::SourceFailed("pipeline set-up panicked".into())),
-        };
+        let opened = open_off_runtime(name, plan, stats.clone()).await?;
         let running = Arc::new(Running {
             pipeline: Mutex::new(Some(opened.pipeline.clone())),
             shared: opened.shared.clone(),
@@ -131,30 +98,7 @@ impl Running {
         let Some(bus) = self.pipeline.lock().as_ref().and_then(|p| p.bus()) else {
             return;
         };
-        // Errors are tagged with their source generation where they are
-        // posted, while the posting element is still in the pipeline.
-        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<(gst::Message, Option<u64>)>();
-        let forward = move |msg: &gst::Message| match msg.view() {
-            gst::MessageView::Error(err) => {
-                let gen = err.src().and_then(ingest::generation_of);
-                let _ = tx.send((msg.clone(), gen));
-            }
-            gst::MessageView::Application(_) => {
-                let _ = tx.send((msg.clone(), None));
-            }
-            _ => {}
-        };
-        let forward = Arc::new(forward);
-        let f = forward.clone();
-        bus.set_sync_handler(move |_, msg| {
-            f(msg);
-            gst::BusSyncReply::Drop
-        });
-        // Messages posted while the source was opening, before the handler.
-        while let Some(msg) = bus.pop() {
-            forward(&msg);
-        }
-        drop(forward);
+        let mut rx = forward_bus(&bus);
         let weak = Arc::downgrade(self);
         tokio::spawn(async move {
             loop {
