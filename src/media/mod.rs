@@ -1,8 +1,15 @@
 //! GStreamer building blocks: source URL semantics ([`source`]), the
-//! source side of a pipeline with its reconnects ([`ingest`],
-//! [`pipeline`], [`reconnect`]), the element chains hung off it
-//! ([`chains`]), and a running pipeline with its bus and teardown
-//! ([`running`]).
+//! source side of a pipeline with its reconnects, the element chains hung
+//! off it ([`chains`]), and a running pipeline with its bus and teardown.
+//!
+//! The source side reads bottom-up, each file using only those before it:
+//! `shared` (the bookkeeping callbacks and the async side share) <-
+//! `held`, `parse`, `netsrc` (held streams, parsebins, HTTP and HLS
+//! sources) <- [`ingest`] (source generations) <- [`pipeline`] (an opened
+//! source and its stream heads) <- [`reconnect`] <- `settle` (when the
+//! streams are known) <- `handoff` (opening off the runtime, the bus
+//! carried to it) <- [`running`] (bus, end and teardown); `failure` words
+//! a pipeline error for `pipeline` and `running`.
 //!
 //! It never knows about HTTP, warp, admission, the catalog or viewers:
 //! callers hand it a [`source::SourceUri`] and build on what it returns.
@@ -12,13 +19,20 @@ pub mod chains;
 pub mod diagnose;
 pub mod elements;
 mod encode;
+mod failure;
 mod flv;
+mod handoff;
+mod held;
 pub mod ingest;
+mod netsrc;
+mod parse;
 pub mod pipeline;
 pub mod probe;
 mod probes;
 pub mod reconnect;
 pub mod running;
+mod settle;
+mod shared;
 pub mod source;
 pub mod stats;
 mod typefind;

@@ -9,180 +9,33 @@
 //!    then [`Opened::release`] lets the media flow.
 //!
 //! Every closure handed to GStreamer holds weak references to elements;
-//! source bookkeeping lives in [`Shared`], which holds no pipeline objects
-//! except pads that [`Opened::release`] lets go.
+//! source bookkeeping lives in `shared::Shared`, which holds no pipeline
+//! objects except pads that [`Opened::release`] lets go.
 
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use gst::prelude::*;
 use parking_lot::Mutex;
 
 use super::chains;
-use super::ingest::{self, PadTiming, SourcePlan};
+use super::failure::describe_error;
+use super::held::{discard, lengthen_hold};
+use super::ingest::{self, SourcePlan};
+use super::shared::{is_audio, is_video, PendingPad, Shared};
 use super::source::{SourceUri, TestAudio};
 use super::stats::MediaStats;
 use super::{MediaError, SourceStreams, StreamCodec};
 
-/// State shared between streaming-thread callbacks and the async side.
-/// Holds no strong reference to the pipeline or its elements.
-#[derive(Default)]
-pub struct Shared {
-    /// Source pads found so far, each held by a blocking probe.
-    pub(super) pending: Mutex<Vec<PendingPad>>,
-    /// The current generation's urisourcebin has exposed all its pads.
-    pub(super) source_done: AtomicBool,
-    /// The current generation's parsebins that have not yet signalled no-more-pads.
-    pub(super) parsers_open: AtomicUsize,
-    /// The current generation's parsebins that have not exposed a pad yet
-    /// (a stream still being typed).
-    pub(super) parsers_silent: AtomicUsize,
-    /// Video parsers the current generation's parsebins have plugged: a
-    /// video stream exists even while none is exposed yet (a live stream
-    /// joined mid-GOP types its video only at the next keyframe).
-    pub(super) video_parsers: AtomicUsize,
-    /// The current generation's container says it carries video (an FLV
-    /// stream's metadata or header flags) before any video stream exists.
-    pub(super) video_declared: AtomicBool,
-    /// The current generation's held streams queue up to
-    /// [`ingest::PREDECISION_LONG_QUEUE_NS`] (see [`Opened::lengthen_holds`]).
-    pub(super) long_holds: AtomicBool,
-    /// Source pads the source element announced (rtspsrc: one per SDP
-    /// stream, known at its no-more-pads); usize::MAX while it may add more.
-    pub(super) source_pads_expected: AtomicUsize,
-    /// The current generation's urisourcebin pads seen so far.
-    pub(super) source_pads_seen: AtomicUsize,
-    /// The current source generation (see [`ingest`]); 0 for `test://`.
-    pub(super) generation: AtomicU64,
-    /// Index into the plan's URIs that the current generation reads.
-    pub(super) uri_index: AtomicUsize,
-    /// Highest generation whose loss has been taken care of.
-    pub(super) handled_gen: AtomicU64,
-    /// Highest generation that failed or ended.
-    pub(super) failed_gen: AtomicU64,
-    /// Why the latest generation failed (credential-free).
-    pub(super) last_error: Mutex<Option<String>>,
-    /// Elements of each generation, for removing one.
-    generation_elements: Mutex<Vec<(u64, gst::glib::WeakRef<gst::Element>)>>,
-    /// Sink pads of the video and audio branches, once committed.
-    pub(super) branches: Mutex<[Option<gst::glib::WeakRef<gst::Pad>>; 2]>,
-    /// Highest running time (ns) the source has handed to the branches.
-    pub(super) resume_rt: AtomicU64,
-    /// The source has no end: its EOS or failure means it dropped.
-    pub(super) endless: AtomicBool,
-    /// The output side is built.
-    pub(super) committed: AtomicBool,
-    /// Highest generation whose held streams were handed to the output
-    /// side; a stream that generation exposes later is discarded at once.
-    linked_gen: AtomicU64,
-    /// Element names are unique within the pipeline.
-    pub(super) seq: AtomicU64,
-    /// The session is ending: no reconnects, EOS passes.
-    pub closing: AtomicBool,
-    /// A lost source is being reconnected.
-    pub reconnecting: AtomicBool,
-    /// Successful reconnects.
-    pub reconnects: AtomicU64,
-    /// Wakes whoever waits for pads or for output.
-    pub notify: tokio::sync::Notify,
-    /// The app's media counters.
-    pub(super) stats: Arc<MediaStats>,
-    /// Monotonic ms (see [`now_ms`]) of the last output any rendition made.
-    pub last_sample_ms: AtomicU64,
-}
-
-pub(super) struct PendingPad {
-    pub pad: gst::Pad,
-    pub probe: Option<gst::PadProbeId>,
-    pub caps: Option<gst::Caps>,
-    /// Generation the pad belongs to.
-    pub gen: u64,
-    /// Running time of the first buffer held.
-    pub first_rt: Option<i64>,
-    pub timing: Arc<PadTiming>,
-}
-
-impl Shared {
-    pub(super) fn remember(&self, gen: u64, element: &gst::Element) {
-        self.generation_elements
-            .lock()
-            .push((gen, element.downgrade()));
-    }
-
-    /// Takes the (still alive) elements of generation `gen` out of the book.
-    pub(super) fn take_generation(&self, gen: u64) -> Vec<gst::Element> {
-        let mut book = self.generation_elements.lock();
-        let mut taken = Vec::new();
-        book.retain(|(g, weak)| {
-            if *g == gen {
-                taken.extend(weak.upgrade());
-                false
-            } else {
-                true
-            }
-        });
-        taken
-    }
-
-    /// Takes generation `gen`'s held streams out of [`Shared::pending`] to
-    /// be linked, and marks the generation linked, in one step under the lock.
-    pub(super) fn take_pending(&self, gen: u64) -> Vec<PendingPad> {
-        let mut all = self.pending.lock();
-        let (this, other): (Vec<_>, Vec<_>) = all.drain(..).partition(|p| p.gen == gen);
-        *all = other;
-        self.linked_gen.fetch_max(gen, Ordering::AcqRel);
-        this
-    }
-
-    /// A stream that generation `gen` exposed after its streams were
-    /// taken: removed from the book, to be discarded by the caller.
-    pub(super) fn take_late(&self, gen: u64, pad: &gst::Pad) -> Option<PendingPad> {
-        let mut all = self.pending.lock();
-        if self.linked_gen.load(Ordering::Acquire) < gen {
-            return None;
-        }
-        let i = all.iter().position(|p| &p.pad == pad)?;
-        Some(all.remove(i))
-    }
-
-    /// Every source pad is exposed and each has shown its caps.
-    pub(super) fn all_pads_known(&self) -> bool {
-        if !self.source_done.load(Ordering::Acquire)
-            || self.parsers_open.load(Ordering::Acquire) != 0
-        {
-            return false;
-        }
-        let mut pending = self.pending.lock();
-        for p in pending.iter_mut() {
-            if p.caps.is_none() {
-                p.caps = p.pad.current_caps();
-            }
-        }
-        !pending.is_empty() && pending.iter().all(|p| p.caps.is_some())
-    }
-}
-
-/// Milliseconds on a process-wide monotonic clock.
-pub fn now_ms() -> u64 {
-    static START: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
-    START
-        .get_or_init(std::time::Instant::now)
-        .elapsed()
-        .as_millis() as u64
-        + 1
-}
-
 /// A pipeline whose source is open (or, for `test://`, ready to be made).
 pub struct Opened {
     pub pipeline: gst::Pipeline,
-    pub shared: Arc<Shared>,
+    pub(super) shared: Arc<Shared>,
     source: SourceUri,
     pub(super) plan: Arc<SourcePlan>,
     /// Source pads linked to the heads and still held (see [`Opened::release`]).
     held: Mutex<Vec<PendingPad>>,
 }
-
-pub(super) use super::chains::{make, queue};
 
 /// Builds the first source generation (none for `test://`) and starts it.
 /// Must run off the async runtime (it changes pipeline state).
@@ -199,11 +52,7 @@ fn open_in(
     plan: SourcePlan,
     stats: Arc<MediaStats>,
 ) -> Result<Opened, MediaError> {
-    let shared = Arc::new(Shared {
-        stats,
-        last_sample_ms: AtomicU64::new(now_ms()),
-        ..Default::default()
-    });
+    let shared = Arc::new(Shared::new(stats));
     if matches!(plan.primary(), SourceUri::Uri { .. }) {
         let started = ingest::add_generation(&pipeline, &shared, &plan, 0, 1).and_then(|()| {
             pipeline
@@ -234,9 +83,9 @@ fn start_error(pipeline: &gst::Pipeline, change: gst::StateChangeError) -> Media
         .bus()
         .and_then(|bus| bus.pop_filtered(&[gst::MessageType::Error]));
     match posted.as_ref().map(|m| m.view()) {
-        Some(gst::MessageView::Error(err)) => MediaError::SourceFailed(
-            super::running::describe_error(&err.error(), err.debug().as_deref()),
-        ),
+        Some(gst::MessageView::Error(err)) => {
+            MediaError::SourceFailed(describe_error(&err.error(), err.debug().as_deref()))
+        }
         _ => MediaError::StateChange(change),
     }
 }
@@ -251,16 +100,6 @@ fn codec_of(caps: &gst::CapsRef) -> Option<StreamCodec> {
         gst_pbutils::pb_utils_get_codec_description(caps).to_string()
     };
     Some(StreamCodec { codec, description })
-}
-
-pub(super) fn is_video(caps: &gst::CapsRef) -> bool {
-    caps.structure(0)
-        .is_some_and(|s| s.name().starts_with("video/"))
-}
-
-pub(super) fn is_audio(caps: &gst::CapsRef) -> bool {
-    caps.structure(0)
-        .is_some_and(|s| s.name().starts_with("audio/"))
 }
 
 impl Opened {
@@ -315,14 +154,14 @@ impl Opened {
     }
 
     /// Lets every held stream of the current generation, and each one it
-    /// holds from now on, queue up to [`ingest::PREDECISION_LONG_QUEUE_NS`]
-    /// (a queue that is full wakes its writer when its limit grows).
+    /// holds from now on, queue up to `held::PREDECISION_LONG_QUEUE_NS` (a
+    /// queue that is full wakes its writer when its limit grows).
     pub fn lengthen_holds(&self) {
         if self.shared.long_holds.swap(true, Ordering::AcqRel) {
             return;
         }
         for p in self.shared.pending.lock().iter() {
-            ingest::lengthen_hold(&p.pad);
+            lengthen_hold(&p.pad);
         }
     }
 
@@ -489,31 +328,6 @@ pub struct Heads {
     pub raw: [Option<gst::Element>; 2],
     /// The source is live (its branches may drop rather than wait).
     pub live: bool,
-}
-
-/// Sends a stream nobody uses into a fakesink (part of generation `gen`).
-pub(super) fn discard(
-    pipeline: &gst::Pipeline,
-    shared: &Shared,
-    gen: u64,
-    pad: &gst::Pad,
-) -> Result<(), MediaError> {
-    let sink = make("fakesink")?;
-    sink.set_property(
-        "name",
-        format!(
-            "g{gen}-discard{}",
-            shared.seq.fetch_add(1, Ordering::Relaxed)
-        ),
-    );
-    sink.set_property("sync", false);
-    sink.set_property("async", false);
-    pipeline.add(&sink)?;
-    shared.remember(gen, &sink);
-    sink.sync_state_with_parent()?;
-    pad.link(&sink.static_pad("sink").expect("fakesink sink pad"))
-        .map_err(|e| MediaError::SourceFailed(format!("cannot discard stream: {e:?}")))?;
-    Ok(())
 }
 
 #[cfg(test)]

@@ -18,9 +18,14 @@ use std::time::{Duration, Instant};
 use gst::prelude::*;
 
 use super::chains::add_keyframe_gate;
-use super::ingest::{self, SourcePlan, SOURCE_GONE};
-use super::pipeline::{discard, is_audio, is_video, now_ms, Opened, Shared};
+use super::held::{discard, SOURCE_LOST};
+use super::ingest::{self, SourcePlan};
+use super::pipeline::Opened;
+use super::shared::{is_audio, is_video, now_ms, Shared};
 use crate::redact;
+
+/// Application message posted when reconnecting gave up.
+pub const SOURCE_GONE: &str = "sluice-source-gone";
 
 /// Longest wait for a new generation's streams.
 const ATTEMPT_TIMEOUT: Duration = Duration::from_secs(10);
@@ -146,7 +151,7 @@ impl Job {
         {
             if let Some(p) = &pipeline {
                 let why = sh.last_error.lock().clone().unwrap_or_default();
-                let s = gst::Structure::builder(ingest::SOURCE_LOST)
+                let s = gst::Structure::builder(SOURCE_LOST)
                     .field("generation", gen)
                     .field("reason", why.as_str())
                     .build();

@@ -15,55 +15,22 @@ use std::time::{Duration, Instant};
 use gst::prelude::*;
 use parking_lot::Mutex;
 
-use super::ingest::{self, SourcePlan};
-use super::pipeline::{self, Heads, Opened, Shared};
-use super::reconnect::LossAction;
+use super::failure::{describe_error, dump_dot};
+use super::handoff::{forward_bus, open_off_runtime};
+use super::held::SOURCE_LOST;
+use super::ingest::SourcePlan;
+use super::pipeline::{Heads, Opened};
+use super::reconnect::{LossAction, SOURCE_GONE};
+use super::settle::Settle;
+use super::shared::{now_ms, Shared};
 use super::stats::MediaStats;
 use super::{EndReason, MediaError, SourceStreams};
-use crate::redact;
-/// After the last new source pad, how long to wait for more before deciding.
-const PAD_SETTLE: Duration = Duration::from_millis(400);
-/// The same while some stream found so far is not typed yet.
-const UNTYPED_SETTLE: Duration = Duration::from_secs(3);
-/// The same while no video has been typed but one exists or may still
-/// appear: a preview without its picture is the worst outcome, and a live
-/// stream joined mid-GOP types its video only at the next keyframe (the
-/// parser has no SPS before it).
-const VIDEO_SETTLE: Duration = Duration::from_secs(10);
 
 /// Called when a started pipeline fails for good.
 pub type FailureHook = Arc<dyn Fn() + Send + Sync>;
 
 /// Called once, after the pipeline reached NULL, with the end reason.
 pub type TeardownHook = Box<dyn FnOnce(EndReason) + Send>;
-
-/// Writes the pipeline graph to `<dot dir>/<pipeline>-<ms>.dot` off the runtime.
-fn dump_dot(pipeline: gst::Pipeline, stats: &MediaStats) {
-    let Some(dir) = stats.dot_dir() else {
-        return;
-    };
-    tokio::task::spawn_blocking(move || {
-        let dot = pipeline.debug_to_dot_data(gst::DebugGraphDetails::all());
-        let path = dir.join(format!("{}-{}.dot", pipeline.name(), pipeline::now_ms()));
-        let written = std::fs::create_dir_all(&dir)
-            .and_then(|_| std::fs::write(&path, redact::redact_text(dot.as_str())));
-        match written {
-            Ok(()) => tracing::debug!(path = %path.display(), "pipeline graph dumped"),
-            Err(e) => {
-                tracing::warn!(path = %path.display(), error = %e, "could not dump the pipeline graph")
-            }
-        }
-    });
-}
-
-/// Takes one pipeline off the live count when dropped.
-struct Uncount(Arc<MediaStats>);
-
-impl Drop for Uncount {
-    fn drop(&mut self) {
-        self.0.pipeline_freed();
-    }
-}
 
 pub struct Running {
     pipeline: Mutex<Option<gst::Pipeline>>,
@@ -77,7 +44,7 @@ pub struct Running {
     hooks: Mutex<Vec<TeardownHook>>,
     /// Called (on the async runtime) when a started pipeline fails.
     on_failure: Mutex<Option<FailureHook>>,
-    /// The pipeline's first error has been counted in [`pipeline_errors`].
+    /// The pipeline's first error has been counted (see [`MediaStats::count_error`]).
     error_counted: AtomicBool,
     torn_down: AtomicBool,
     pub started_at: Instant,
@@ -92,32 +59,7 @@ impl Running {
         plan: SourcePlan,
         stats: Arc<MediaStats>,
     ) -> Result<Arc<Running>, MediaError> {
-        // The opened pipeline is handed over through a channel: if the
-        // caller is gone by then (the client hung up), the blocking task
-        // itself brings it back to NULL and uncounts it.
-        let (tx, rx) = tokio::sync::oneshot::channel::<Result<Opened, MediaError>>();
-        let counter = stats.clone();
-        tokio::task::spawn_blocking(move || {
-            counter.pipeline_built();
-            let counted = Uncount(counter.clone());
-            match pipeline::open(&name, plan, counter) {
-                Ok(opened) => {
-                    if let Err(Ok(opened)) = tx.send(Ok(opened)) {
-                        let _ = opened.pipeline.set_state(gst::State::Null);
-                    } else {
-                        std::mem::forget(counted);
-                    }
-                }
-                Err(e) => {
-                    let _ = tx.send(Err(e));
-                }
-            }
-        });
-        let opened = match rx.await {
-            Ok(Ok(o)) => o,
-            Ok(Err(e)) => return Err(e),
-            Err(_) => return Err(MediaError::SourceFailed("pipeline set-up panicked".into())),
-        };
+        let opened = open_off_runtime(name, plan, stats.clone()).await?;
         let running = Arc::new(Running {
             pipeline: Mutex::new(Some(opened.pipeline.clone())),
             shared: opened.shared.clone(),
@@ -156,30 +98,7 @@ impl Running {
         let Some(bus) = self.pipeline.lock().as_ref().and_then(|p| p.bus()) else {
             return;
         };
-        // Errors are tagged with their source generation where they are
-        // posted, while the posting element is still in the pipeline.
-        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<(gst::Message, Option<u64>)>();
-        let forward = move |msg: &gst::Message| match msg.view() {
-            gst::MessageView::Error(err) => {
-                let gen = err.src().and_then(ingest::generation_of);
-                let _ = tx.send((msg.clone(), gen));
-            }
-            gst::MessageView::Application(_) => {
-                let _ = tx.send((msg.clone(), None));
-            }
-            _ => {}
-        };
-        let forward = Arc::new(forward);
-        let f = forward.clone();
-        bus.set_sync_handler(move |_, msg| {
-            f(msg);
-            gst::BusSyncReply::Drop
-        });
-        // Messages posted while the source was opening, before the handler.
-        while let Some(msg) = bus.pop() {
-            forward(&msg);
-        }
-        drop(forward);
+        let mut rx = forward_bus(&bus);
         let weak = Arc::downgrade(self);
         tokio::spawn(async move {
             loop {
@@ -214,10 +133,10 @@ impl Running {
                     gst::MessageView::Application(app) => {
                         let Some(s) = app.structure() else { continue };
                         let reason = s.get::<String>("reason").unwrap_or_default();
-                        if s.name() == ingest::SOURCE_LOST {
+                        if s.name() == SOURCE_LOST {
                             let gen = s.get::<u64>("generation").unwrap_or(0);
                             session.source_lost(gen, reason);
-                        } else if s.name() == ingest::SOURCE_GONE {
+                        } else if s.name() == SOURCE_GONE {
                             session.fail(reason);
                         }
                     }
@@ -266,9 +185,10 @@ impl Running {
         self.error.lock().clone()
     }
 
-    /// Waits until the source's streams are known (or it fails).
+    /// Waits until the source's streams are known (or it fails); `settle`
+    /// says when they are.
     pub async fn streams(&self) -> Result<SourceStreams, MediaError> {
-        let mut settle_from: Option<(usize, bool, Instant)> = None;
+        let mut settle = Settle::default();
         loop {
             let notified = self.shared.notify.notified();
             if let Some(e) = self.error() {
@@ -282,46 +202,8 @@ impl Running {
                 let Some(o) = opened.as_ref() else {
                     return Err(MediaError::Ended(EndReason::SourceError));
                 };
-                if o.streams_known() {
-                    tracing::debug!(state = %o.pad_state(), "streams known");
-                    return Ok(o.streams());
-                }
-                if o.any_stream() {
-                    let found = o.streams();
-                    // Only the first video and the first audio stream are
-                    // used: once both are typed, nothing that appears later
-                    // can change the decision. (A demuxer inside parsebin,
-                    // such as tsdemux, may never signal no-more-pads.)
-                    if found.video.is_some() && found.audio.is_some() {
-                        return Ok(found);
-                    }
-                    let n = found.video.is_some() as usize + found.audio.is_some() as usize;
-                    let typed = o.streams_typed();
-                    let wait_for_video = found.video.is_none() && (!typed || o.video_stream_seen());
-                    if wait_for_video {
-                        o.lengthen_holds();
-                    }
-                    // The wait restarts whenever what was found changes, so
-                    // a decision always follows a whole settle period of
-                    // the same streams in the same state.
-                    match settle_from {
-                        Some((seen, was_typed, at)) if seen == n && was_typed == typed => {
-                            // Streams still being typed (rtspsrc adds its
-                            // pads one by one) get longer to show up.
-                            let settle = if wait_for_video {
-                                VIDEO_SETTLE
-                            } else if typed {
-                                PAD_SETTLE
-                            } else {
-                                UNTYPED_SETTLE
-                            };
-                            if at.elapsed() >= settle {
-                                tracing::debug!(state = %o.pad_state(), settle_ms = settle.as_millis() as u64, "streams settled");
-                                return Ok(o.streams());
-                            }
-                        }
-                        _ => settle_from = Some((n, typed, Instant::now())),
-                    }
+                if let Some(found) = settle.check(o) {
+                    return Ok(found);
                 }
             }
             tokio::select! {
@@ -402,18 +284,14 @@ impl Running {
 
     /// Ms since the last output any rendition made.
     pub fn idle_ms(&self) -> u64 {
-        pipeline::now_ms().saturating_sub(self.shared.last_sample_ms.load(Ordering::Relaxed))
+        now_ms().saturating_sub(self.shared.last_sample_ms.load(Ordering::Relaxed))
     }
 
     /// What an output calls on each buffer it makes: the stall clock.
     /// (Holds no pipeline object.)
     pub fn output_clock(&self) -> Arc<dyn Fn() + Send + Sync> {
         let shared = self.shared.clone();
-        Arc::new(move || {
-            shared
-                .last_sample_ms
-                .store(pipeline::now_ms(), Ordering::Relaxed)
-        })
+        Arc::new(move || shared.last_sample_ms.store(now_ms(), Ordering::Relaxed))
     }
 
     /// A lost source is being reconnected.
@@ -483,18 +361,4 @@ impl Drop for Running {
         // Last line of defence: never drop a pipeline that is not NULL.
         self.end(EndReason::SourceError);
     }
-}
-
-pub(super) fn describe_error(err: &gst::glib::Error, debug: Option<&str>) -> String {
-    let mut text = err.message().to_string();
-    if let Some(d) = debug {
-        // The last line of GStreamer's debug text is usually the useful reason.
-        if let Some(reason) = d.lines().map(str::trim).rfind(|l| !l.is_empty()) {
-            let reason: String = reason.chars().take(300).collect();
-            if !text.contains(&reason) {
-                text = format!("{text} ({reason})");
-            }
-        }
-    }
-    redact::redact_text(&text)
 }
