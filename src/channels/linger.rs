@@ -48,7 +48,11 @@ impl Channel {
             if st.closed || !idle {
                 return;
             }
-            if st.renditions.len() == 1 {
+            // The last rendition closes the channel, unless a request is
+            // joining it (it entered under this lock): then the channel
+            // stays open for it, and closes when it leaves without a
+            // rendition.
+            if st.renditions.len() == 1 && self.users.load(Ordering::Acquire) == 0 {
                 None
             } else {
                 st.renditions.remove(key)

@@ -1,6 +1,7 @@
 //! GStreamer building blocks: source URL semantics ([`source`]), the
 //! source side of a pipeline with its reconnects, the element chains hung
-//! off it ([`chains`]), and a running pipeline with its bus and teardown.
+//! off it ([`chains`]: `branch` and `probes` below `encode` below it), and
+//! a running pipeline with its bus and teardown.
 //!
 //! The source side reads bottom-up, each file using only those before it:
 //! `shared` (the bookkeeping callbacks and the async side share) <-
