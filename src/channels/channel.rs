@@ -9,11 +9,11 @@ use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock, Weak};
 use std::time::{Duration, Instant};
 
+use gst::prelude::*;
 use parking_lot::Mutex;
 
 use super::fanout::{Fanout, FanoutConfig};
 use super::rendition::{Rendition, RenditionKey};
-use super::view::count_input;
 use super::Channels;
 use crate::media::chains::{self, Branch};
 use crate::media::ingest::SourcePlan;
@@ -425,5 +425,21 @@ impl Channel {
             tokio::time::sleep_until(flush).await;
         }
         self.stop(EndReason::Shutdown);
+    }
+}
+
+/// Counts the compressed bytes entering the stream heads.
+fn count_input(heads: &Heads, counter: &Arc<AtomicU64>) {
+    for es in heads.es.iter().flatten() {
+        let Some(pad) = es.static_pad("sink") else {
+            continue;
+        };
+        let c = counter.clone();
+        pad.add_probe(gst::PadProbeType::BUFFER, move |_, info| {
+            if let Some(b) = info.buffer() {
+                c.fetch_add(b.size() as u64, Ordering::Relaxed);
+            }
+            gst::PadProbeReturn::Ok
+        });
     }
 }

@@ -1,7 +1,7 @@
 //! What status shows of a channel: its state, its upstream and its
 //! renditions; and the figures the registry and metrics read.
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -10,7 +10,6 @@ use serde::Serialize;
 
 use super::channel::Channel;
 use super::rendition::{Rendition, RenditionView};
-use crate::media::pipeline::Heads;
 
 /// A channel as status shows it.
 #[derive(Debug, Clone, Serialize)]
@@ -125,21 +124,5 @@ impl Channel {
     /// How long the channel has existed.
     pub fn age(&self) -> Duration {
         self.started_at.elapsed()
-    }
-}
-
-/// Counts the compressed bytes entering the stream heads.
-pub(super) fn count_input(heads: &Heads, counter: &Arc<AtomicU64>) {
-    for es in heads.es.iter().flatten() {
-        let Some(pad) = es.static_pad("sink") else {
-            continue;
-        };
-        let c = counter.clone();
-        pad.add_probe(gst::PadProbeType::BUFFER, move |_, info| {
-            if let Some(b) = info.buffer() {
-                c.fetch_add(b.size() as u64, Ordering::Relaxed);
-            }
-            gst::PadProbeReturn::Ok
-        });
     }
 }

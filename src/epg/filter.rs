@@ -11,7 +11,7 @@ use std::path::Path;
 use quick_xml::events::{BytesStart, Event};
 use quick_xml::Reader;
 
-use super::xmltv::parse_xmltv_time;
+use super::xmltv::{esc, parse_xmltv_time};
 use super::{FillerChannel, Slot, MAX_GUIDE_BYTES, MAX_LISTED, RENDERED_FILE, XMLTV_HEAD};
 use crate::catalog::Stream;
 
@@ -463,11 +463,6 @@ fn read_names(
     }
     buf.clear();
     Ok(names)
-}
-
-/// XML-escapes text and attribute values.
-pub(super) fn esc(s: &str) -> String {
-    quick_xml::escape::escape(s).into_owned()
 }
 
 #[cfg(test)]

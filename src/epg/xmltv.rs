@@ -2,7 +2,6 @@
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use super::filter::esc;
 use super::{FillerChannel, FILLER_SPAN};
 
 /// Parses an XMLTV time (`YYYYMMDDhhmmss +zzzz`; seconds, minutes and the
@@ -100,6 +99,11 @@ pub fn filler_xml(channels: &[FillerChannel], now: i64, hours: u32) -> String {
         }
     }
     out
+}
+
+/// XML-escapes text and attribute values.
+pub(super) fn esc(s: &str) -> String {
+    quick_xml::escape::escape(s).into_owned()
 }
 
 #[cfg(test)]
