@@ -243,32 +243,6 @@ fn uuid_like(s: &str) -> bool {
     s.len() == 36 && s.chars().all(|c| c.is_ascii_hexdigit() || c == '-')
 }
 
-/// One scrape, parsed by a Prometheus text parser.
-async fn scrape(ts: &common::TestServer) -> Vec<prometheus_parse::Sample> {
-    let r = get(&ts.url("/metrics")).await;
-    assert_eq!(r.status(), 200);
-    let ct = r.headers()["content-type"].to_str().unwrap().to_string();
-    assert!(ct.starts_with("application/openmetrics-text"), "{ct}");
-    let text = r.text().await.unwrap();
-    assert!(text.ends_with("# EOF\n"), "OpenMetrics ends with # EOF");
-    let lines = text.lines().map(|l| Ok(l.to_string()));
-    prometheus_parse::Scrape::parse(lines)
-        .expect("parses")
-        .samples
-}
-
-fn value(samples: &[prometheus_parse::Sample], name: &str, labels: &[(&str, &str)]) -> Option<f64> {
-    samples
-        .iter()
-        .find(|s| s.metric == name && labels.iter().all(|(k, v)| s.labels.get(k) == Some(*v)))
-        .and_then(|s| match &s.value {
-            prometheus_parse::Value::Counter(v)
-            | prometheus_parse::Value::Gauge(v)
-            | prometheus_parse::Value::Untyped(v) => Some(*v),
-            _ => None,
-        })
-}
-
 fn sum(samples: &[prometheus_parse::Sample], name: &str) -> f64 {
     samples
         .iter()
@@ -281,13 +255,13 @@ fn sum(samples: &[prometheus_parse::Sample], name: &str) -> f64 {
 }
 
 fn ttfb_count(samples: &[prometheus_parse::Sample]) -> f64 {
-    value(samples, "sluice_time_to_first_byte_seconds_count", &[]).unwrap_or(-1.0)
+    common::metric(samples, "sluice_time_to_first_byte_seconds_count", &[]).unwrap_or(-1.0)
 }
 
 #[tokio::test]
 async fn metrics_are_parsed_and_move_as_a_session_runs_and_ends() {
     let ts = common::start().await;
-    let before = scrape(&ts).await;
+    let before = common::scrape(&ts).await;
     for name in [
         "sluice_sessions_active",
         "sluice_sessions_queued",
@@ -306,17 +280,17 @@ async fn metrics_are_parsed_and_move_as_a_session_runs_and_ends() {
     assert!(before.iter().all(|s| s.metric.starts_with("sluice_")));
     for mode in ["transcode", "remux"] {
         assert_eq!(
-            value(&before, "sluice_sessions_active", &[("mode", mode)]),
+            common::metric(&before, "sluice_sessions_active", &[("mode", mode)]),
             Some(0.0)
         );
         assert_eq!(
-            value(&before, "sluice_sessions_queued", &[("mode", mode)]),
+            common::metric(&before, "sluice_sessions_queued", &[("mode", mode)]),
             Some(0.0)
         );
     }
-    assert!(value(&before, "sluice_process_resident_memory_bytes", &[]).unwrap() > 1e6);
+    assert!(common::metric(&before, "sluice_process_resident_memory_bytes", &[]).unwrap() > 1e6);
     let ended = |s: &[prometheus_parse::Sample]| {
-        value(
+        common::metric(
             s,
             "sluice_sessions_ended_total",
             &[("reason", "client_disconnect")],
@@ -331,12 +305,12 @@ async fn metrics_are_parsed_and_move_as_a_session_runs_and_ends() {
         .await
         .unwrap();
     assert_eq!(r.status(), 200);
-    let during = scrape(&ts).await;
+    let during = common::scrape(&ts).await;
     assert_eq!(
-        value(&during, "sluice_sessions_active", &[("mode", "transcode")]),
+        common::metric(&during, "sluice_sessions_active", &[("mode", "transcode")]),
         Some(1.0)
     );
-    assert!(value(&during, "sluice_pipelines_live", &[]).unwrap() >= 1.0);
+    assert!(common::metric(&during, "sluice_pipelines_live", &[]).unwrap() >= 1.0);
     assert!(ttfb_count(&during) >= ttfb_count(&before) + 1.0);
     let body = common::read_for(r, Duration::from_secs(2), 2 << 20).await;
     assert!(!body.is_empty());
@@ -345,9 +319,10 @@ async fn metrics_are_parsed_and_move_as_a_session_runs_and_ends() {
     let mut after = Vec::new();
     let moved = async {
         for _ in 0..200 {
-            after = scrape(&ts).await;
+            after = common::scrape(&ts).await;
             if ended(&after) >= ended(&before) + 1.0
-                && value(&after, "sluice_sessions_active", &[("mode", "transcode")]) == Some(0.0)
+                && common::metric(&after, "sluice_sessions_active", &[("mode", "transcode")])
+                    == Some(0.0)
             {
                 return true;
             }
@@ -361,15 +336,15 @@ async fn metrics_are_parsed_and_move_as_a_session_runs_and_ends() {
     assert!(delta("sluice_bytes_sent_total") >= body.len() as f64);
     // Requests are counted by route template, never by raw path.
     let _ = get(&ts.url("/no/such/thing")).await;
-    let after = scrape(&ts).await;
+    let after = common::scrape(&ts).await;
     let preview_ok = [
         ("route", "/streams/preview/:id"),
         ("status", "200"),
         ("method", "GET"),
     ];
-    assert!(value(&after, "sluice_http_requests_total", &preview_ok).unwrap() >= 1.0);
+    assert!(common::metric(&after, "sluice_http_requests_total", &preview_ok).unwrap() >= 1.0);
     assert!(
-        value(
+        common::metric(
             &after,
             "sluice_http_requests_total",
             &[("route", "unmatched"), ("status", "404")]
@@ -390,10 +365,10 @@ async fn a_failed_pipeline_is_counted_by_kind() {
     std::fs::write(ts.media_dir().join("garbage.ts"), vec![0x5a_u8; 64 * 1024]).unwrap();
     let url = format!("file://{}", ts.media_dir().join("garbage.ts").display());
     common::add_stream(&ts, "garbage", &url).await;
-    let before = sum(&scrape(&ts).await, "sluice_pipeline_errors_total");
+    let before = sum(&common::scrape(&ts).await, "sluice_pipeline_errors_total");
     let r = get(&ts.url("/streams/preview/garbage?timeout=20000")).await;
     assert_eq!(r.status(), 502, "{}", r.text().await.unwrap_or_default());
-    let after = sum(&scrape(&ts).await, "sluice_pipeline_errors_total");
+    let after = sum(&common::scrape(&ts).await, "sluice_pipeline_errors_total");
     assert!(after >= before + 1.0, "pipeline errors {before} -> {after}");
     ts.stop().await;
 }

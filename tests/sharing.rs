@@ -462,37 +462,6 @@ fn renditions(channel: &Value) -> &Vec<Value> {
         .unwrap_or_else(|| panic!("the channel lists no `renditions` array: {channel}"))
 }
 
-/// One `/metrics` scrape.
-async fn scrape(ts: &TestServer) -> Vec<prometheus_parse::Sample> {
-    let text = client()
-        .get(ts.url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    prometheus_parse::Scrape::parse(text.lines().map(|l| Ok(l.to_string())))
-        .expect("metrics parse")
-        .samples
-}
-
-fn metric(
-    samples: &[prometheus_parse::Sample],
-    name: &str,
-    labels: &[(&str, &str)],
-) -> Option<f64> {
-    samples
-        .iter()
-        .find(|s| s.metric == name && labels.iter().all(|(k, v)| s.labels.get(k) == Some(*v)))
-        .and_then(|s| match &s.value {
-            prometheus_parse::Value::Counter(v)
-            | prometheus_parse::Value::Gauge(v)
-            | prometheus_parse::Value::Untyped(v) => Some(*v),
-            _ => None,
-        })
-}
-
 /// Resident memory of this process (the server runs in it), in bytes.
 fn rss() -> u64 {
     let statm = std::fs::read_to_string("/proc/self/statm").unwrap();

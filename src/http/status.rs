@@ -62,6 +62,12 @@ pub fn status(state: &AppState) -> TranscodingStatus {
     }
 }
 
+/// A 404 naming `id` (cut to 64 characters) in `message` at its `{}`.
+fn not_found(code: &'static str, message: &str, id: &str) -> Rejection {
+    let id: String = id.chars().take(64).collect();
+    warp::reject::custom(ApiError::not_found(code, message.replacen("{}", &id, 1)))
+}
+
 pub fn routes(
     state: Arc<AppState>,
 ) -> impl Filter<Extract = (warp::reply::Response,), Error = Rejection> + Clone {
@@ -78,15 +84,10 @@ pub fn routes(
         .and_then(move |id: String| {
             let s = s.clone();
             async move {
-                let entry = s.registry.get(&id).ok_or_else(|| {
-                    warp::reject::custom(ApiError::not_found(
-                        "session_not_found",
-                        format!(
-                            "session '{}' not found",
-                            id.chars().take(64).collect::<String>()
-                        ),
-                    ))
-                })?;
+                let entry = s
+                    .registry
+                    .get(&id)
+                    .ok_or_else(|| not_found("session_not_found", "session '{}' not found", &id))?;
                 entry.viewer.end(EndReason::AdminStop);
                 tracing::info!(session_id = %id, "session stopped by admin");
                 Ok::<_, Rejection>(
@@ -103,13 +104,11 @@ pub fn routes(
             let s = s.clone();
             async move {
                 let ch = s.channels.get(&id).ok_or_else(|| {
-                    warp::reject::custom(ApiError::not_found(
+                    not_found(
                         "channel_not_found",
-                        format!(
-                            "no channel of stream '{}' is running",
-                            id.chars().take(64).collect::<String>()
-                        ),
-                    ))
+                        "no channel of stream '{}' is running",
+                        &id,
+                    )
                 })?;
                 let viewers: usize = ch.renditions().iter().map(|r| r.viewers()).sum();
                 ch.stop(EndReason::AdminStop);

@@ -22,7 +22,7 @@ use super::chains;
 use super::failure::describe_error;
 use super::held::{discard, lengthen_hold};
 use super::ingest::{self, SourcePlan};
-use super::shared::{is_audio, is_video, PendingPad, Shared};
+use super::shared::{is_audio, is_video, stream_index, PendingPad, Shared};
 use super::source::{SourceUri, TestAudio};
 use super::stats::MediaStats;
 use super::{MediaError, SourceStreams, StreamCodec};
@@ -235,15 +235,7 @@ impl Opened {
                 let mut result = Ok(());
                 for pad in pending.iter() {
                     let caps = pad.caps.clone().or_else(|| pad.pad.current_caps());
-                    let kind = caps.as_ref().and_then(|c| {
-                        if is_video(c) {
-                            Some(0usize)
-                        } else if is_audio(c) {
-                            Some(1)
-                        } else {
-                            None
-                        }
-                    });
+                    let kind = caps.as_deref().and_then(stream_index);
                     let linked = match kind {
                         Some(k) if heads.es[k].is_none() => {
                             let h264 = caps.as_ref().is_some_and(|c| {

@@ -21,7 +21,7 @@ use super::chains::add_keyframe_gate;
 use super::held::{discard, SOURCE_LOST};
 use super::ingest::{self, SourcePlan};
 use super::pipeline::Opened;
-use super::shared::{is_audio, is_video, now_ms, Shared};
+use super::shared::{is_audio, is_video, now_ms, stream_index, Shared};
 use crate::redact;
 
 /// Application message posted when reconnecting gave up.
@@ -331,17 +331,10 @@ fn splice(pipeline: &gst::Pipeline, sh: &Shared, gen: u64) -> Result<(), String>
     let mut fed = [false, false];
     let mut result = Ok(());
     for p in &pending {
-        let kind = p.caps.as_ref().map(|c| {
-            if is_video(c) {
-                Some(0usize)
-            } else if is_audio(c) {
-                Some(1)
-            } else {
-                None
-            }
-        });
-        let target = kind
-            .flatten()
+        let target = p
+            .caps
+            .as_deref()
+            .and_then(stream_index)
             .filter(|&k| !fed[k])
             .and_then(|k| branches[k].clone().map(|sink| (k, sink)));
         let linked = match target {

@@ -223,6 +223,17 @@ pub(super) fn is_audio(caps: &gst::CapsRef) -> bool {
         .is_some_and(|s| s.name().starts_with("audio/"))
 }
 
+/// Which of a channel's two streams caps are: 0 video, 1 audio, None other.
+pub(super) fn stream_index(caps: &gst::CapsRef) -> Option<usize> {
+    if is_video(caps) {
+        Some(0)
+    } else if is_audio(caps) {
+        Some(1)
+    } else {
+        None
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

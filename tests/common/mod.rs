@@ -436,3 +436,34 @@ impl Drop for BinServer {
         self.kill();
     }
 }
+
+/// One `/metrics` scrape, checked as OpenMetrics and parsed by a
+/// Prometheus text parser.
+pub async fn scrape(ts: &TestServer) -> Vec<prometheus_parse::Sample> {
+    let r = client().get(ts.url("/metrics")).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    let ct = r.headers()["content-type"].to_str().unwrap().to_string();
+    assert!(ct.starts_with("application/openmetrics-text"), "{ct}");
+    let text = r.text().await.unwrap();
+    assert!(text.ends_with("# EOF\n"), "OpenMetrics ends with # EOF");
+    prometheus_parse::Scrape::parse(text.lines().map(|l| Ok(l.to_string())))
+        .expect("metrics parse")
+        .samples
+}
+
+/// The value of metric `name` with `labels` (among others) in a scrape.
+pub fn metric(
+    samples: &[prometheus_parse::Sample],
+    name: &str,
+    labels: &[(&str, &str)],
+) -> Option<f64> {
+    samples
+        .iter()
+        .find(|s| s.metric == name && labels.iter().all(|(k, v)| s.labels.get(k) == Some(*v)))
+        .and_then(|s| match &s.value {
+            prometheus_parse::Value::Counter(v)
+            | prometheus_parse::Value::Gauge(v)
+            | prometheus_parse::Value::Untyped(v) => Some(*v),
+            _ => None,
+        })
+}
