@@ -134,7 +134,13 @@ pub async fn start(
         client_ip: req.client_ip.to_string(),
     });
     state.metrics.observe_ttfb(t0.elapsed());
-    state.metrics.observe_join(joined.elapsed());
+    // The join is complete once the viewer has media from a keyframe.
+    let (joining, st) = (handle.clone(), state.clone());
+    tokio::spawn(async move {
+        if let Ok(Ok(())) = tokio::time::timeout_at(deadline, joining.started()).await {
+            st.metrics.observe_join(joined.elapsed());
+        }
+    });
     drop(entry);
     Ok(PreviewStart {
         session_id,
@@ -332,7 +338,7 @@ async fn acquire(
 }
 
 /// A viewer of `rendition` in the requested container, once it has its
-/// header and a keyframe to send.
+/// header to send (media from a keyframe follows).
 async fn subscribe(
     req: &PreviewRequest,
     wanted: &Wanted,
@@ -356,7 +362,7 @@ async fn subscribe(
         Mode::Transcode => req.join,
     });
     drop(pin);
-    match tokio::time::timeout_at(deadline, viewer.ready()).await {
+    match tokio::time::timeout_at(deadline, viewer.header_ready()).await {
         Ok(Ok(())) => Ok(viewer),
         Ok(Err(EndReason::Shutdown)) => Err(PreviewError::ShuttingDown),
         Ok(Err(r)) => Err(PreviewError::SourceFailed(ch.error().unwrap_or_else(

@@ -12,6 +12,9 @@ use futures::StreamExt;
 
 const TINY: &str = "test://smpte?size=320x240&rate=30";
 
+/// The tests count the process's threads, fds and memory: one at a time.
+static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 /// Starts a preview, waits for its first bytes, returns the response.
 async fn open(ts: &TestServer, path: &str) -> reqwest::Response {
     let resp = client().get(ts.url(path)).send().await.unwrap();
@@ -37,6 +40,7 @@ fn idle(ts: &TestServer) -> bool {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hangups_stop_pipelines_and_leak_nothing() {
+    let _serial = SERIAL.lock().await;
     sluice::memory::limit_arenas();
     let ts =
         start_with(|s| s.rate_limit_preview = sluice::http::ratelimit::Rate::parse("off").unwrap())
@@ -173,6 +177,73 @@ async fn hangups_stop_pipelines_and_leak_nothing() {
     assert!(
         rss_after < rss_before + (64 << 20),
         "RSS grew from {rss_before} to {rss_after}"
+    );
+    ts.stop().await;
+}
+
+/// A rendition whose last viewer leaves comes off the running channel:
+/// every one of its elements is freed while the channel's other rendition
+/// keeps delivering.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unwatched_rendition_leaves_nothing_behind_on_a_running_channel() {
+    let _serial = SERIAL.lock().await;
+    let ts =
+        start_with(|s| s.rate_limit_preview = sluice::http::ratelimit::Rate::parse("off").unwrap())
+            .await;
+    add_stream(&ts, "tiny", TINY).await;
+    let mut low = open(&ts, "/streams/preview/tiny?quality=low")
+        .await
+        .bytes_stream();
+    low.next().await.unwrap().unwrap();
+    let mut medium = open(&ts, "/streams/preview/tiny?quality=medium&format=ts")
+        .await
+        .bytes_stream();
+    medium.next().await.unwrap().unwrap();
+    let ch = ts.state().channels.get("tiny").expect("the channel runs");
+    let renditions = ch.renditions();
+    assert_eq!(renditions.len(), 2, "one rendition per profile");
+    let gone = renditions
+        .iter()
+        .find(|r| r.key.quality == "medium")
+        .expect("the medium rendition")
+        .element_refs();
+    assert!(
+        gone.len() >= 10,
+        "the medium rendition's elements: {}",
+        gone.len()
+    );
+    drop(renditions);
+    let pipeline = ch.pipeline_weak().expect("pipeline present");
+    drop(ch);
+
+    drop(medium);
+    let st = ts.state().clone();
+    assert!(
+        eventually(Duration::from_secs(5), || {
+            st.channels
+                .get("tiny")
+                .is_some_and(|c| c.renditions().len() == 1)
+                && gone.iter().all(|w| w.upgrade().is_none())
+        })
+        .await,
+        "{} of the medium rendition's {} elements are still alive",
+        gone.iter().filter(|w| w.upgrade().is_some()).count(),
+        gone.len()
+    );
+    // The channel and its other rendition go on.
+    assert!(
+        pipeline.upgrade().is_some(),
+        "the channel's pipeline is gone"
+    );
+    let more = tokio::time::timeout(Duration::from_secs(5), low.next())
+        .await
+        .expect("the low rendition keeps delivering");
+    assert!(more.is_some_and(|b| b.is_ok_and(|b| !b.is_empty())));
+    drop(low);
+    assert!(eventually(Duration::from_secs(5), || idle(&ts)).await);
+    assert!(
+        pipeline.upgrade().is_none(),
+        "the pipeline outlived its channel"
     );
     ts.stop().await;
 }

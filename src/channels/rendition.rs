@@ -10,6 +10,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use bytes::Bytes;
+use gst::prelude::*;
 use parking_lot::Mutex;
 use serde::Serialize;
 
@@ -212,7 +213,10 @@ impl Rendition {
             let (splitter, header, chunks) = &mut *guard;
             splitter.push(data, chunks);
             if let Some(h) = splitter.header() {
-                if header.as_ref() != Some(&h) {
+                if !header
+                    .as_ref()
+                    .is_some_and(|old| same_header(format, old, &h))
+                {
                     *header = Some(h.clone());
                     fanout.set_header(h);
                 }
@@ -247,6 +251,20 @@ impl Rendition {
             chains::force_keyframe(&e);
         }
         Ok(fanout)
+    }
+
+    /// Weak handles to every element of the rendition, for leak checks.
+    pub fn element_refs(&self) -> Vec<gst::glib::WeakRef<gst::Element>> {
+        let graph = self.graph.lock();
+        let outputs = self.outputs.lock();
+        graph
+            .encoded
+            .iter()
+            .flatten()
+            .map(|e| &e.branch)
+            .chain(outputs.values().filter_map(|o| o.branch.as_ref()))
+            .flat_map(|b| b.elements().iter().map(|e| e.downgrade()))
+            .collect()
     }
 
     fn encoder(&self) -> Option<gst::glib::WeakRef<gst::Element>> {
@@ -389,5 +407,44 @@ impl Rendition {
             formats: self.outputs.lock().keys().copied().collect(),
             start_time: self.start_ms,
         }
+    }
+}
+
+/// Whether two container headers say the same: MPEG-TS tables repeat with
+/// a new continuity counter each time, which changes nothing for a viewer.
+fn same_header(format: Format, a: &[u8], b: &[u8]) -> bool {
+    match format {
+        Format::Mp4 => a == b,
+        Format::Ts => {
+            a.len() == b.len()
+                && a.iter().zip(b).enumerate().all(|(i, (x, y))| {
+                    if i % 188 == 3 {
+                        x & 0xf0 == y & 0xf0
+                    } else {
+                        x == y
+                    }
+                })
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn repeated_ts_tables_are_the_same_header_and_a_new_pmt_is_not() {
+        let mut a = vec![0u8; 376];
+        a[0] = 0x47;
+        a[188] = 0x47;
+        let mut b = a.clone();
+        // Only the continuity counters (low nibble of byte 3) differ.
+        b[3] = 0x0b;
+        b[188 + 3] = 0x0f;
+        assert!(same_header(Format::Ts, &a, &b));
+        b[188 + 20] = 1;
+        assert!(!same_header(Format::Ts, &a, &b));
+        assert!(!same_header(Format::Mp4, &a, &b));
+        assert!(same_header(Format::Mp4, &a, &a.clone()));
     }
 }

@@ -80,11 +80,17 @@ impl Fanout {
         }
         inner.gop.clear();
         inner.gop_bytes = 0;
-        for slot in inner.viewers.values_mut().filter(|s| !s.started) {
+        let mut wake = Vec::new();
+        // Viewers whose header already went out keep it.
+        let pending = |s: &&mut Slot| !s.started && (!s.has_header || s.header.is_some());
+        for slot in inner.viewers.values_mut().filter(pending) {
             slot.header = Some(header.clone());
             slot.has_header = true;
+            slot.take_wakers(&mut wake);
         }
         inner.header = Some(header);
+        drop(inner);
+        wake.into_iter().for_each(Waker::wake);
     }
 
     /// Hands `chunk` to every viewer; never waits.
@@ -187,13 +193,20 @@ impl Fanout {
                 waker: None,
                 ready_waker: None,
             };
-            if slot.has_header && join == Join::Gop && !inner.gop.is_empty() {
+            // A live joiner starts from a keyframe made less than a
+            // second ago (the most recent one asked for, at most once a
+            // second): it is as close to live as a forced keyframe gets.
+            let fresh = inner
+                .gop
+                .first()
+                .is_some_and(|(_, at)| now.duration_since(*at) < state::KEYFRAME_INTERVAL);
+            if slot.has_header && !inner.gop.is_empty() && (join == Join::Gop || fresh) {
                 slot.started = true;
                 for (data, at) in &inner.gop {
                     slot.push(data.clone(), *at);
                 }
             }
-            if join == Join::Live && finished.is_none() {
+            if join == Join::Live && !slot.started && finished.is_none() {
                 ask = inner.take_request_turn(now);
             }
             inner.viewers.insert(id, slot);

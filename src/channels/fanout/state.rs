@@ -20,7 +20,7 @@ const GOP_MAX_BYTES: usize = 64 << 20;
 /// A viewer's queue never holds more than this, whatever its age.
 const VIEWER_MAX_BYTES: usize = 32 << 20;
 /// Forced keyframes for `Join::Live` viewers are asked at most this often.
-const KEYFRAME_INTERVAL: Duration = Duration::from_secs(1);
+pub(super) const KEYFRAME_INTERVAL: Duration = Duration::from_secs(1);
 
 #[derive(Default)]
 pub(super) struct Inner {

@@ -78,10 +78,19 @@ async fn header_comes_first_and_media_starts_on_a_keyframe() {
     f.set_header(Bytes::from_static(HDR.as_bytes()));
     f.publish(delta(1));
     assert!(early.ready().now_or_never().is_none(), "no keyframe yet");
-    assert!(early.next().now_or_never().is_none(), "nothing to send");
+    assert_eq!(early.header_ready().now_or_never(), Some(Ok(())));
+    assert_eq!(
+        drain(&mut early),
+        expect(&[HDR]),
+        "the header goes out alone"
+    );
+    assert!(
+        early.next().now_or_never().is_none(),
+        "no media before a keyframe"
+    );
     f.publish(key(2));
     assert_eq!(early.ready().await, Ok(()));
-    assert_eq!(drain(&mut early), expect(&[HDR, "K002"]));
+    assert_eq!(drain(&mut early), expect(&["K002"]));
 
     f.publish(delta(3));
     let mut late = f.subscribe(Join::Gop);
@@ -117,10 +126,17 @@ async fn live_join_waits_for_the_next_keyframe_and_asks_at_most_once_a_second() 
     let asked = move || asked.load(Ordering::SeqCst);
     f.publish(key(1));
     f.publish(delta(2));
+    // A keyframe less than a second old is live enough: no request.
+    let mut fresh = f.subscribe(Join::Live);
+    assert_eq!(asked(), 0);
+    assert_eq!(fresh.ready().now_or_never(), Some(Ok(())));
+    assert_eq!(drain(&mut fresh), expect(&[HDR, "K001", "D002"]));
+    tokio::time::advance(Duration::from_millis(1200)).await;
 
     let mut a = f.subscribe(Join::Live);
     assert_eq!(asked(), 1);
     assert!(a.ready().now_or_never().is_none());
+    assert_eq!(drain(&mut a), expect(&[HDR]), "the header goes out at once");
     assert!(a.next().now_or_never().is_none());
     let mut b = f.subscribe(Join::Live);
     assert_eq!(asked(), 1, "a second joiner within the second asks nothing");
@@ -139,7 +155,7 @@ async fn live_join_waits_for_the_next_keyframe_and_asks_at_most_once_a_second() 
     assert!(a.ready().now_or_never().is_none());
     f.publish(key(4));
     assert_eq!(a.ready().await, Ok(()));
-    assert_eq!(drain(&mut a), expect(&[HDR, "K004"]));
+    assert_eq!(drain(&mut a), expect(&["K004"]));
     assert_eq!(drain(&mut b), expect(&[HDR, "K004"]));
 
     tokio::time::advance(Duration::from_secs(2)).await;
@@ -265,13 +281,15 @@ async fn lag_is_the_age_of_the_oldest_queued_chunk() {
     assert_eq!(v.handle().lag_ms(), 0);
 }
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn finish_eos_delivers_what_is_queued_then_ends() {
     let f = with_header(cfg());
     let mut v = f.subscribe(Join::Gop);
     let h = v.handle();
     let ended = record_end(&h);
     f.publish(key(1));
+    // A live joiner waits: the cached keyframe is too old for it.
+    tokio::time::advance(Duration::from_millis(1500)).await;
     let mut waiting = f.subscribe(Join::Live);
     f.publish(delta(2));
     f.finish(EndReason::SourceEos);

@@ -109,6 +109,27 @@ impl Viewer {
         .await
     }
 
+    /// Waits until the viewer has something to send: its header (media
+    /// from a keyframe follows), or the fan-out finished (Err(reason)).
+    pub async fn header_ready(&self) -> Result<(), EndReason> {
+        std::future::poll_fn(|cx| {
+            let mut inner = self.fanout.inner.lock();
+            let Some(slot) = inner.viewers.get_mut(&self.shared.id) else {
+                let reason = self.shared.reason.get().copied();
+                return Poll::Ready(Err(reason.unwrap_or(EndReason::ClientDisconnect)));
+            };
+            match (slot.has_header || slot.started, slot.finish) {
+                (true, _) => Poll::Ready(Ok(())),
+                (false, Some(reason)) => Poll::Ready(Err(reason)),
+                (false, None) => {
+                    slot.ready_waker = Some(cx.waker().clone());
+                    Poll::Pending
+                }
+            }
+        })
+        .await
+    }
+
     /// A cheap clone, for status and admin.
     pub fn handle(&self) -> ViewerHandle {
         ViewerHandle {
@@ -128,11 +149,13 @@ impl futures::Stream for Viewer {
         let Some(slot) = inner.viewers.get_mut(&id) else {
             return Poll::Ready(None);
         };
+        // The header goes out as soon as it is known, so the client has
+        // its answer while the first keyframe is on its way.
+        if let Some(header) = slot.header.take() {
+            total += header.len();
+            parts.push(header);
+        }
         if slot.started {
-            if let Some(header) = slot.header.take() {
-                total += header.len();
-                parts.push(header);
-            }
             while let Some((data, _)) = slot.queue.front() {
                 if !parts.is_empty() && total + data.len() > COALESCE_BYTES {
                     break;
@@ -213,6 +236,30 @@ impl ViewerHandle {
 
     pub fn reason(&self) -> Option<EndReason> {
         self.shared.reason.get().copied()
+    }
+
+    /// Waits until the viewer has a keyframe chunk queued or sent (its
+    /// media is decodable from there), or has ended (Err(reason)).
+    pub async fn started(&self) -> Result<(), EndReason> {
+        std::future::poll_fn(|cx| {
+            let ended = || Err(self.reason().unwrap_or(EndReason::ClientDisconnect));
+            let Some(fanout) = self.shared.fanout.upgrade() else {
+                return Poll::Ready(ended());
+            };
+            let mut inner = fanout.inner.lock();
+            let Some(slot) = inner.viewers.get_mut(&self.shared.id) else {
+                return Poll::Ready(ended());
+            };
+            match (slot.started, slot.finish) {
+                (true, _) => Poll::Ready(Ok(())),
+                (false, Some(reason)) => Poll::Ready(Err(reason)),
+                (false, None) => {
+                    slot.ready_waker = Some(cx.waker().clone());
+                    Poll::Pending
+                }
+            }
+        })
+        .await
     }
 
     /// Ends it at once (first reason wins; admin stop, switched): its queue
