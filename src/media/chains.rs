@@ -11,7 +11,7 @@
 //!            raw tee -> queue(leaky if live) -> audioconvert -> audioresample
 //!            -> capsfilter(48 kHz stereo) -> avenc_aac -> tee (encoded)
 //! remux:     es tee -> queue -> tee (encoded)
-//! output:    encoded tees -> queue -> h264parse | aacparse -> [keyframe gate]
+//! output:    encoded tees -> queue -> [keyframe gate] -> h264parse | aacparse -> [keyframe gate]
 //!            -> capsfilter(container's stream format) -> mp4mux | mpegtsmux -> appsink
 //! ```
 //!
@@ -225,6 +225,11 @@ pub fn output(
         gst::Element::link_many([&q, &parse, &filter])?;
         filter.link(&mux)?;
         if is_video {
+            // An output added to a running rendition starts at a keyframe
+            // as its source flagged it (a parser that joins mid-stream has
+            // no parameter sets yet and cannot tell), and again as its own
+            // parser flags it.
+            add_keyframe_gate(&q.static_pad("src").expect("queue src pad"));
             add_keyframe_gate(&parse.static_pad("src").expect("parser src pad"));
         }
         elements.extend([q.clone(), parse, filter]);
