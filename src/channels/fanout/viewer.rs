@@ -91,22 +91,7 @@ impl Viewer {
     /// (Gop: at once if the cache holds a GOP; Live: the next keyframe), or
     /// the fan-out finished (Err(reason)).
     pub async fn ready(&self) -> Result<(), EndReason> {
-        std::future::poll_fn(|cx| {
-            let mut inner = self.fanout.inner.lock();
-            let Some(slot) = inner.viewers.get_mut(&self.shared.id) else {
-                let reason = self.shared.reason.get().copied();
-                return Poll::Ready(Err(reason.unwrap_or(EndReason::ClientDisconnect)));
-            };
-            match (slot.started, slot.finish) {
-                (true, _) => Poll::Ready(Ok(())),
-                (false, Some(reason)) => Poll::Ready(Err(reason)),
-                (false, None) => {
-                    slot.ready_waker = Some(cx.waker().clone());
-                    Poll::Pending
-                }
-            }
-        })
-        .await
+        self.handle().started().await
     }
 
     /// Waits until the viewer has something to send: its header (media
