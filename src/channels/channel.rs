@@ -223,7 +223,9 @@ impl Channel {
                     .activate(move |p, heads| {
                         count_input(heads, &counted);
                         me2.build_rendition(p, heads, &r2)?;
-                        r2.add_output(p, format, on_output, on_eos).map(drop)
+                        r2.add_output(p, format, on_output, on_eos)
+                            .map(drop)
+                            .inspect_err(|_| r2.remove(p))
                     })
                     .await
                     .map(|(heads, ())| {
@@ -239,7 +241,10 @@ impl Channel {
                 running
                     .build(move |p, _| {
                         me2.build_rendition(p, &heads, &r2)?;
-                        r2.add_output(p, format, on_output, on_eos).map(drop)
+                        // A rendition without its output comes off again.
+                        r2.add_output(p, format, on_output, on_eos)
+                            .map(drop)
+                            .inspect_err(|_| r2.remove(p))
                     })
                     .await
             }
