@@ -14,7 +14,7 @@ use gst::prelude::*;
 use parking_lot::Mutex;
 use serde::Serialize;
 
-use super::container::{Chunk, Splitter};
+use super::container::{same_header, Chunk, Splitter};
 use super::fanout::{Fanout, FanoutConfig, Join, Viewer};
 use crate::media::chains::{self, Branch, Counters, Encoded};
 use crate::media::pipeline::Heads;
@@ -407,44 +407,5 @@ impl Rendition {
             formats: self.outputs.lock().keys().copied().collect(),
             start_time: self.start_ms,
         }
-    }
-}
-
-/// Whether two container headers say the same: MPEG-TS tables repeat with
-/// a new continuity counter each time, which changes nothing for a viewer.
-fn same_header(format: Format, a: &[u8], b: &[u8]) -> bool {
-    match format {
-        Format::Mp4 => a == b,
-        Format::Ts => {
-            a.len() == b.len()
-                && a.iter().zip(b).enumerate().all(|(i, (x, y))| {
-                    if i % 188 == 3 {
-                        x & 0xf0 == y & 0xf0
-                    } else {
-                        x == y
-                    }
-                })
-        }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn repeated_ts_tables_are_the_same_header_and_a_new_pmt_is_not() {
-        let mut a = vec![0u8; 376];
-        a[0] = 0x47;
-        a[188] = 0x47;
-        let mut b = a.clone();
-        // Only the continuity counters (low nibble of byte 3) differ.
-        b[3] = 0x0b;
-        b[188 + 3] = 0x0f;
-        assert!(same_header(Format::Ts, &a, &b));
-        b[188 + 20] = 1;
-        assert!(!same_header(Format::Ts, &a, &b));
-        assert!(!same_header(Format::Mp4, &a, &b));
-        assert!(same_header(Format::Mp4, &a, &a.clone()));
     }
 }

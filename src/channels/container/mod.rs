@@ -96,5 +96,23 @@ fn be64(b: &[u8], at: usize) -> Option<u64> {
     Some(u64::from(be32(b, at)?) << 32 | u64::from(be32(b, at + 4)?))
 }
 
+/// Whether two container headers say the same: MPEG-TS tables repeat with
+/// a new continuity counter each time, which changes nothing for a viewer.
+pub fn same_header(format: Format, a: &[u8], b: &[u8]) -> bool {
+    match format {
+        Format::Mp4 => a == b,
+        Format::Ts => {
+            a.len() == b.len()
+                && a.iter().zip(b).enumerate().all(|(i, (x, y))| {
+                    if i % 188 == 3 {
+                        x & 0xf0 == y & 0xf0
+                    } else {
+                        x == y
+                    }
+                })
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests;

@@ -80,3 +80,18 @@ fn garbage_does_not_panic() {
         }
     }
 }
+#[test]
+fn repeated_ts_tables_are_the_same_header_and_a_new_pmt_is_not() {
+    let mut a = vec![0u8; 376];
+    a[0] = 0x47;
+    a[188] = 0x47;
+    let mut b = a.clone();
+    // Only the continuity counters (low nibble of byte 3) differ.
+    b[3] = 0x0b;
+    b[188 + 3] = 0x0f;
+    assert!(same_header(Format::Ts, &a, &b));
+    b[188 + 20] = 1;
+    assert!(!same_header(Format::Ts, &a, &b));
+    assert!(!same_header(Format::Mp4, &a, &b));
+    assert!(same_header(Format::Mp4, &a, &a.clone()));
+}
