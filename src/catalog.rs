@@ -40,6 +40,10 @@ pub struct Stream {
     pub logo: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tvg_id: Option<String>,
+    /// The provider (upstream account) the stream's connections count
+    /// against; none: the implicit provider of its URL (see [`crate::providers`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub provider: Option<String>,
     /// Channel number (GuideNumber for tuners and guides): from tvg-chno /
     /// channel-number on import, otherwise assigned in catalog order.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -96,6 +100,8 @@ pub struct StreamInput {
     pub group: Option<String>,
     pub logo: Option<String>,
     pub tvg_id: Option<String>,
+    /// A provider id; `""` clears it.
+    pub provider: Option<String>,
     pub number: Option<String>,
     pub headers: Option<BTreeMap<String, String>>,
     pub attributes: Option<BTreeMap<String, String>>,
@@ -231,6 +237,14 @@ pub fn validate(stream: &Stream, media_dir: Option<&Path>) -> Result<(), Catalog
     }
     SourceUri::parse(&stream.url, media_dir)
         .map_err(|e| CatalogError::Invalid(format!("url: {e}")))?;
+    if let Some(p) = &stream.provider {
+        if !valid_id(p) {
+            return inv(
+                "provider must be a provider id (1-64 characters of A-Z, a-z, 0-9, '_' or '-')"
+                    .into(),
+            );
+        }
+    }
     if let Some(n) = &stream.number {
         if !valid_number(n) {
             return inv(format!(
@@ -406,6 +420,7 @@ impl Catalog {
             group: input.group.clone(),
             logo: input.logo.clone(),
             tvg_id: input.tvg_id.clone(),
+            provider: input.provider.clone().filter(|p| !p.is_empty()),
             number: input.number.clone(),
             headers: input.headers.clone().unwrap_or_default(),
             attributes: input.attributes.clone().unwrap_or_default(),
@@ -476,6 +491,9 @@ impl Catalog {
             }
             if let Some(v) = input.tvg_id {
                 next.tvg_id = Some(v).filter(|g| !g.is_empty());
+            }
+            if let Some(v) = input.provider {
+                next.provider = Some(v).filter(|p| !p.is_empty());
             }
             if let Some(v) = input.number {
                 next.number = Some(v);
@@ -558,6 +576,8 @@ pub struct ImportEntry {
     /// Every playlist attribute; overlaid on the stream's like `headers`
     /// (those that cannot be stored are left out).
     pub attributes: BTreeMap<String, String>,
+    /// The provider the import assigns (replaces the stream's).
+    pub provider: Option<String>,
 }
 
 /// Why one playlist line was not imported.
@@ -691,6 +711,7 @@ fn apply_import(
                 group: None,
                 logo: None,
                 tvg_id: None,
+                provider: None,
                 number: None,
                 headers: BTreeMap::new(),
                 attributes: BTreeMap::new(),
@@ -703,6 +724,7 @@ fn apply_import(
         next.tvg_id = e.tvg_id.or(next.tvg_id);
         next.group = e.group.or(next.group);
         next.logo = e.logo.or(next.logo);
+        next.provider = e.provider.or(next.provider);
         next.headers.extend(e.headers);
         next.attributes.extend(e.attributes);
         if found.is_none() {
@@ -815,6 +837,7 @@ pub fn demo_streams() -> Vec<Stream> {
         group: Some("Demo".into()),
         logo: None,
         tvg_id: Some(id.into()),
+        provider: None,
         number: None,
         headers: BTreeMap::new(),
         attributes: BTreeMap::new(),

@@ -21,6 +21,7 @@ pub mod metrics;
 pub mod pool;
 pub mod preview;
 pub mod profiles;
+pub mod providers;
 pub mod redact;
 pub mod sessions;
 pub mod shutdown;
@@ -36,6 +37,8 @@ pub struct AppState {
     pub settings: Settings,
     pub profiles: profiles::Profiles,
     pub catalog: catalog::Catalog,
+    /// Upstream accounts and the connections open to each.
+    pub providers: providers::Providers,
     /// The XMLTV guide; its refresher starts with the server.
     pub guide: Arc<epg::Guide>,
     pub pool: Arc<pool::Pool>,
@@ -109,6 +112,12 @@ pub fn build_state(settings: Settings) -> Result<Arc<AppState>, StartError> {
             "catalog was corrupt: moved it aside and started with an empty catalog"
         ),
     }
+    let providers = providers::Providers::open(&settings.data_dir).map_err(|e| {
+        StartError::Config(format!(
+            "the providers could not be read from {}: {e}",
+            settings.data_dir.display()
+        ))
+    })?;
     let tuner = if settings.hdhr_enabled {
         let id = tuner::Identity::load_or_create(&settings.data_dir).map_err(|e| {
             StartError::Config(format!(
@@ -161,6 +170,7 @@ pub fn build_state(settings: Settings) -> Result<Arc<AppState>, StartError> {
         settings,
         profiles,
         catalog,
+        providers,
         guide,
         pool,
         registry,

@@ -485,6 +485,7 @@ mod tests {
             group: None,
             logo: None,
             tvg_id: tvg.map(Into::into),
+            provider: None,
             number: number.map(Into::into),
             headers: Default::default(),
             attributes: Default::default(),

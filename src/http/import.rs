@@ -190,6 +190,7 @@ fn split(text: &str) -> (Vec<ImportEntry>, Vec<ImportError>, bool) {
                 logo: e.tvg_logo,
                 headers: e.headers,
                 attributes: e.attributes,
+                provider: None,
             }),
             Err(e) => errors.push(ImportError {
                 line: e.line,

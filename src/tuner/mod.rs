@@ -302,6 +302,7 @@ mod tests {
             group: None,
             logo: None,
             tvg_id: None,
+            provider: None,
             number: Some(number.into()),
             headers: Default::default(),
             attributes: Default::default(),
