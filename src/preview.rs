@@ -1,9 +1,18 @@
 //! Starting a preview: the one place the request flow is decided.
 //!
 //! catalog lookup -> admission (memory, per-client, viewers, channels,
-//! encoder or remux slot: all before any upstream connection opens) ->
-//! channel (joined, or opened) -> rendition (joined, or built) -> viewer
-//! (header, then media from a keyframe) -> body.
+//! provider connection, encoder or remux slot: all before any upstream
+//! connection opens) -> channel (joined, or opened) -> rendition (joined,
+//! or built) -> viewer (header, then media from a keyframe) -> body.
+//!
+//! The provider step: a running channel is joined without a new
+//! connection. A new one takes a connection of its provider
+//! ([`crate::providers`]). At the provider's limit, a channel of that
+//! provider whose only viewers are this request's client (players open the
+//! next channel before closing the last), or that nobody watches any more
+//! (it lingers), is stopped with reason `switched`; the new channel opens
+//! once that one's upstream connection is closed, in the same request.
+//! Otherwise the request gets `provider_busy`.
 //!
 //! Knows nothing of warp; the HTTP layer maps [`PreviewError`] to statuses.
 
@@ -12,12 +21,13 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::channels::fanout::{Join, Viewer};
-use crate::channels::{Channel, Rendition, RenditionKey};
+use crate::channels::{Channel, ChannelUse, Rendition, RenditionKey};
 use crate::media::ingest::SourcePlan;
 use crate::media::source::SourceUri;
 use crate::media::{EndReason, Format, MediaError, Mode, ModeRequest};
 use crate::memory::MemoryStatus;
 use crate::pool::{AdmitError, Permit};
+use crate::providers::ProviderBusy;
 use crate::sessions::{epoch_ms, SessionEntry, SessionEvent};
 use crate::AppState;
 
@@ -65,7 +75,19 @@ pub enum PreviewError {
     SourceFailed(String),
     #[error("the source produced no media within {0} ms")]
     StartTimeout(u64),
+    #[error("{0}; try again when one of its channels has ended")]
+    ProviderBusy(ProviderBusy),
 }
+
+impl From<AdmitError> for PreviewError {
+    fn from(e: AdmitError) -> Self {
+        PreviewError::Admit(e)
+    }
+}
+
+/// Longest a switch waits for the stopped channel's upstream connection
+/// to close (its pipeline to reach NULL).
+pub const SWITCH_WAIT: Duration = Duration::from_secs(5);
 
 /// Starts a preview viewer for `req`, or says exactly why not.
 pub async fn start(
@@ -81,22 +103,7 @@ pub async fn start(
         .map_err(PreviewError::Admit)?;
     let viewer_slot = state.pool.enter_viewer().map_err(PreviewError::Admit)?;
     let deadline = tokio::time::Instant::now() + req.timeout;
-    let used = state
-        .channels
-        .join_or_create(
-            &wanted.stream.id,
-            &wanted.stream.name,
-            &wanted.protocol(),
-            || {
-                source_plan(
-                    state,
-                    &wanted.stream,
-                    wanted.source.clone(),
-                    &wanted.profile,
-                )
-            },
-        )
-        .map_err(PreviewError::Admit)?;
+    let used = channel(state, &req, &wanted, deadline).await?;
     let ch = used.channel().clone();
     let rendition = rendition(state, &req, &wanted, &ch, deadline).await?;
     let joined = std::time::Instant::now();
@@ -248,6 +255,75 @@ fn resolve(state: &AppState, req: &PreviewRequest) -> Result<Wanted, PreviewErro
         source,
         mode,
     })
+}
+
+/// The channel the request uses: joined when it runs; else opened under
+/// its provider's limit, switching away from a channel of that provider
+/// only this client watches (or nobody does) when the limit is reached.
+async fn channel(
+    state: &Arc<AppState>,
+    req: &PreviewRequest,
+    wanted: &Wanted,
+    deadline: tokio::time::Instant,
+) -> Result<ChannelUse, PreviewError> {
+    let s = &wanted.stream;
+    let plan = || source_plan(state, s, wanted.source.clone(), &wanted.profile);
+    let first = state
+        .channels
+        .join_or_create(&s.id, &s.name, &wanted.protocol(), || {
+            let lease = state
+                .providers
+                .try_open(s)
+                .map_err(PreviewError::ProviderBusy)?;
+            Ok((plan(), lease))
+        });
+    let busy = match first {
+        Err(PreviewError::ProviderBusy(busy)) => busy,
+        other => return other,
+    };
+    let Some(victim) = switchable(state, req.client_ip, &busy.id) else {
+        tracing::info!(stream_id = %s.id, provider = %busy.id, limit = busy.limit, client_ip = %req.client_ip, "provider at its limit");
+        return Err(PreviewError::ProviderBusy(busy));
+    };
+    tracing::info!(stream_id = %s.id, from = %victim.stream_id, provider = %busy.id, client_ip = %req.client_ip, "switching channels: the provider is at its limit");
+    victim.stop(EndReason::Switched);
+    // The stopped channel gives its connection back once its pipeline is
+    // down: the provider never sees both at once.
+    let wait = deadline.min(tokio::time::Instant::now() + SWITCH_WAIT);
+    let lease = state
+        .providers
+        .open_within(s, wait)
+        .await
+        .map_err(PreviewError::ProviderBusy)?;
+    state
+        .channels
+        .join_or_create(&s.id, &s.name, &wanted.protocol(), || Ok((plan(), lease)))
+}
+
+/// A channel of `provider` that can make way: one whose viewers are all
+/// `client`'s (the oldest first), else one nobody watches; never one a
+/// request is still joining.
+fn switchable(state: &AppState, client: IpAddr, provider: &str) -> Option<Arc<Channel>> {
+    let client = client.to_string();
+    let sessions = state.registry.all();
+    let mut unwatched = None;
+    for ch in state.channels.of_provider(provider) {
+        if ch.pending_requests() > 0 || ch.ended().is_some() {
+            continue;
+        }
+        let viewers: Vec<_> = sessions
+            .iter()
+            .filter(|e| e.stream_id == ch.stream_id)
+            .collect();
+        if viewers.is_empty() {
+            if ch.renditions().iter().all(|r| r.viewers() == 0) {
+                unwatched.get_or_insert(ch);
+            }
+        } else if viewers.iter().all(|e| e.client_ip == client) {
+            return Some(ch);
+        }
+    }
+    unwatched
 }
 
 /// The rendition the request joins (what runs already decides the mode,

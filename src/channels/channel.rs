@@ -23,6 +23,7 @@ use crate::media::stats::MediaStats;
 use crate::media::{EndReason, Format, MediaError, SourceStreams};
 use crate::pool::{Permit, Slot};
 use crate::profiles::Profile;
+use crate::providers::ProviderLease;
 
 #[derive(Default)]
 pub(super) struct State {
@@ -50,7 +51,11 @@ pub struct Channel {
     pub(super) running: OnceLock<Arc<Running>>,
     pub(super) streams: OnceLock<SourceStreams>,
     pub(super) state: Mutex<State>,
-    pub(super) slot: Mutex<Option<Slot>>,
+    /// The channel slot and the provider connection: both given back
+    /// only once the pipeline reached NULL (the upstream is closed).
+    pub(super) slot: Mutex<Option<(Slot, ProviderLease)>>,
+    /// The provider the upstream connection counts against.
+    pub(super) provider: Option<String>,
     pub(super) ended: OnceLock<EndReason>,
     /// Requests using the channel that hold no rendition yet.
     pub(super) users: AtomicUsize,
@@ -96,9 +101,10 @@ impl Channel {
         fanout_config: FanoutConfig,
         linger: Duration,
         owner: Weak<Channels>,
-        slot: Slot,
+        slot: (Slot, ProviderLease),
         stats: Arc<MediaStats>,
     ) -> Arc<Channel> {
+        let provider = slot.1.provider().map(String::from);
         Arc::new_cyclic(|me| Channel {
             stream_id,
             stream_name,
@@ -115,6 +121,7 @@ impl Channel {
             streams: OnceLock::new(),
             state: Mutex::new(State::default()),
             slot: Mutex::new(Some(slot)),
+            provider,
             ended: OnceLock::new(),
             users: AtomicUsize::new(0),
             draining: AtomicBool::new(false),
@@ -134,6 +141,16 @@ impl Channel {
         }
         self.users.fetch_add(1, Ordering::AcqRel);
         Some(ChannelUse(self.clone()))
+    }
+
+    /// The provider the channel's upstream connection counts against.
+    pub fn provider(&self) -> Option<String> {
+        self.provider.clone()
+    }
+
+    /// Requests joining or opening the channel that hold no viewer yet.
+    pub fn pending_requests(&self) -> usize {
+        self.users.load(Ordering::Acquire)
     }
 
     /// The source's streams once it has been opened.

@@ -34,6 +34,7 @@ use crate::media::ingest::SourcePlan;
 use crate::media::stats::MediaStats;
 use crate::media::{EndReason, Mode};
 use crate::pool::{AdmitError, Pool};
+use crate::providers::ProviderLease;
 
 /// How channels behave, from the settings.
 #[derive(Debug, Clone)]
@@ -75,19 +76,22 @@ impl Channels {
     }
 
     /// The channel of `stream_id`, joined; or a new one (taking a channel
-    /// slot, opening nothing yet).
-    pub fn join_or_create(
+    /// slot, then what `open` gives: the source plan and the provider
+    /// lease the channel holds until its upstream connection is closed;
+    /// opening nothing yet).
+    pub fn join_or_create<E: From<AdmitError>>(
         &self,
         stream_id: &str,
         stream_name: &str,
         protocol: &str,
-        plan: impl FnOnce() -> SourcePlan,
-    ) -> Result<ChannelUse, AdmitError> {
+        open: impl FnOnce() -> Result<(SourcePlan, ProviderLease), E>,
+    ) -> Result<ChannelUse, E> {
         let mut map = self.map.lock();
         if let Some(used) = map.get(stream_id).and_then(|c| c.enter()) {
             return Ok(used);
         }
         let slot = self.pool.enter_channel()?;
+        let (plan, lease) = open()?;
         let fanout = fanout::FanoutConfig {
             buffer: self.settings.viewer_buffer,
             stall: self.settings.stall,
@@ -96,16 +100,24 @@ impl Channels {
             stream_id.to_string(),
             stream_name.to_string(),
             protocol.to_string(),
-            plan(),
+            plan,
             fanout,
             self.settings.linger,
             self.me.clone(),
-            slot,
+            (slot, lease),
             self.stats.clone(),
         );
         let used = ch.enter().expect("a new channel is open");
         map.insert(stream_id.to_string(), ch);
         Ok(used)
+    }
+
+    /// Running channels whose connection counts against `provider`.
+    pub fn of_provider(&self, provider: &str) -> Vec<Arc<Channel>> {
+        self.all()
+            .into_iter()
+            .filter(|c| c.provider().as_deref() == Some(provider))
+            .collect()
     }
 
     /// The media engine's counters.

@@ -11,6 +11,7 @@ use warp::{Rejection, Reply};
 
 use crate::pool::AdmitError;
 use crate::preview::PreviewError;
+use crate::providers::ProviderBusy;
 
 /// An API error, usable both as a rejection and as a reply.
 #[derive(Debug, Clone)]
@@ -126,9 +127,24 @@ impl From<PreviewError> for ApiError {
             PreviewError::StartTimeout(_) => {
                 ApiError::new(StatusCode::GATEWAY_TIMEOUT, "start_timeout", msg)
             }
+            PreviewError::ProviderBusy(busy) => busy.into(),
         }
     }
 }
+
+impl From<ProviderBusy> for ApiError {
+    fn from(busy: ProviderBusy) -> Self {
+        ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "provider_busy",
+            format!("{busy}; try again when one of its channels has ended"),
+        )
+        .retry(PROVIDER_RETRY_AFTER)
+    }
+}
+
+/// `Retry-After` of a `provider_busy` answer: a channel's linger, roughly.
+pub const PROVIDER_RETRY_AFTER: u64 = 5;
 
 /// Turns every rejection into a JSON error.
 pub async fn recover(rej: Rejection) -> Result<Response, Infallible> {

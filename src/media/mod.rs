@@ -154,10 +154,13 @@ pub enum EndReason {
     StartTimeout,
     /// A viewer stayed behind its rendition for longer than `STALL_TIMEOUT`.
     SlowClient,
+    /// The channel made way for another of its provider, asked for by the
+    /// client that was its only viewer.
+    Switched,
 }
 
 impl EndReason {
-    pub const ALL: [EndReason; 8] = [
+    pub const ALL: [EndReason; 9] = [
         EndReason::ClientDisconnect,
         EndReason::SourceEos,
         EndReason::SourceError,
@@ -166,6 +169,7 @@ impl EndReason {
         EndReason::Shutdown,
         EndReason::StartTimeout,
         EndReason::SlowClient,
+        EndReason::Switched,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -178,6 +182,7 @@ impl EndReason {
             EndReason::Shutdown => "shutdown",
             EndReason::StartTimeout => "start_timeout",
             EndReason::SlowClient => "slow_client",
+            EndReason::Switched => "switched",
         }
     }
 }
