@@ -46,6 +46,18 @@ fn reject(e: impl Into<ApiError>) -> Rejection {
     warp::reject::custom(e.into())
 }
 
+/// A stream may only name a provider that exists.
+fn known_provider(state: &AppState, input: &StreamInput) -> Result<(), Rejection> {
+    match input.provider.as_deref() {
+        Some(p) if !p.is_empty() && !state.providers.exists(p) => {
+            Err(reject(ApiError::bad_request(format!(
+                "provider '{p}' does not exist (see /api/providers)"
+            ))))
+        }
+        _ => Ok(()),
+    }
+}
+
 pub fn routes(
     state: Arc<AppState>,
 ) -> impl Filter<Extract = (warp::reply::Response,), Error = Rejection> + Clone {
@@ -86,6 +98,7 @@ pub fn routes(
         .and_then(move |input: StreamInput| {
             let s = s.clone();
             async move {
+                known_provider(&s, &input)?;
                 let created = s.catalog.create(input).await.map_err(reject)?;
                 tracing::info!(stream_id = %created.id, url = %crate::redact::redact_url(&created.url), "stream created");
                 Ok::<_, Rejection>(json(&created, StatusCode::CREATED))
@@ -100,6 +113,7 @@ pub fn routes(
         .and_then(move |id: String, input: StreamInput| {
             let s = s.clone();
             async move {
+                known_provider(&s, &input)?;
                 let updated = s.catalog.update(&id, input).await.map_err(reject)?;
                 tracing::info!(stream_id = %updated.id, "stream updated");
                 Ok::<_, Rejection>(json(&updated, StatusCode::OK))

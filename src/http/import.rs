@@ -7,7 +7,10 @@
 //!   [`FETCH_TIMEOUT`]). Answers `{imported, updated, unchanged,
 //!   mergedAsBackup, skipped, errors: [{line, message}]}`; every skipped
 //!   entry has its line in `errors` (the first [`MAX_REPORTED_ERRORS`] of
-//!   them).
+//!   them). `provider` (the query parameter `?provider=<id>` with an M3U
+//!   body, or a `provider` field next to `url`: an id, or `{id, name,
+//!   maxConnections}` to create or update it) assigns every imported
+//!   stream to that provider.
 //! - `GET /playlist.m3u?format=ts|mp4&quality=`: the enabled streams as an
 //!   extended M3U whose URLs are this server's preview URLs, built from the
 //!   request's `Host` (TS by default: VLC and IPTV players play it best),
@@ -33,6 +36,7 @@ use super::{json, query_map, require_admin};
 use crate::catalog::{ImportEntry, ImportError};
 use crate::m3u;
 use crate::media::Format;
+use crate::providers::ImportProvider;
 use crate::redact::{error_chain, redact_url};
 use crate::AppState;
 
@@ -60,6 +64,8 @@ const M3U_TYPES: &[&str] = &[
 #[serde(deny_unknown_fields)]
 struct FromUrl {
     url: String,
+    /// Every imported stream's provider: an id, or `{id, name, maxConnections}`.
+    provider: Option<ImportProvider>,
 }
 
 pub fn routes(
@@ -71,11 +77,19 @@ pub fn routes(
         .and(warp::post())
         .and(require_admin(state.clone()))
         .and(warp::header::optional::<String>("content-type"))
+        .and(query_map())
         .and(super::limits::body(MAX_IMPORT_BODY))
-        .and_then(move |ct: Option<String>, body: Bytes| {
-            let st = st.clone();
-            async move { import(st, ct, body).await.map_err(warp::reject::custom) }
-        });
+        .and_then(
+            move |ct: Option<String>, q: HashMap<String, String>, body: Bytes| {
+                let st = st.clone();
+                let provider = q.get("provider").cloned().map(ImportProvider::Id);
+                async move {
+                    import(st, ct, provider, body)
+                        .await
+                        .map_err(warp::reject::custom)
+                }
+            },
+        );
     let st = state.clone();
     let export = super::routes::PLAYLIST
         .path()
@@ -101,6 +115,7 @@ pub fn routes(
 async fn import(
     state: Arc<AppState>,
     content_type: Option<String>,
+    mut provider: Option<ImportProvider>,
     body: Bytes,
 ) -> Result<warp::reply::Response, ApiError> {
     let mime = content_type.as_deref().map(|ct| {
@@ -114,6 +129,9 @@ async fn import(
         Some("application/json") => {
             let req: FromUrl = serde_json::from_slice(&body)
                 .map_err(|e| ApiError::bad_request(format!("invalid JSON body: {e}")))?;
+            if req.provider.is_some() {
+                provider = req.provider;
+            }
             fetch_playlist(&req.url).await?
         }
         None | Some("") => String::from_utf8_lossy(&body).into_owned(),
@@ -144,6 +162,21 @@ async fn import(
         return Err(ApiError::bad_request(
             "the body is not an M3U playlist (no #EXTM3U header and no URL lines)",
         ));
+    }
+    // The provider is settled (made, if the import describes a new one)
+    // before any stream names it.
+    let provider = match provider {
+        Some(p) => Some(state.providers.for_import(p).await.map_err(|e| match e {
+            crate::providers::ProviderError::NotFound(id) => ApiError::bad_request(format!(
+                "provider '{id}' does not exist: create it first, or pass {{\"id\", \"name\", \"maxConnections\"}}"
+            )),
+            other => other.into(),
+        })?),
+        None => None,
+    };
+    let mut entries = entries;
+    for e in &mut entries {
+        e.provider = provider.clone();
     }
     let parse_skipped = errors.len();
     let mut outcome = state.catalog.import(entries).await?;

@@ -15,6 +15,7 @@ pub mod limits;
 pub mod log;
 pub mod metrics;
 pub mod preview;
+pub mod providers;
 pub mod ratelimit;
 pub mod routes;
 pub mod status;
@@ -100,6 +101,8 @@ pub fn routes(
         .or(catalog::routes(state.clone()).boxed())
         .unify()
         .or(import::routes(state.clone()).boxed())
+        .unify()
+        .or(providers::routes(state.clone()).boxed())
         .unify()
         .or(validate::routes(state.clone()).boxed())
         .unify()

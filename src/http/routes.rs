@@ -76,6 +76,9 @@ pub const STREAMS: Route = route("/api/streams", ByMethod, Request);
 pub const STREAM_IMPORT: Route = route("/api/streams/import", ByMethod, Import);
 pub const STREAM_VALIDATE: Route = route("/api/streams/validate", Api, Request);
 pub const STREAM: Route = route("/api/streams/:id", ByMethod, Request);
+// Upstream accounts and their connection limits (SPEC §13).
+pub const PROVIDERS: Route = route("/api/providers", ByMethod, Request);
+pub const PROVIDER: Route = route("/api/providers/:id", ByMethod, Request);
 pub const STATUS: Route = route("/api/streams/transcoding/status", Unlimited, Request);
 pub const EVENTS: Route = route("/api/streams/transcoding/events", Unlimited, Streaming);
 pub const SESSION: Route = route(
@@ -113,6 +116,8 @@ pub const ROUTES: &[Route] = &[
     STREAM_IMPORT,
     STREAM_VALIDATE,
     STREAM,
+    PROVIDERS,
+    PROVIDER,
     STATUS,
     EVENTS,
     SESSION,
