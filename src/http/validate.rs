@@ -16,6 +16,11 @@
 //! rate-limit bucket (see [`super::ratelimit`]), not the mutating one, since
 //! it changes nothing.
 //!
+//! The probe counts against the provider of the URL (that of a catalog
+//! stream with this URL and an explicit provider, else the URL's implicit
+//! one) while it runs; at the provider's limit the answer is 503
+//! `provider_busy` and nothing is opened.
+//!
 //! Body: `{"url": "...", "timeout": ms (500..30000, default 10000),
 //! "headers": {"User-Agent": ...}}`. A dead or garbage source is `200` with
 //! `valid: false` and a credential-free `error`. The probe's deadline is
@@ -113,8 +118,19 @@ async fn handle(
     }
     let source = SourceUri::parse(&req.url, state.catalog.media_dir())
         .map_err(|e| ApiError::bad_request(format!("url: {e}")))?;
+    // The probe is an upstream connection like a channel's: it counts
+    // against the URL's provider, and is refused at its limit.
+    // Held here (the diagnosis after a failed probe connects too) and by
+    // the probe's discoverer until it has let go of the source.
+    let lease = Arc::new(
+        state
+            .providers
+            .try_open_url(&req.url, &state.catalog.snapshot())?,
+    );
     let started = std::time::Instant::now();
-    let report = probe::probe(&req.url, &source, &req.headers, timeout).await;
+    let report =
+        probe::probe_holding(&req.url, &source, &req.headers, timeout, lease.clone()).await;
+    drop(lease);
     tracing::info!(
         url = %crate::redact::redact_url(&req.url),
         valid = report.valid,

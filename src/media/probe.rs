@@ -118,6 +118,19 @@ pub async fn probe(
     headers: &BTreeMap<String, String>,
     timeout: Duration,
 ) -> ProbeReport {
+    probe_holding(url, source, headers, timeout, ()).await
+}
+
+/// [`probe`], keeping `held` (what accounts for the connection, such as a
+/// provider lease) until the discoverer has really let go of the source,
+/// even when the answer had to go out before it did.
+pub async fn probe_holding<H: Send + 'static>(
+    url: &str,
+    source: &SourceUri,
+    headers: &BTreeMap<String, String>,
+    timeout: Duration,
+    held: H,
+) -> ProbeReport {
     let protocol = protocol_of(url);
     let uri = match source {
         SourceUri::Test(t) => {
@@ -175,6 +188,7 @@ pub async fn probe(
         let found = discover(&uri, sent_headers, budget);
         RUNNING.fetch_sub(1, Ordering::SeqCst);
         drop(permit);
+        drop(held);
         found
     });
     let found = match tokio::time::timeout_at(hard_deadline, task).await {
