@@ -189,6 +189,35 @@ fn register_channels(r: &mut Registry, state: &AppState) {
     );
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ProviderLabel {
+    provider: String,
+}
+
+/// Connections open to each provider, and the limits set (ids only: an
+/// implicit provider's id is a hash, never its URL or credential).
+fn register_providers(r: &mut Registry, state: &AppState) {
+    let open = Family::<ProviderLabel, Gauge>::default();
+    let limits = Family::<ProviderLabel, Gauge>::default();
+    for p in state.providers.list(&state.catalog.snapshot()) {
+        let label = ProviderLabel { provider: p.id };
+        open.get_or_create(&label).set(p.connections as i64);
+        if let Some(max) = p.max_connections {
+            limits.get_or_create(&label).set(i64::from(max));
+        }
+    }
+    r.register(
+        "provider_connections",
+        "Upstream connections open, by provider (channels and validate probes)",
+        open,
+    );
+    r.register(
+        "provider_max_connections",
+        "Connection limit of each provider that has one",
+        limits,
+    );
+}
+
 /// A registry of the values that live elsewhere, as they are right now.
 fn scrape_registry(state: &AppState) -> Registry {
     let mut r = Registry::with_prefix(PREFIX);
@@ -280,6 +309,7 @@ fn scrape_registry(state: &AppState) -> Registry {
     );
 
     register_channels(&mut r, state);
+    register_providers(&mut r, state);
 
     let rss: Gauge = Gauge::default();
     rss.set(state.memory.rss() as i64);

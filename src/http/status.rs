@@ -21,6 +21,7 @@ use crate::channels::ChannelView;
 use crate::media::EndReason;
 use crate::memory::MemoryReport;
 use crate::pool::QueueEntry;
+use crate::providers::ProviderView;
 use crate::sessions::SessionView;
 use crate::AppState;
 
@@ -37,6 +38,8 @@ pub struct TranscodingStatus {
     pub sessions: Vec<SessionView>,
     pub channels: Vec<ChannelView>,
     pub queue: Vec<QueueEntry>,
+    /// Providers with a limit or open connections (all: `/api/providers`).
+    pub providers: Vec<ProviderView>,
 }
 
 /// The status document; cheap (atomics and two short locks).
@@ -59,6 +62,12 @@ pub fn status(state: &AppState) -> TranscodingStatus {
         sessions,
         channels: state.channels.views(),
         queue: pool.queue,
+        providers: state
+            .providers
+            .list(&state.catalog.snapshot())
+            .into_iter()
+            .filter(|p| p.connections > 0 || p.max_connections.is_some())
+            .collect(),
     }
 }
 

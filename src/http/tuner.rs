@@ -50,15 +50,29 @@ fn base_url(
     Ok(format!("{}://{host}", if https { "https" } else { "http" }))
 }
 
-/// The tuner's channels a media server may still open now.
+/// The tuner's channels a media server may still open now: the free
+/// encoder slots, channel slots and provider connections, whichever is
+/// smallest.
 pub fn tuner_count(state: &AppState) -> usize {
     let pool = state.pool.snapshot();
+    let free_channels = state.settings.max_channels.saturating_sub(pool.channels);
+    let lineup: Vec<_> = state
+        .catalog
+        .snapshot()
+        .iter()
+        .filter(|s| s.enabled)
+        .cloned()
+        .collect();
     tuner::tuner_count(
         pool.max_transcodes,
         pool.transcodes,
         state.memory.status(),
         state.shutdown.is_shutting_down(),
     )
+    .min(tuner::channel_room(
+        free_channels,
+        state.providers.room(&lineup),
+    ))
 }
 
 pub fn routes(

@@ -313,6 +313,26 @@ impl Providers {
             .collect()
     }
 
+    /// New connections the providers of `streams` still allow together:
+    /// None when one of the streams has no provider or its provider no
+    /// limit (nothing bounds it then).
+    pub fn room(&self, streams: &[Stream]) -> Option<usize> {
+        let mut limited: BTreeMap<String, u32> = BTreeMap::new();
+        for s in streams {
+            let a = self.assigned(s)?;
+            limited.insert(a.id, a.limit?);
+        }
+        let open = self.counts.open.lock();
+        Some(
+            limited
+                .iter()
+                .map(|(id, limit)| {
+                    (*limit as usize).saturating_sub(open.get(id).copied().unwrap_or(0))
+                })
+                .sum(),
+        )
+    }
+
     /// Every provider: the explicit ones, the implicit ones of the catalog's
     /// streams and those with a stored limit, each with its streams and
     /// open connections.

@@ -200,3 +200,26 @@ fn import_provider_is_an_id_or_an_object() {
         serde_json::from_str(r#"{"id": "acme", "name": "Acme", "maxConnections": 2}"#).unwrap();
     assert!(matches!(spec, ImportProvider::Spec(ref i) if i.max_connections == Some(Some(2))));
 }
+
+#[tokio::test]
+async fn room_is_the_connections_left_unless_something_is_unlimited() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = Providers::open(dir.path()).unwrap();
+    p.create(input("a", "A", Some(2))).await.unwrap();
+    p.create(input("b", "B", Some(1))).await.unwrap();
+    let streams = vec![
+        stream("a1", "http://h/1", Some("a")),
+        stream("a2", "http://h/2", Some("a")),
+        stream("b1", "http://h/3", Some("b")),
+    ];
+    assert_eq!(p.room(&streams), Some(3));
+    let held = p.try_open(&streams[0]).unwrap();
+    assert_eq!(p.room(&streams), Some(2));
+    let held2 = p.try_open(&streams[2]).unwrap();
+    assert_eq!(p.room(&streams), Some(1));
+    let mut more = streams.clone();
+    more.push(stream("free", "http://elsewhere/x", None));
+    assert_eq!(p.room(&more), None, "an implicit provider without a limit");
+    drop((held, held2));
+    assert_eq!(p.room(&streams), Some(3));
+}

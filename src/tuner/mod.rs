@@ -209,6 +209,13 @@ pub fn tuner_count(
     max_transcodes.saturating_sub(running_transcodes)
 }
 
+/// How many more channels sluice may open: its free channel slots (one
+/// upstream connection each), bounded by the connections the providers of
+/// the lineup still allow (None: one of them has no limit).
+pub fn channel_room(free_channels: usize, provider_room: Option<usize>) -> usize {
+    provider_room.map_or(free_channels, |p| p.min(free_channels))
+}
+
 fn xml_escape(s: &str) -> String {
     s.replace('&', "&amp;")
         .replace('<', "&lt;")
@@ -336,6 +343,14 @@ mod tests {
         assert_eq!(tuner_count(3, 5, MemoryStatus::Ok, false), 0);
         assert_eq!(tuner_count(3, 0, MemoryStatus::Critical, false), 0);
         assert_eq!(tuner_count(3, 0, MemoryStatus::Ok, true), 0);
+    }
+
+    #[test]
+    fn channel_room_is_the_smaller_of_slots_and_provider_connections() {
+        assert_eq!(channel_room(20, None), 20);
+        assert_eq!(channel_room(20, Some(2)), 2);
+        assert_eq!(channel_room(1, Some(2)), 1);
+        assert_eq!(channel_room(20, Some(0)), 0);
     }
 
     #[test]
