@@ -1,7 +1,8 @@
 //! HDHomeRun tuner emulation over HTTP: a client that follows Plex's
 //! sequence (discover -> lineup_status -> lineup -> lineup.post -> open a
 //! channel) gets documents that parse and a channel that plays; the device
-//! keeps its DeviceID across restarts; TunerCount follows the free slots;
+//! keeps its DeviceID across restarts; TunerCount follows the free slots
+//! and the connections the lineup's providers still allow;
 //! the HDHR_* settings shape the answers.
 
 mod common;
@@ -221,6 +222,80 @@ async fn plex_sequence_discovers_lists_and_plays_a_channel() {
         .await
         .unwrap();
     assert_eq!(r.status(), 404);
+    ts.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tuner_count_drops_when_a_provider_limit_is_reached() {
+    let ts = start().await;
+    let c = client();
+    // The lineup: two channels of one account that allows one connection.
+    for s in ts.state().catalog.snapshot().iter() {
+        let r = c
+            .put(ts.url(&format!("/api/streams/{}", s.id)))
+            .json(&serde_json::json!({"enabled": false}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200);
+    }
+    let r = c
+        .post(ts.url("/api/providers"))
+        .json(&serde_json::json!({"id": "acme", "name": "Acme", "maxConnections": 1}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 201);
+    for id in ["one", "two"] {
+        let r = c
+            .post(ts.url("/api/streams"))
+            .json(&serde_json::json!({
+                "id": id, "name": id, "provider": "acme",
+                "url": "test://ball?size=320x240&rate=25"
+            }))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 201);
+    }
+    let tuners = || async { get_json(&ts.url("/discover.json")).await["TunerCount"].clone() };
+    assert_eq!(tuners().await, 1, "the provider allows one connection");
+
+    let resp = c
+        .get(ts.url("/streams/preview/one?format=ts&quality=low"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    assert_eq!(
+        tuners().await,
+        0,
+        "encoders and channel slots are free, the provider is not"
+    );
+    let r = c
+        .get(ts.url("/streams/preview/two?format=ts&quality=low"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200, "one client switches, as Plex does");
+    assert_eq!(tuners().await, 0);
+    drop(resp);
+    drop(r);
+    assert!(
+        eventually(Duration::from_secs(10), || {
+            ts.state().providers.connections("acme") == 0
+        })
+        .await
+    );
+    assert_eq!(tuners().await, 1, "the tuner comes back after the hang-up");
+    let r = c
+        .put(ts.url("/api/providers/acme"))
+        .json(&serde_json::json!({"maxConnections": 5}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(tuners().await, 3, "now the encoder slots bound it");
     ts.stop().await;
 }
 
