@@ -281,12 +281,19 @@ async fn channel(
         Err(PreviewError::ProviderBusy(busy)) => busy,
         other => return other,
     };
-    let Some(victim) = switchable(state, req.client_ip, &busy.id) else {
-        tracing::info!(stream_id = %s.id, provider = %busy.id, limit = busy.limit, client_ip = %req.client_ip, "provider at its limit");
-        return Err(PreviewError::ProviderBusy(busy));
-    };
-    tracing::info!(stream_id = %s.id, from = %victim.stream_id, provider = %busy.id, client_ip = %req.client_ip, "switching channels: the provider is at its limit");
-    victim.stop(EndReason::Switched);
+    match switchable(state, req.client_ip, &busy.id) {
+        Some(victim) => {
+            tracing::info!(stream_id = %s.id, from = %victim.stream_id, provider = %busy.id, client_ip = %req.client_ip, "switching channels: the provider is at its limit");
+            victim.stop(EndReason::Switched);
+        }
+        // A channel that just ended (a client reopening what it closed) is
+        // closing its connection: wait for it rather than refuse.
+        None if state.providers.closing(&busy.id) > 0 => {}
+        None => {
+            tracing::info!(stream_id = %s.id, provider = %busy.id, limit = busy.limit, client_ip = %req.client_ip, "provider at its limit");
+            return Err(PreviewError::ProviderBusy(busy));
+        }
+    }
     // The stopped channel gives its connection back once its pipeline is
     // down: the provider never sees both at once.
     let wait = deadline.min(tokio::time::Instant::now() + SWITCH_WAIT);

@@ -403,6 +403,9 @@ impl Channel {
             }
         });
         let slot = self.slot.lock().take();
+        if let Some((_, lease)) = &slot {
+            lease.mark_closing();
+        }
         let me = self.me.upgrade();
         let release = move || {
             for r in &renditions {

@@ -70,6 +70,8 @@ pub struct ProviderBusy {
 #[derive(Default)]
 struct Counts {
     open: Mutex<HashMap<String, usize>>,
+    /// Of those, connections being closed (their lease is marked closing).
+    closing: Mutex<HashMap<String, usize>>,
     released: tokio::sync::Notify,
 }
 
@@ -79,12 +81,28 @@ struct Counts {
 #[must_use = "the connection is given back when the lease is dropped"]
 pub struct ProviderLease {
     held: Option<(Arc<Counts>, String)>,
+    closing: std::sync::atomic::AtomicBool,
 }
 
 impl ProviderLease {
     /// A lease that counts against no provider.
     pub fn none() -> ProviderLease {
-        ProviderLease { held: None }
+        ProviderLease {
+            held: None,
+            closing: Default::default(),
+        }
+    }
+
+    /// Says the connection is being closed (it is given back when the
+    /// lease is dropped): a request at the provider's limit waits for it
+    /// rather than being refused.
+    pub fn mark_closing(&self) {
+        use std::sync::atomic::Ordering;
+        if let Some((counts, id)) = &self.held {
+            if !self.closing.swap(true, Ordering::AcqRel) {
+                *counts.closing.lock().entry(id.clone()).or_insert(0) += 1;
+            }
+        }
     }
 
     /// The provider the connection counts against.
@@ -104,6 +122,15 @@ impl std::fmt::Debug for ProviderLease {
 impl Drop for ProviderLease {
     fn drop(&mut self) {
         if let Some((counts, id)) = self.held.take() {
+            if *self.closing.get_mut() {
+                let mut closing = counts.closing.lock();
+                if let Some(n) = closing.get_mut(&id) {
+                    *n = n.saturating_sub(1);
+                    if *n == 0 {
+                        closing.remove(&id);
+                    }
+                }
+            }
             {
                 let mut open = counts.open.lock();
                 if let Some(n) = open.get_mut(&id) {
@@ -258,6 +285,7 @@ impl Providers {
         *n += 1;
         Ok(ProviderLease {
             held: Some((self.counts.clone(), a.id)),
+            closing: Default::default(),
         })
     }
 
@@ -295,6 +323,11 @@ impl Providers {
                 }
             }
         }
+    }
+
+    /// Connections to provider `id` being closed now (given back soon).
+    pub fn closing(&self, id: &str) -> usize {
+        self.counts.closing.lock().get(id).copied().unwrap_or(0)
     }
 
     /// Connections open now to provider `id`.

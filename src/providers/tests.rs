@@ -223,3 +223,20 @@ async fn room_is_the_connections_left_unless_something_is_unlimited() {
     drop((held, held2));
     assert_eq!(p.room(&streams), Some(3));
 }
+
+#[tokio::test]
+async fn a_closing_connection_is_counted_until_it_is_given_back() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = Providers::open(dir.path()).unwrap();
+    p.create(input("one", "One", Some(1))).await.unwrap();
+    let s = stream("s", "http://h/s.ts", Some("one"));
+    let lease = p.try_open(&s).unwrap();
+    assert_eq!(p.closing("one"), 0);
+    lease.mark_closing();
+    lease.mark_closing();
+    assert_eq!(p.closing("one"), 1, "marked once");
+    assert!(p.try_open(&s).is_err(), "still open until dropped");
+    drop(lease);
+    assert_eq!((p.closing("one"), p.connections("one")), (0, 0));
+    ProviderLease::none().mark_closing();
+}
