@@ -350,6 +350,18 @@ async fn a_client_switching_channels_at_the_limit_never_holds_two_connections() 
             Some(1.0)
         );
 
+        let status = get_json(&ts.url("/api/streams/transcoding/status")).await;
+        let running = status["channels"].as_array().unwrap();
+        assert_eq!(running.len(), 1, "{status}");
+        assert_eq!(running[0]["upstream"]["provider"], "acme", "{status}");
+        let listed = status["providers"].as_array().unwrap();
+        assert!(
+            listed
+                .iter()
+                .any(|p| p["id"] == "acme" && p["connections"] == 1 && p["maxConnections"] == 1),
+            "{status}"
+        );
+
         // ch2 now has viewers of two clients: A asking for ch1 is refused.
         expect_busy(a.get(ts.url(&remux("ch1"))).send().await.unwrap()).await;
 

@@ -27,6 +27,9 @@ pub struct ChannelView {
 #[serde(rename_all = "camelCase")]
 pub struct UpstreamView {
     pub protocol: String,
+    /// The provider the connection counts against (none for local sources).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub provider: Option<String>,
     pub reconnects: u64,
     pub bitrate_kbps: u64,
 }
@@ -110,6 +113,7 @@ impl Channel {
             start_time: self.start_ms,
             upstream: UpstreamView {
                 protocol: self.protocol.clone(),
+                provider: self.provider(),
                 reconnects: run.map_or(0, |r| r.reconnects()),
                 bitrate_kbps,
             },
