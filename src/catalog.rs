@@ -1027,6 +1027,44 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn an_import_assigns_its_provider_to_new_and_matched_streams() {
+        let dir = tempfile::tempdir().unwrap();
+        let (cat, _) = Catalog::open(dir.path(), None).unwrap();
+        let e = |line, url: &str, provider: Option<&str>| ImportEntry {
+            line,
+            name: format!("S{line}"),
+            url: url.into(),
+            provider: provider.map(Into::into),
+            ..Default::default()
+        };
+        let out = cat
+            .import(vec![e(2, "http://h/1", None), e(4, "http://h/2", None)])
+            .await
+            .unwrap();
+        assert_eq!(out.imported, 2);
+        let out = cat
+            .import(vec![
+                e(2, "http://h/1", Some("acme")),
+                e(4, "http://h/3", Some("acme")),
+            ])
+            .await
+            .unwrap();
+        assert_eq!((out.imported, out.updated), (1, 1));
+        let provider_of = |url: &str| {
+            cat.snapshot()
+                .iter()
+                .find(|s| s.url == url)
+                .and_then(|s| s.provider.clone())
+        };
+        assert_eq!(provider_of("http://h/1").as_deref(), Some("acme"));
+        assert_eq!(provider_of("http://h/2"), None, "not in this import");
+        assert_eq!(provider_of("http://h/3").as_deref(), Some("acme"));
+        // An import without a provider keeps the one a stream has.
+        cat.import(vec![e(2, "http://h/1", None)]).await.unwrap();
+        assert_eq!(provider_of("http://h/1").as_deref(), Some("acme"));
+    }
+
+    #[tokio::test]
     async fn mirrors_merge_up_to_the_backup_limit_and_attributes_are_kept() {
         let dir = tempfile::tempdir().unwrap();
         let (cat, _) = Catalog::open(dir.path(), None).unwrap();

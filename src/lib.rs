@@ -2,7 +2,7 @@
 //! GStreamer pipelines and served over HTTP.
 //!
 //! Request flow: HTTP request ([`http`]) -> catalog lookup ([`catalog`]) ->
-//! admission ([`pool`], [`memory`]) -> pipeline ([`media`]) -> response body.
+//! admission ([`pool`], [`memory`], [`providers`]) -> pipeline ([`media`]) -> response body.
 //! [`preview`] ties the steps together; [`sessions`] tracks what runs;
 //! [`shutdown`] drains it all.
 

@@ -167,6 +167,10 @@ impl Drop for CountingUpstream {
 
 /// A server with the per-client and rate limits out of the way.
 async fn server() -> TestServer {
+    server_with(|_| {}).await
+}
+
+async fn server_with(tweak: impl FnOnce(&mut sluice::config::Settings)) -> TestServer {
     sluice::memory::limit_arenas();
     start_with(|s| {
         let off = || sluice::http::ratelimit::Rate::parse("off").unwrap();
@@ -176,6 +180,7 @@ async fn server() -> TestServer {
         s.max_sessions_per_client = 64;
         s.max_viewers = 64;
         s.max_remux = 16;
+        tweak(s)
     })
     .await
 }
@@ -482,6 +487,51 @@ async fn an_xtream_account_is_one_implicit_provider_that_holds_its_limit_under_l
         2,
         "the upstream saw more than two connections at once"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lingering_channel_nobody_watches_makes_way_for_another_client() {
+    let _turn = SERIAL.lock().await;
+    let up = CountingUpstream::start().await;
+    let ts = server_with(|s| s.channel_linger_ms = 30_000).await;
+    run(ts, async |ts| {
+        let r = client()
+            .post(ts.url("/api/providers"))
+            .json(&json!({"id": "one", "name": "One", "maxConnections": 1}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 201);
+        for id in ["a", "b"] {
+            let r = client()
+                .post(ts.url("/api/streams"))
+                .json(&json!({"id": id, "name": id, "url": up.url(&format!("/{id}.ts")), "provider": "one"}))
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(r.status(), 201);
+        }
+        let (a, b) = (client_from("127.0.0.1"), client_from("127.0.0.2"));
+        let watching = open_ok(&a, ts, "a").await;
+        // Watched by A: B is refused.
+        expect_busy(b.get(ts.url(&remux("b"))).send().await.unwrap()).await;
+        drop(watching);
+        assert!(
+            eventually(Duration::from_secs(10), || ts.state().registry.is_empty()).await,
+            "A's viewer ends when A hangs up"
+        );
+        assert!(
+            ts.state().channels.get("a").is_some(),
+            "the channel lingers after its last viewer"
+        );
+        // Nobody watches it now: B's request switches it off.
+        let _b = open_ok(&b, ts, "b").await;
+        assert!(ts.state().channels.get("a").is_none());
+        assert_eq!(up.accepted(), 2);
+        assert_eq!(ts.state().providers.connections("one"), 1);
+    })
+    .await;
+    assert_eq!(up.peak(), 1, "the upstream saw two connections at once");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
