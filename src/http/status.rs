@@ -62,12 +62,7 @@ pub fn status(state: &AppState) -> TranscodingStatus {
         sessions,
         channels: state.channels.views(),
         queue: pool.queue,
-        providers: state
-            .providers
-            .list(&state.catalog.snapshot())
-            .into_iter()
-            .filter(|p| p.connections > 0 || p.max_connections.is_some())
-            .collect(),
+        providers: state.providers.active(&state.catalog.snapshot()),
     }
 }
 

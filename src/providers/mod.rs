@@ -421,6 +421,23 @@ impl Providers {
         out
     }
 
+    /// The providers with a limit or open connections (what status shows);
+    /// cheap when there are none.
+    pub fn active(&self, streams: &[Stream]) -> Vec<ProviderView> {
+        let limited = self
+            .store
+            .snapshot()
+            .iter()
+            .any(|p| p.max_connections.is_some());
+        if !limited && self.counts.open.lock().is_empty() {
+            return Vec::new();
+        }
+        self.list(streams)
+            .into_iter()
+            .filter(|p| p.connections > 0 || p.max_connections.is_some())
+            .collect()
+    }
+
     /// One provider's view (explicit, implicit of the catalog, or stored).
     pub fn view(&self, id: &str, streams: &[Stream]) -> Option<ProviderView> {
         self.list(streams).into_iter().find(|v| v.id == id)

@@ -220,8 +220,20 @@ async fn room_is_the_connections_left_unless_something_is_unlimited() {
     let mut more = streams.clone();
     more.push(stream("free", "http://elsewhere/x", None));
     assert_eq!(p.room(&more), None, "an implicit provider without a limit");
+    let active: Vec<String> = p.active(&more).into_iter().map(|v| v.id).collect();
+    assert_eq!(active, ["a", "b"], "limited or connected");
     drop((held, held2));
     assert_eq!(p.room(&streams), Some(3));
+    p.delete("a", &[]).await.unwrap();
+    p.delete("b", &[]).await.unwrap();
+    assert!(p.active(&more).is_empty());
+    let open = p.try_open(&more[3]).unwrap();
+    assert_eq!(
+        p.active(&more).len(),
+        1,
+        "an unlimited provider with a connection"
+    );
+    drop(open);
 }
 
 #[tokio::test]
