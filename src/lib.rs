@@ -24,6 +24,7 @@ pub mod profiles;
 pub mod redact;
 pub mod sessions;
 pub mod shutdown;
+pub mod snapshot;
 pub mod tuner;
 
 use std::net::SocketAddr;
@@ -45,6 +46,8 @@ pub struct AppState {
     pub shutdown: Arc<shutdown::Shutdown>,
     pub health: Arc<health::HealthCache>,
     pub metrics: metrics::Metrics,
+    /// Channel snapshots: their cache and capture slots.
+    pub snapshots: Arc<snapshot::Snapshots>,
     /// The HDHomeRun tuner identity; `None` when `HDHR_ENABLED=false`.
     pub tuner: Option<tuner::Identity>,
 }
@@ -157,6 +160,7 @@ pub fn build_state(settings: Settings) -> Result<Arc<AppState>, StartError> {
     if !missing.is_empty() {
         tracing::error!(missing = %missing.join(", "), "GStreamer elements are missing: install the plugins listed in README");
     }
+    let snapshots = snapshot::Snapshots::new(settings.snapshot_ttl(), settings.max_snapshots);
     Ok(Arc::new(AppState {
         settings,
         profiles,
@@ -169,6 +173,7 @@ pub fn build_state(settings: Settings) -> Result<Arc<AppState>, StartError> {
         shutdown: shutdown::Shutdown::new(),
         health,
         metrics: metrics::Metrics::default(),
+        snapshots,
         tuner,
     }))
 }

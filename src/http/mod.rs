@@ -17,6 +17,7 @@ pub mod metrics;
 pub mod preview;
 pub mod ratelimit;
 pub mod routes;
+pub mod snapshot;
 pub mod status;
 pub mod tuner;
 pub mod validate;
@@ -112,6 +113,8 @@ pub fn routes(
         .or(metrics::routes(state.clone()).boxed())
         .unify()
         .or(tuner::routes(state.clone()).boxed())
+        .unify()
+        .or(snapshot::routes(state.clone()).boxed())
         .unify()
         .boxed();
     // Rate limits come first (a refused request does no work); their

@@ -1,0 +1,167 @@
+//! Taking one picture of a channel: from the channel that runs (no new
+//! upstream connection), or from the source opened for that one picture.
+//!
+//! ```text
+//! running: raw video tee --(copy next frame)--------------------> Frame
+//!          es video tee  --(latest keyframe, kept by the channel)-> Frame
+//! idle:    source -> demux -> es video tee --(first keyframe; every other
+//!          buffer dropped there, no decoder, no audio branch)---> Frame
+//!          then the pipeline goes to NULL (upstream closed)
+//! ```
+//!
+//! The picture is encoded by [`super::jpeg`]. Nothing here knows warp.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::time::Instant;
+
+use super::SnapshotError;
+use crate::channels::frame::{self, Frame, KeyframeCache};
+use crate::channels::{Channel, PictureSource};
+use crate::media::ingest::SourcePlan;
+use crate::media::running::Running;
+use crate::media::stats::MediaStats;
+use crate::media::{EndReason, MediaError};
+
+/// How long a running channel that is still opening is waited for.
+const OPENING_POLL: Duration = Duration::from_millis(50);
+/// How long an idle capture's pipeline may take to reach NULL before the
+/// answer goes out anyway.
+const CLOSE_WAIT: Duration = Duration::from_secs(3);
+
+/// A picture of the running channel `ch`; None when the channel closed
+/// before one could be taken (the caller then opens the source itself).
+pub async fn from_channel(
+    ch: &Arc<Channel>,
+    deadline: Instant,
+) -> Option<Result<Frame, SnapshotError>> {
+    let source = loop {
+        if let Some(s) = ch.picture() {
+            break s;
+        }
+        if ch.ended().is_some() || Instant::now() >= deadline {
+            return None;
+        }
+        tokio::time::sleep(OPENING_POLL).await;
+    };
+    let got = match source {
+        PictureSource::NoVideo => return Some(Err(SnapshotError::NoVideo)),
+        PictureSource::Raw(rx) => tokio::time::timeout_at(deadline, async { rx.await.ok() })
+            .await
+            .ok()
+            .flatten(),
+        PictureSource::Keyframe(cache) => {
+            tokio::time::timeout_at(deadline, cache.next()).await.ok()
+        }
+    };
+    match got {
+        Some(f) => Some(Ok(f)),
+        None if ch.ended().is_some() => None,
+        None => Some(Err(SnapshotError::Timeout)),
+    }
+}
+
+/// The source of a channel that is not running, opened for one picture.
+/// Dropping it without [`IdleCapture::close`] still ends the pipeline.
+pub struct IdleCapture {
+    running: Arc<Running>,
+}
+
+/// Opens `plan`'s source for a capture: the one place an idle capture
+/// makes its upstream connection.
+pub async fn open_idle_capture(
+    name: String,
+    plan: SourcePlan,
+    stats: Arc<MediaStats>,
+) -> Result<IdleCapture, SnapshotError> {
+    let running = Running::open(name, plan, stats)
+        .await
+        .map_err(source_failed)?;
+    Ok(IdleCapture { running })
+}
+
+/// What an idle capture waits on once its media flows.
+enum Waiting {
+    Raw(Option<tokio::sync::oneshot::Receiver<Frame>>),
+    Keyframe(Arc<KeyframeCache>),
+}
+
+impl IdleCapture {
+    /// The source's first video keyframe (for a raw `test://` source, its
+    /// first picture).
+    pub async fn picture(&self, deadline: Instant) -> Result<Frame, SnapshotError> {
+        let work = async {
+            let streams = self.running.streams().await.map_err(source_failed)?;
+            if streams.video.is_none() {
+                return Err(SnapshotError::NoVideo);
+            }
+            let (_, waiting) = self
+                .running
+                .activate(|_, heads| {
+                    if let Some(raw) = &heads.raw[0] {
+                        return Ok(Waiting::Raw(frame::next_raw(raw)));
+                    }
+                    match &heads.es[0] {
+                        Some(es) => {
+                            let cache = Arc::new(KeyframeCache::default());
+                            cache.watch(es);
+                            Ok(Waiting::Keyframe(cache))
+                        }
+                        None => Err(MediaError::SourceFailed("the source has no video".into())),
+                    }
+                })
+                .await
+                .map_err(source_failed)?;
+            let failed = || {
+                SnapshotError::SourceFailed(
+                    self.running
+                        .error()
+                        .unwrap_or_else(|| "the source ended before its first picture".into()),
+                )
+            };
+            match waiting {
+                Waiting::Raw(rx) => rx.ok_or_else(failed)?.await.map_err(|_| failed()),
+                Waiting::Keyframe(cache) => {
+                    let running = self.running.clone();
+                    tokio::select! {
+                        f = cache.next() => Ok(f),
+                        _ = ended(&running) => Err(failed()),
+                    }
+                }
+            }
+        };
+        tokio::time::timeout_at(deadline, work)
+            .await
+            .unwrap_or(Err(SnapshotError::Timeout))
+    }
+
+    /// Ends the pipeline and waits (briefly) until it reached NULL, so the
+    /// upstream connection is closed when the answer goes out.
+    pub async fn close(self) {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        self.running.on_teardown(Box::new(move |_| {
+            let _ = tx.send(());
+        }));
+        self.running.end(EndReason::ClientDisconnect);
+        let _ = tokio::time::timeout(CLOSE_WAIT, rx).await;
+    }
+}
+
+/// Resolves when the pipeline failed or ended.
+async fn ended(running: &Running) {
+    loop {
+        if running.error().is_some() || running.reason().is_some() {
+            return;
+        }
+        tokio::time::sleep(OPENING_POLL).await;
+    }
+}
+
+fn source_failed(e: MediaError) -> SnapshotError {
+    match e {
+        MediaError::StartTimeout => SnapshotError::Timeout,
+        MediaError::Ended(EndReason::Shutdown) => SnapshotError::ShuttingDown,
+        other => SnapshotError::SourceFailed(crate::redact::redact_text(&other.to_string())),
+    }
+}
