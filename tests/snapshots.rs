@@ -532,3 +532,30 @@ async fn an_audio_only_stream_answers_no_video() {
     assert_eq!(v["error"], "no_video", "{v}");
     ts.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_last_picture_stands_in_when_the_source_cannot_be_opened() {
+    let up = Upstream::start(None).await;
+    let ts = server(|s| s.snapshot_ttl_ms = 200).await;
+    add_stream(&ts, "live", &up.url("/live.ts")).await;
+    let (status, h, body, _) = snap(&ts, "/streams/snapshot/live.jpg").await;
+    assert_eq!(status, 200, "{}", String::from_utf8_lossy(&body));
+    assert_eq!(h["x-sluice-source-size"], "320x240");
+    // The upstream goes away: new connections are refused.
+    drop(up);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let (status, h2, body2, _) = snap(&ts, "/streams/snapshot/live.jpg").await;
+    assert_eq!(status, 200, "{}", String::from_utf8_lossy(&body2));
+    assert_eq!(body2, body, "the last picture is served");
+    assert_eq!(h2["etag"], h["etag"]);
+    assert_eq!(h2["cache-control"], "max-age=0", "a stand-in is not cached");
+    let age: u64 = h2["x-sluice-snapshot-age"].to_str().unwrap().parse().unwrap();
+    assert!(age < 5, "age {age}");
+    let m = scrape(&ts).await;
+    assert_eq!(metric(&m, "sluice_snapshot_stale_served_total", &[]), Some(1.0));
+    assert_eq!(
+        metric(&m, "sluice_snapshot_capture_failures_total", &[]),
+        Some(1.0)
+    );
+    ts.stop().await;
+}

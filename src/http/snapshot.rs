@@ -98,7 +98,11 @@ async fn handle(
     q: HashMap<String, String>,
     if_none_match: Option<String>,
 ) -> Result<warp::reply::Response, ApiError> {
-    let req = parse_request(&file, &q, state.settings.start_timeout())?;
+    // The answer has to come within the request deadline: a capture that
+    // cannot make it in time answers 504 (or an older picture) first.
+    let limit = super::limits::REQUEST_TIMEOUT.saturating_sub(Duration::from_secs(1));
+    let mut req = parse_request(&file, &q, state.settings.start_timeout())?;
+    req.timeout = req.timeout.min(limit);
     let shot = Snapshots::get(&state, &req.stream_id, req.width, req.timeout)
         .await
         .map_err(ApiError::from)?;
@@ -138,13 +142,18 @@ async fn handle(
         "x-sluice-snapshot-age",
         HeaderValue::from(p.age().as_secs()),
     );
+    if let Some((w, ht)) = p.source_size {
+        if let Ok(v) = HeaderValue::from_str(&format!("{w}x{ht}")) {
+            h.insert("x-sluice-source-size", v);
+        }
+    }
     h.insert(
         "x-content-type-options",
         HeaderValue::from_static("nosniff"),
     );
     h.insert(
         "access-control-expose-headers",
-        HeaderValue::from_static("ETag, X-Sluice-Snapshot-Age"),
+        HeaderValue::from_static("ETag, X-Sluice-Snapshot-Age, X-Sluice-Source-Size"),
     );
     Ok(res.into_response())
 }

@@ -18,8 +18,10 @@ const STALE_TTLS: u32 = 20;
 pub struct Picture {
     pub jpeg: Bytes,
     pub etag: String,
-    /// Wall-clock time of the capture (`Last-Modified`).
+    /// Wall-clock time of the capture.
     pub taken_at: SystemTime,
+    /// The source picture's size (width, height), when its caps said.
+    pub source_size: Option<(u32, u32)>,
     taken: Instant,
 }
 
@@ -61,11 +63,13 @@ impl PictureCache {
         width: u32,
         jpeg: Bytes,
         taken_at: SystemTime,
+        source_size: Option<(u32, u32)>,
     ) -> Picture {
         let picture = Picture {
             etag: super::etag_of(&jpeg),
             jpeg,
             taken_at,
+            source_size,
             taken: Instant::now(),
         };
         let mut map = self.map.lock();
@@ -83,10 +87,6 @@ impl PictureCache {
         map.insert((stream.to_string(), width), picture.clone());
         picture
     }
-
-    pub(super) fn forget(&self, stream: &str) {
-        self.map.lock().retain(|(s, _), _| s != stream);
-    }
 }
 
 #[cfg(test)]
@@ -96,21 +96,37 @@ mod tests {
     #[test]
     fn a_picture_is_fresh_for_the_ttl_then_only_stands_in() {
         let cache = PictureCache::new(Duration::from_millis(50));
-        let p = cache.insert("a", 320, Bytes::from_static(b"jpeg"), SystemTime::now());
+        let p = cache.insert(
+            "a",
+            320,
+            Bytes::from_static(b"jpeg"),
+            SystemTime::now(),
+            None,
+        );
         assert_eq!(cache.fresh("a", 320).unwrap().etag, p.etag);
         assert!(cache.fresh("a", 640).is_none());
         std::thread::sleep(Duration::from_millis(60));
         assert!(cache.fresh("a", 320).is_none());
         assert_eq!(cache.latest("a", 320).unwrap().etag, p.etag);
-        cache.forget("a");
-        assert!(cache.latest("a", 320).is_none());
     }
 
     #[test]
     fn different_pictures_have_different_tags() {
         let cache = PictureCache::new(Duration::from_secs(1));
-        let a = cache.insert("a", 320, Bytes::from_static(b"one"), SystemTime::now());
-        let b = cache.insert("a", 320, Bytes::from_static(b"two"), SystemTime::now());
+        let a = cache.insert(
+            "a",
+            320,
+            Bytes::from_static(b"one"),
+            SystemTime::now(),
+            None,
+        );
+        let b = cache.insert(
+            "a",
+            320,
+            Bytes::from_static(b"two"),
+            SystemTime::now(),
+            None,
+        );
         assert_ne!(a.etag, b.etag);
     }
 }

@@ -242,9 +242,13 @@ impl Snapshots {
             .await
             .map_err(|e| SnapshotError::SourceFailed(format!("the encoder panicked: {e}")))?
             .map_err(SnapshotError::SourceFailed)?;
-        let picture = me
-            .cache
-            .insert(stream_id, width, jpeg, captured.picture.taken_at);
+        let picture = me.cache.insert(
+            stream_id,
+            width,
+            jpeg,
+            captured.picture.taken_at,
+            captured.picture.source_size,
+        );
         Ok(Snapshot {
             picture,
             stale: false,
@@ -285,11 +289,6 @@ impl Snapshots {
         flights.insert(id, flight.clone());
         Ok(flight)
     }
-
-    /// Drops every cached picture of `stream_id` (it changed or is gone).
-    pub fn forget(&self, stream_id: &str) {
-        self.cache.forget(stream_id);
-    }
 }
 
 /// Waits for a capture slot, takes the picture, encodes it at `width`.
@@ -329,9 +328,13 @@ async fn run_capture(
             stats.failures.fetch_add(1, Ordering::Relaxed);
             SnapshotError::SourceFailed(e)
         })?;
-    let picture = me
-        .cache
-        .insert(&stream.id, width, jpeg, std::time::SystemTime::now());
+    let picture = me.cache.insert(
+        &stream.id,
+        width,
+        jpeg,
+        std::time::SystemTime::now(),
+        size_of(&frame),
+    );
     tracing::debug!(stream_id = %stream.id, origin = origin.as_str(), bytes = picture.jpeg.len(), "snapshot taken");
     Ok(Captured {
         frame,
@@ -377,6 +380,14 @@ fn plan(state: &AppState, stream: &crate::catalog::Stream) -> Result<SourcePlan,
         connection_speed_kbps: CAPTURE_SPEED_KBPS,
         reconnect_budget: Duration::ZERO,
     })
+}
+
+/// The picture's size as its caps give it.
+fn size_of(frame: &Frame) -> Option<(u32, u32)> {
+    let s = frame.caps.structure(0)?;
+    let w = s.get::<i32>("width").ok()?;
+    let h = s.get::<i32>("height").ok()?;
+    (w > 0 && h > 0).then_some((w as u32, h as u32))
 }
 
 struct Decrement<'a>(&'a AtomicUsize);
