@@ -549,10 +549,17 @@ async fn the_last_picture_stands_in_when_the_source_cannot_be_opened() {
     assert_eq!(body2, body, "the last picture is served");
     assert_eq!(h2["etag"], h["etag"]);
     assert_eq!(h2["cache-control"], "max-age=0", "a stand-in is not cached");
-    let age: u64 = h2["x-sluice-snapshot-age"].to_str().unwrap().parse().unwrap();
+    let age: u64 = h2["x-sluice-snapshot-age"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
     assert!(age < 5, "age {age}");
     let m = scrape(&ts).await;
-    assert_eq!(metric(&m, "sluice_snapshot_stale_served_total", &[]), Some(1.0));
+    assert_eq!(
+        metric(&m, "sluice_snapshot_stale_served_total", &[]),
+        Some(1.0)
+    );
     assert_eq!(
         metric(&m, "sluice_snapshot_capture_failures_total", &[]),
         Some(1.0)
