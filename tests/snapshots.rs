@@ -377,6 +377,14 @@ async fn an_idle_live_hls_channel_answers_fast_and_cheaply_and_closes_its_upstre
     assert!(c < 0.3, "median CPU of an idle HLS snapshot {c:.3} s");
     assert_eq!(captures(&ts, "idle").await, 5.0);
     assert_eq!(ts.state().channels.len(), 0, "a capture is not a channel");
+    // Every capture pipeline was brought down and freed.
+    let stats = ts.state().channels.stats().clone();
+    let freed = eventually(Duration::from_secs(2), || stats.live_pipelines() == 0).await;
+    assert!(
+        freed,
+        "{} capture pipelines still alive",
+        stats.live_pipelines()
+    );
     ts.stop().await;
 }
 
