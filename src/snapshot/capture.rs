@@ -24,23 +24,30 @@ use crate::media::running::Running;
 use crate::media::stats::MediaStats;
 use crate::media::{EndReason, MediaError};
 
-/// How long a running channel that is still opening is waited for.
+/// How often a channel that is still opening is looked at again.
 const OPENING_POLL: Duration = Duration::from_millis(50);
+/// How long a channel that is still opening (its media not flowing yet,
+/// e.g. its first rendition waits for an encoder) is waited for before
+/// the source is opened for the capture instead.
+const OPENING_WAIT: Duration = Duration::from_secs(3);
 /// How long an idle capture's pipeline may take to reach NULL before the
 /// answer goes out anyway.
 const CLOSE_WAIT: Duration = Duration::from_secs(3);
 
-/// A picture of the running channel `ch`; None when the channel closed
-/// before one could be taken (the caller then opens the source itself).
+/// A picture of the running channel `ch`; None when the channel closed,
+/// or did not get its media flowing soon, before one could be taken (the
+/// caller then opens the source itself).
 pub async fn from_channel(
     ch: &Arc<Channel>,
     deadline: Instant,
 ) -> Option<Result<Frame, SnapshotError>> {
+    let opening = Instant::now() + OPENING_WAIT;
     let source = loop {
         if let Some(s) = ch.picture() {
             break s;
         }
-        if ch.ended().is_some() || Instant::now() >= deadline {
+        let now = Instant::now();
+        if ch.ended().is_some() || now >= deadline || now >= opening {
             return None;
         }
         tokio::time::sleep(OPENING_POLL).await;
