@@ -317,6 +317,35 @@ async fn a_running_remux_channel_gives_its_picture_without_a_new_upstream_connec
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_running_channel_that_decodes_gives_its_decoded_picture() {
+    let up = Upstream::start(None).await;
+    let ts = server(|_| {}).await;
+    add_stream(&ts, "live", &up.url("/live.ts")).await;
+    let resp = client()
+        .get(ts.url("/streams/preview/live?quality=low"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    assert_eq!(resp.headers()["x-sluice-mode"], "transcode");
+    let viewer = tokio::spawn(read_for(resp, Duration::from_secs(20), usize::MAX));
+    assert_eq!(
+        ts.state().channels.decoder_counts()[0],
+        1,
+        "the channel decodes"
+    );
+    let (status, h, body, took) = snap(&ts, "/streams/snapshot/live.jpg?width=160").await;
+    assert_eq!(status, 200, "{}", String::from_utf8_lossy(&body));
+    assert_eq!(h["x-sluice-source-size"], "320x240");
+    assert_eq!(jpeg_size(&ts, "decoded.jpg", &body), (160, 120));
+    assert!(took < Duration::from_millis(150), "took {took:?}");
+    assert_eq!(up.accepted(), 1, "a snapshot opened an upstream connection");
+    assert_eq!(captures(&ts, "running").await, 1.0);
+    viewer.abort();
+    ts.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_running_transcoded_channel_gives_a_decoded_frame() {
     let ts = server(|_| {}).await;
     add_stream(&ts, "pattern", "test://smpte?size=640x360&rate=25").await;
