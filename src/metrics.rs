@@ -250,6 +250,11 @@ fn register_snapshots(r: &mut Registry, state: &AppState) {
         gauge(s.queued.load(Relaxed)),
     );
     r.register(
+        "snapshot_captures_max",
+        "Snapshot captures allowed at once (MAX_CONCURRENT_SNAPSHOTS)",
+        gauge(state.snapshots.max_concurrent()),
+    );
+    r.register(
         "snapshot_captures_peak",
         "Most snapshot captures that ran at once (bounded by MAX_CONCURRENT_SNAPSHOTS)",
         gauge(s.peak.load(Relaxed)),

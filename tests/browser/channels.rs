@@ -52,6 +52,7 @@ async fn grid_story(ts: &common::TestServer, b: &Browser) -> Check {
     if !sub.as_str().is_some_and(|s| s.contains('×')) {
         return Err(format!("the picture size is not shown: {sub}"));
     }
+    b.review_screenshot("grid").await;
     b.no_console_errors("in the grid").await?;
     // The choice is kept: the list again.
     b.click("[data-view='list']").await?;
@@ -164,6 +165,7 @@ async fn list_story(ts: &common::TestServer, b: &Browser) -> Check {
     let label = b
         .js("const g = document.getElementById('group'); return g.options[g.selectedIndex].textContent;")
         .await?;
+    b.review_screenshot("list-no-group").await;
     if v["total"] != json!(3) || label != json!("No group (3)") {
         return Err(format!("the no-group filter shows {v} ({label})"));
     }
