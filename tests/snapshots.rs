@@ -518,21 +518,45 @@ async fn cached_pictures_carry_an_etag_and_errors_are_json() {
         .await
         .unwrap();
     assert_eq!(r.status(), 201);
-    add_stream(&ts, "gone", "http://127.0.0.1:9/nothing.ts").await;
+    add_stream(&ts, "gone", "http://viewer:s3cret@127.0.0.1:9/nothing.ts").await;
+    // An upstream that takes the request and never answers.
+    let silent = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let silent_url = format!("http://{}/live.ts", silent.local_addr().unwrap());
+    let hold = tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((sock, _)) = silent.accept().await {
+            held.push(sock);
+        }
+    });
+    add_stream(&ts, "silent", &silent_url).await;
     for (path, status, code) in [
         ("/streams/snapshot/nope.jpg", 404, "stream_not_found"),
         ("/streams/snapshot/off.jpg", 409, "stream_disabled"),
         ("/streams/snapshot/pat.jpg?width=5000", 400, "bad_request"),
         ("/streams/snapshot/pat.jpg?width=abc", 400, "bad_request"),
         ("/streams/snapshot/gone.jpg", 502, "source_failed"),
+        (
+            "/streams/snapshot/silent.jpg?timeout=500",
+            504,
+            "snapshot_timeout",
+        ),
     ] {
         let r = client().get(ts.url(path)).send().await.unwrap();
         assert_eq!(r.status().as_u16(), status, "{path}");
         assert_eq!(r.headers()["content-type"], "application/json", "{path}");
         let v: serde_json::Value = r.json().await.unwrap();
         assert_eq!(v["error"], code, "{path}: {v}");
-        assert!(v["message"].as_str().is_some_and(|m| !m.is_empty()));
+        let message = v["message"].as_str().unwrap_or_default();
+        assert!(!message.is_empty(), "{path}: {v}");
+        if status == 502 {
+            assert!(message.contains("connection refused"), "{path}: {v}");
+        }
+        assert!(
+            !message.contains("s3cret"),
+            "{path}: a credential leaked: {v}"
+        );
     }
+    hold.abort();
     ts.stop().await;
 }
 

@@ -356,11 +356,39 @@ async fn take_picture(
         }
     }
     let plan = plan(state, stream)?;
+    let primary = plan.primary().clone();
     let name = format!("snapshot-{}-{}", stream.id, crate::events::epoch_ms());
     let idle = capture::open_idle_capture(name, plan, state.channels.stats().clone()).await?;
     let picture = idle.picture(deadline).await;
     idle.close().await;
-    picture.map(|f| (f, Origin::Idle))
+    match picture {
+        Ok(f) => Ok((f, Origin::Idle)),
+        Err(SnapshotError::SourceFailed(msg)) => Err(SnapshotError::SourceFailed(
+            explain(&primary, &stream.headers, msg, deadline).await,
+        )),
+        Err(e) => Err(e),
+    }
+}
+
+/// The pipeline's reason for a failed source, with what a direct check of
+/// the source finds (refused, not found, ...) when it finds something in time.
+async fn explain(
+    source: &SourceUri,
+    headers: &std::collections::BTreeMap<String, String>,
+    msg: String,
+    deadline: Instant,
+) -> String {
+    let SourceUri::Uri { uri, .. } = source else {
+        return msg;
+    };
+    let why = tokio::time::timeout_at(deadline, crate::media::diagnose::explain(uri, headers))
+        .await
+        .ok()
+        .flatten();
+    match why {
+        Some(why) => crate::redact::redact_text(&format!("{why} ({msg})")),
+        None => msg,
+    }
 }
 
 /// The source plan of a capture: the stream's URLs, no reconnecting.
