@@ -42,30 +42,37 @@ pub async fn from_channel(
     deadline: Instant,
 ) -> Option<Result<Frame, SnapshotError>> {
     let opening = Instant::now() + OPENING_WAIT;
-    let source = loop {
-        if let Some(s) = ch.picture() {
-            break s;
-        }
-        let now = Instant::now();
-        if ch.ended().is_some() || now >= deadline || now >= opening {
-            return None;
-        }
-        tokio::time::sleep(OPENING_POLL).await;
-    };
-    let got = match source {
-        PictureSource::NoVideo => return Some(Err(SnapshotError::NoVideo)),
-        PictureSource::Raw(rx) => tokio::time::timeout_at(deadline, async { rx.await.ok() })
-            .await
-            .ok()
-            .flatten(),
-        PictureSource::Keyframe(cache) => {
-            tokio::time::timeout_at(deadline, cache.next()).await.ok()
-        }
-    };
-    match got {
-        Some(f) => Some(Ok(f)),
-        None if ch.ended().is_some() => None,
-        None => Some(Err(SnapshotError::Timeout)),
+    loop {
+        let source = loop {
+            if let Some(s) = ch.picture() {
+                break s;
+            }
+            let now = Instant::now();
+            if ch.ended().is_some() || now >= deadline || now >= opening {
+                return None;
+            }
+            tokio::time::sleep(OPENING_POLL).await;
+        };
+        let got = match source {
+            PictureSource::NoVideo => return Some(Err(SnapshotError::NoVideo)),
+            // Err: the raw tee went away (its decoder came off): look again.
+            PictureSource::Raw(rx) => match tokio::time::timeout_at(deadline, rx).await {
+                Ok(Ok(f)) => Some(f),
+                Ok(Err(_)) if Instant::now() < deadline => {
+                    tokio::time::sleep(OPENING_POLL).await;
+                    continue;
+                }
+                _ => None,
+            },
+            PictureSource::Keyframe(cache) => {
+                tokio::time::timeout_at(deadline, cache.next()).await.ok()
+            }
+        };
+        return match got {
+            Some(f) => Some(Ok(f)),
+            None if ch.ended().is_some() => None,
+            None => Some(Err(SnapshotError::Timeout)),
+        };
     }
 }
 
