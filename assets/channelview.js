@@ -97,7 +97,12 @@ export function describe(s) {
  *  A new `filter` (the search and group that chose them) starts at the top. */
 export function showChannels(shown, rowFor, cardFor, filter) {
   if (filter !== view.filter) $('channel-list').scrollTop = 0;
+  // The very same channels (only the guide was read again) keep their
+  // grid cards and pictures.
+  const same = view.mode === 'grid' && filter === view.filter && view.cardFor
+    && shown.length === view.shown.length && shown.every((s, i) => s === view.shown[i]);
   Object.assign(view, { shown, rowFor, cardFor, filter });
+  if (same) return;
   if (view.mode === 'grid') renderGrid();
   else renderList();
 }
@@ -145,7 +150,7 @@ function renderList() {
   for (let i = first; i < last; i++) rows.push(view.rowFor(view.shown[i]));
   rows.push(spacer(n - last));
   ul.replaceChildren(...rows);
-  ul.setAttribute('aria-rowcount', String(n));
+  ul.dataset.count = String(n);
 }
 
 /** Wires scrolling and resizing of the list and the grid. */

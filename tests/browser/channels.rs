@@ -81,7 +81,7 @@ async fn the_grid_shows_decoded_snapshots_of_the_demo_channels() {
 
 /// Rows in the DOM, rows the list says it holds, and the ids shown.
 const LIST_STATE: &str = "const ul = document.getElementById('channel-list');
-  return {rows: ul.querySelectorAll('li').length, total: Number(ul.getAttribute('aria-rowcount')),
+  return {rows: ul.querySelectorAll('li').length, total: Number(ul.dataset.count),
     ids: [...ul.querySelectorAll('button.channel')].map(b => b.dataset.id),
     subs: [...ul.querySelectorAll('button.channel .ch-sub')].map(s => s.textContent),
     msg: document.getElementById('channels-msg').textContent};";
