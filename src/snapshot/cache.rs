@@ -129,4 +129,17 @@ mod tests {
         );
         assert_ne!(a.etag, b.etag);
     }
+
+    #[test]
+    fn the_oldest_picture_goes_when_the_cache_is_full() {
+        let cache = PictureCache::new(Duration::from_secs(60));
+        for i in 0..=MAX_PICTURES {
+            let jpeg = Bytes::from(format!("picture {i}"));
+            cache.insert(&format!("s{i}"), 320, jpeg, SystemTime::now(), None);
+        }
+        assert!(cache.latest("s0", 320).is_none(), "the oldest went");
+        assert!(cache.latest("s1", 320).is_some());
+        assert!(cache.latest(&format!("s{MAX_PICTURES}"), 320).is_some());
+        assert_eq!(cache.map.lock().len(), MAX_PICTURES);
+    }
 }
