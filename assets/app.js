@@ -7,8 +7,14 @@ import { $, state, askKey, KEY_STORE } from './util.js';
 import { loadProfiles, loadStreams, loadGuide, renderChannels, openStreamDialog, saveStream, importPlaylist, validateUrl } from './catalog.js';
 import { startPreview, stopPreview, restartPreview } from './player.js';
 import { connectEvents, closeEvents } from './dashboard.js';
+import { initChannelViews, setView, savedView } from './channelview.js';
 
 $('search').addEventListener('input', renderChannels);
+initChannelViews();
+setView(savedView());
+for (const b of document.querySelectorAll('[data-view]')) {
+  b.addEventListener('click', () => setView(b.dataset.view));
+}
 $('group').addEventListener('change', renderChannels);
 // A new quality restarts the running preview (the old session ends first).
 $('quality').addEventListener('change', restartPreview);

@@ -1,10 +1,12 @@
 // sluice web page: the channel list (search, group filter, logos that
-// degrade to initials, what is on now and next when a guide is loaded) and
+// degrade to initials, what is on now and next when a guide is loaded; how
+// it is shown lives in channelview.js) and
 // the catalog actions (add, edit, delete, M3U import, URL validation), each
 // showing the server's own error inline.
 
 import { $, el, state, setMsg, readError, authHeaders, adminFetch } from './util.js';
 import { startPreview, stopPreview, playingStreamId } from './player.js';
+import { NO_GROUP, filterStreams, describe, showChannels, snapshotImage, prepareSearch } from './channelview.js';
 
 export async function loadProfiles() {
   const sel = $('quality');
@@ -31,6 +33,7 @@ export async function loadStreams() {
     if (!resp.ok) throw new Error((await readError(resp)).message);
     const list = await resp.json();
     state.streams = Array.isArray(list) ? list : [];
+    prepareSearch(state.streams);
     setMsg(msg, '');
   } catch (e) {
     setMsg(msg, `Could not load the catalog: ${e.message}`, 'error');
@@ -82,9 +85,11 @@ function renderGroups() {
   const sel = $('group');
   const keep = sel.value;
   const groups = [...new Set(state.streams.map((s) => s.group).filter((g) => typeof g === 'string' && g))].sort();
+  const ungrouped = state.streams.filter((s) => typeof s.group !== 'string' || !s.group).length;
   sel.replaceChildren(el('option', { value: '', textContent: 'All groups' }),
+    ...(ungrouped ? [el('option', { value: NO_GROUP, textContent: `No group (${ungrouped})` })] : []),
     ...groups.map((g) => el('option', { value: g, textContent: g })));
-  sel.value = groups.includes(keep) ? keep : '';
+  sel.value = groups.includes(keep) || (keep === NO_GROUP && ungrouped) ? keep : '';
 }
 
 /** A logo that turns into the channel's initials if the image cannot load. */
@@ -105,32 +110,47 @@ function initials(name) {
 }
 
 export function renderChannels() {
-  const q = $('search').value.trim().toLowerCase();
-  const g = $('group').value;
-  const shown = state.streams.filter((s) => (!g || s.group === g)
-    && (!q || [s.name, s.id, s.group, s.tvgId].some((v) => typeof v === 'string' && v.toLowerCase().includes(q))));
-  const items = shown.map((s) => {
-    const play = el('button', {
-      type: 'button',
-      className: 'channel' + (s.enabled === false ? ' disabled' : ''),
-      dataset: { id: s.id },
-      title: s.enabled === false ? 'Disabled' : `Preview ${s.name || s.id}`,
-      'aria-current': state.selected === s.id ? 'true' : 'false',
-    }, logoFor(s), el('span', { className: 'ch-text' },
-      el('span', { className: 'ch-name', textContent: s.name || s.id }),
-      el('span', { className: 'ch-sub', textContent: [s.id, s.group].filter(Boolean).join(' · ') }),
-      nowNextFor(s)));
-    play.addEventListener('click', () => startPreview(s.id));
-    const edit = el('button', { type: 'button', className: 'small', textContent: 'Edit', 'aria-label': `Edit ${s.name || s.id}` });
-    edit.addEventListener('click', () => openStreamDialog(s));
-    const del = el('button', { type: 'button', className: 'small danger', textContent: 'Delete', 'aria-label': `Delete ${s.name || s.id}` });
-    del.addEventListener('click', () => deleteStream(s));
-    return el('li', null, play, el('span', { className: 'ch-actions' }, edit, del));
-  });
-  $('channel-list').replaceChildren(...items);
+  const query = $('search').value;
+  const group = $('group').value;
+  const shown = filterStreams(state.streams, query, group);
+  showChannels(shown, channelRow, channelCard, `${group}\n${query.trim()}`);
   if (!state.streams.length) setMsg($('channels-msg'), 'The catalog is empty: add a stream or import a playlist.');
   else if (!shown.length) setMsg($('channels-msg'), 'No channel matches the filter.');
   else setMsg($('channels-msg'), `${shown.length} of ${state.streams.length} channels`);
+}
+
+/** One row of the list view: the channel (click to preview), edit, delete. */
+function channelRow(s) {
+  const play = el('button', {
+    type: 'button',
+    className: 'channel' + (s.enabled === false ? ' disabled' : ''),
+    dataset: { id: s.id },
+    title: s.enabled === false ? 'Disabled' : `Preview ${s.name || s.id}`,
+    'aria-current': state.selected === s.id ? 'true' : 'false',
+  }, logoFor(s), el('span', { className: 'ch-text' },
+    el('span', { className: 'ch-name', textContent: s.name || s.id }),
+    el('span', { className: 'ch-sub', textContent: describe(s) }),
+    nowNextFor(s)));
+  play.addEventListener('click', () => startPreview(s.id));
+  const edit = el('button', { type: 'button', className: 'small', textContent: 'Edit', 'aria-label': `Edit ${s.name || s.id}` });
+  edit.addEventListener('click', () => openStreamDialog(s));
+  const del = el('button', { type: 'button', className: 'small danger', textContent: 'Delete', 'aria-label': `Delete ${s.name || s.id}` });
+  del.addEventListener('click', () => deleteStream(s));
+  return el('li', null, play, el('span', { className: 'ch-actions' }, edit, del));
+}
+
+/** One card of the grid view: the channel's snapshot, name and sub-line. */
+function channelCard(s) {
+  const play = el('button', {
+    type: 'button',
+    className: 'card' + (s.enabled === false ? ' disabled' : ''),
+    dataset: { id: s.id, name: s.name || s.id },
+    title: s.enabled === false ? 'Disabled' : `Preview ${s.name || s.id}`,
+  }, el('span', { className: 'snap-frame' }, s.enabled === false ? null : snapshotImage(s)),
+  el('span', { className: 'ch-name', textContent: s.name || s.id }),
+  el('span', { className: 'ch-sub', textContent: describe(s) }));
+  play.addEventListener('click', () => startPreview(s.id));
+  return el('li', null, play);
 }
 
 let editing = null; // the stream being edited, or null when adding

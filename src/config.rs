@@ -26,6 +26,8 @@ pub const DEFAULT_MAX_CHANNELS: usize = 20;
 pub const DEFAULT_MAX_VIEWERS: usize = 200;
 pub const DEFAULT_CHANNEL_LINGER_MS: u64 = 5_000;
 pub const DEFAULT_VIEWER_BUFFER_MS: u64 = 4_000;
+pub const DEFAULT_SNAPSHOT_TTL_MS: u64 = 30_000;
+pub const DEFAULT_MAX_SNAPSHOTS: usize = 2;
 pub const DEFAULT_RECONNECT_TIMEOUT_MS: u64 = 30_000;
 pub const DEFAULT_MEMORY_WARNING: &str = "512MB";
 pub const DEFAULT_MEMORY_CRITICAL: &str = "1GB";
@@ -134,6 +136,17 @@ pub struct Settings {
     #[arg(long = "viewer-buffer", env = "VIEWER_BUFFER", value_name = "VIEWER_BUFFER",
           default_value_t = DEFAULT_VIEWER_BUFFER_MS, value_parser = positive_u64)]
     pub viewer_buffer_ms: u64,
+
+    /// Ms a channel snapshot is served from cache before a new picture is taken.
+    #[arg(long = "snapshot-ttl", env = "SNAPSHOT_TTL", value_name = "SNAPSHOT_TTL",
+          default_value_t = DEFAULT_SNAPSHOT_TTL_MS, value_parser = positive_u64)]
+    pub snapshot_ttl_ms: u64,
+
+    /// Snapshot captures taking a picture at once; more wait in a queue.
+    #[arg(long = "max-concurrent-snapshots", env = "MAX_CONCURRENT_SNAPSHOTS",
+          value_name = "MAX_CONCURRENT_SNAPSHOTS",
+          default_value_t = DEFAULT_MAX_SNAPSHOTS, value_parser = positive_usize)]
+    pub max_snapshots: usize,
 
     /// Ms a running session may spend reconnecting a live source that
     /// dropped (primary, then each backup URL, with backoff); 0 disables.
@@ -318,6 +331,10 @@ impl Settings {
 
     pub fn viewer_buffer(&self) -> Duration {
         Duration::from_millis(self.viewer_buffer_ms)
+    }
+
+    pub fn snapshot_ttl(&self) -> Duration {
+        Duration::from_millis(self.snapshot_ttl_ms)
     }
 
     pub fn reconnect_timeout(&self) -> Duration {

@@ -25,6 +25,7 @@ pub mod providers;
 pub mod redact;
 pub mod sessions;
 pub mod shutdown;
+pub mod snapshot;
 pub mod tuner;
 
 use std::net::SocketAddr;
@@ -48,6 +49,8 @@ pub struct AppState {
     pub shutdown: Arc<shutdown::Shutdown>,
     pub health: Arc<health::HealthCache>,
     pub metrics: metrics::Metrics,
+    /// Channel snapshots: their cache and capture slots.
+    pub snapshots: Arc<snapshot::Snapshots>,
     /// The HDHomeRun tuner identity; `None` when `HDHR_ENABLED=false`.
     pub tuner: Option<tuner::Identity>,
 }
@@ -166,6 +169,7 @@ pub fn build_state(settings: Settings) -> Result<Arc<AppState>, StartError> {
     if !missing.is_empty() {
         tracing::error!(missing = %missing.join(", "), "GStreamer elements are missing: install the plugins listed in README");
     }
+    let snapshots = snapshot::Snapshots::new(settings.snapshot_ttl(), settings.max_snapshots);
     Ok(Arc::new(AppState {
         settings,
         profiles,
@@ -179,6 +183,7 @@ pub fn build_state(settings: Settings) -> Result<Arc<AppState>, StartError> {
         shutdown: shutdown::Shutdown::new(),
         health,
         metrics: metrics::Metrics::default(),
+        snapshots,
         tuner,
     }))
 }

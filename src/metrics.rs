@@ -218,6 +218,78 @@ fn register_providers(r: &mut Registry, state: &AppState) {
     );
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct OriginLabel {
+    origin: &'static str,
+}
+
+/// Snapshot captures: how many, from where, how many at once.
+fn register_snapshots(r: &mut Registry, state: &AppState) {
+    use std::sync::atomic::Ordering::Relaxed;
+    let s = &state.snapshots.stats;
+    let captures = Family::<OriginLabel, Counter>::default();
+    for origin in [
+        crate::snapshot::Origin::Running,
+        crate::snapshot::Origin::Idle,
+    ] {
+        captures
+            .get_or_create(&OriginLabel {
+                origin: origin.as_str(),
+            })
+            .inc_by(s.captures[origin as usize].load(Relaxed));
+    }
+    r.register(
+        "snapshot_captures",
+        "Snapshot pictures taken, by origin (running: from a running channel; idle: the source opened for one keyframe)",
+        captures,
+    );
+    let counter = |v: u64| {
+        let c: Counter = Counter::default();
+        c.inc_by(v);
+        c
+    };
+    let gauge = |v: usize| {
+        let g: Gauge = Gauge::default();
+        g.set(v as i64);
+        g
+    };
+    r.register(
+        "snapshot_capture_failures",
+        "Snapshot captures that failed",
+        counter(s.failures.load(Relaxed)),
+    );
+    r.register(
+        "snapshot_cache_hits",
+        "Snapshot requests answered from the cache",
+        counter(s.cache_hits.load(Relaxed)),
+    );
+    r.register(
+        "snapshot_stale_served",
+        "Snapshot requests answered with an older picture because a new one could not be taken",
+        counter(s.stale_served.load(Relaxed)),
+    );
+    r.register(
+        "snapshot_captures_running",
+        "Snapshot captures taking a picture now",
+        gauge(s.running.load(Relaxed)),
+    );
+    r.register(
+        "snapshot_captures_queued",
+        "Snapshot captures waiting for a slot",
+        gauge(s.queued.load(Relaxed)),
+    );
+    r.register(
+        "snapshot_captures_max",
+        "Snapshot captures allowed at once (MAX_CONCURRENT_SNAPSHOTS)",
+        gauge(state.snapshots.max_concurrent()),
+    );
+    r.register(
+        "snapshot_captures_peak",
+        "Most snapshot captures that ran at once (bounded by MAX_CONCURRENT_SNAPSHOTS)",
+        gauge(s.peak.load(Relaxed)),
+    );
+}
+
 /// A registry of the values that live elsewhere, as they are right now.
 fn scrape_registry(state: &AppState) -> Registry {
     let mut r = Registry::with_prefix(PREFIX);
@@ -310,6 +382,7 @@ fn scrape_registry(state: &AppState) -> Registry {
 
     register_channels(&mut r, state);
     register_providers(&mut r, state);
+    register_snapshots(&mut r, state);
 
     let rss: Gauge = Gauge::default();
     rss.set(state.memory.rss() as i64);

@@ -756,3 +756,65 @@ async fn provider_routes_validate_need_admin_and_imports_assign_a_provider() {
     assert_eq!(r.status(), 200, "{}", r.text().await.unwrap());
     ts.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn snapshots_count_against_the_provider_and_stand_in_with_the_last_picture_at_its_limit() {
+    let _turn = SERIAL.lock().await;
+    let up = CountingUpstream::start().await;
+    let ts = server_with(|s| s.snapshot_ttl_ms = 300).await;
+    run(ts, async |ts| {
+        let r = client()
+            .post(ts.url("/api/providers"))
+            .json(&json!({"id": "one", "name": "One", "maxConnections": 1}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 201);
+        for id in ["p", "q"] {
+            let r = client()
+                .post(ts.url("/api/streams"))
+                .json(&json!({"id": id, "name": id, "url": up.url(&format!("/{id}.ts")), "provider": "one"}))
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(r.status(), 201);
+        }
+        let snap = |path: &str| client().get(ts.url(path)).send();
+        // Idle and free: the capture connects once and gives the connection back.
+        let r = snap("/streams/snapshot/p.jpg").await.unwrap();
+        assert_eq!(r.status(), 200);
+        assert!(r.bytes().await.unwrap().starts_with(&[0xff, 0xd8]), "a JPEG");
+        assert_eq!(up.accepted(), 1, "the capture connected");
+        assert!(
+            eventually(Duration::from_secs(10), || ts
+                .state()
+                .providers
+                .connections("one")
+                == 0)
+            .await,
+            "the capture gives its connection back"
+        );
+        // Channel q holds the one connection.
+        let viewer = open_ok(&client(), ts, "q").await;
+        let accepted = up.accepted();
+        tokio::time::sleep(Duration::from_millis(400)).await;
+        // p's picture is stale: the last one stands in, nothing connects.
+        let r = snap("/streams/snapshot/p.jpg").await.unwrap();
+        assert_eq!(r.status(), 200);
+        assert!(
+            r.headers().contains_key("x-sluice-snapshot-age"),
+            "{:?}",
+            r.headers()
+        );
+        // A width never taken has nothing to stand in: provider_busy.
+        let msg = expect_busy(snap("/streams/snapshot/p.jpg?width=160").await.unwrap()).await;
+        assert!(msg.contains("limit of 1"), "{msg}");
+        // The running channel gives its picture without connecting.
+        let r = snap("/streams/snapshot/q.jpg").await.unwrap();
+        assert_eq!(r.status(), 200);
+        assert_eq!(up.accepted(), accepted, "no capture connected at the limit");
+        drop(viewer);
+    })
+    .await;
+    assert_eq!(up.peak(), 1);
+}

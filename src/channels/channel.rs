@@ -13,6 +13,7 @@ use gst::prelude::*;
 use parking_lot::Mutex;
 
 use super::fanout::{Fanout, FanoutConfig};
+use super::frame::{self, Frame, KeyframeCache};
 use super::rendition::{Rendition, RenditionKey};
 use super::Channels;
 use crate::media::chains::{self, Branch};
@@ -67,6 +68,18 @@ pub struct Channel {
     pub(super) in_bytes: Arc<AtomicU64>,
     pub(super) activated_at: Mutex<Option<Instant>>,
     pub(super) stats: Arc<MediaStats>,
+    /// The latest keyframe of the compressed video (snapshots).
+    pub(super) keyframes: Arc<KeyframeCache>,
+}
+
+/// Where a snapshot of a running channel comes from.
+pub enum PictureSource {
+    /// The next decoded picture, copied off the raw video tee.
+    Raw(tokio::sync::oneshot::Receiver<Frame>),
+    /// The compressed video's latest (or next) keyframe.
+    Keyframe(Arc<KeyframeCache>),
+    /// The channel has no video.
+    NoVideo,
 }
 
 /// A request's use of a channel: while any exists, a channel without
@@ -129,6 +142,7 @@ impl Channel {
             in_bytes: Arc::new(AtomicU64::new(0)),
             activated_at: Mutex::new(None),
             stats,
+            keyframes: Arc::new(KeyframeCache::default()),
         })
     }
 
@@ -196,6 +210,29 @@ impl Channel {
         Ok(streams)
     }
 
+    /// Where a picture of the running channel can be taken from, without
+    /// a new upstream connection: a decoded frame when a decoder (or a raw
+    /// `test://` source) runs, else the compressed video's keyframe. None
+    /// while the channel's media does not flow yet, or after it closed.
+    pub fn picture(&self) -> Option<PictureSource> {
+        let st = self.state.lock();
+        if st.closed {
+            return None;
+        }
+        let heads = st.heads.as_ref()?;
+        let raw = st.decoders[0]
+            .as_ref()
+            .map(|(_, raw)| raw)
+            .or(heads.raw[0].as_ref());
+        if let Some(raw) = raw {
+            return frame::next_raw(raw).map(PictureSource::Raw);
+        }
+        if heads.es[0].is_some() {
+            return Some(PictureSource::Keyframe(self.keyframes.clone()));
+        }
+        Some(PictureSource::NoVideo)
+    }
+
     /// The first error the source posted, if any.
     pub fn error(&self) -> Option<String> {
         self.running.get().and_then(|r| r.error())
@@ -236,9 +273,13 @@ impl Channel {
         let built = match heads {
             None => {
                 let (me2, r2, counted) = (me.clone(), r.clone(), self.in_bytes.clone());
+                let keyframes = self.keyframes.clone();
                 running
                     .activate(move |p, heads| {
                         count_input(heads, &counted);
+                        if let Some(es) = &heads.es[0] {
+                            keyframes.watch(es);
+                        }
                         me2.build_rendition(p, heads, &r2)?;
                         r2.add_output(p, format, on_output, on_eos)
                             .map(drop)

@@ -14,6 +14,7 @@
 mod channel;
 pub mod container;
 pub mod fanout;
+pub mod frame;
 mod linger;
 mod rendition;
 mod view;
@@ -25,7 +26,7 @@ use std::time::Duration;
 
 use parking_lot::Mutex;
 
-pub use channel::{Channel, ChannelUse};
+pub use channel::{Channel, ChannelUse, PictureSource};
 pub use rendition::{Rendition, RenditionKey, RenditionView};
 pub use view::{ChannelView, UpstreamView};
 

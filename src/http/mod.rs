@@ -18,6 +18,7 @@ pub mod preview;
 pub mod providers;
 pub mod ratelimit;
 pub mod routes;
+pub mod snapshot;
 pub mod status;
 pub mod tuner;
 pub mod validate;
@@ -115,6 +116,8 @@ pub fn routes(
         .or(metrics::routes(state.clone()).boxed())
         .unify()
         .or(tuner::routes(state.clone()).boxed())
+        .unify()
+        .or(snapshot::routes(state.clone()).boxed())
         .unify()
         .boxed();
     // Rate limits come first (a refused request does no work); their

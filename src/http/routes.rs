@@ -92,6 +92,8 @@ pub const CHANNEL: Route = route(
     Request,
 );
 pub const PREVIEW: Route = route("/streams/preview/:id", Preview, Streaming);
+// Cached and cheap to poll: a channel grid draws from the API bucket.
+pub const SNAPSHOT: Route = route("/streams/snapshot/:id.jpg", Api, Request);
 
 // HDHomeRun tuner emulation (SPEC §14): media servers poll these.
 pub const HDHR_DISCOVER: Route = route("/discover.json", Api, Request);
@@ -123,6 +125,7 @@ pub const ROUTES: &[Route] = &[
     SESSION,
     CHANNEL,
     PREVIEW,
+    SNAPSHOT,
     EPG_XML,
     EPG_STATUS,
     EPG_NOW,

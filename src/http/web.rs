@@ -25,6 +25,11 @@ const ASSETS: &[(&str, &str, &str)] = &[
     ("app.js", include_str!("../../assets/app.js"), JS),
     ("util.js", include_str!("../../assets/util.js"), JS),
     ("catalog.js", include_str!("../../assets/catalog.js"), JS),
+    (
+        "channelview.js",
+        include_str!("../../assets/channelview.js"),
+        JS,
+    ),
     ("player.js", include_str!("../../assets/player.js"), JS),
     (
         "dashboard.js",
@@ -36,9 +41,10 @@ const ASSETS: &[(&str, &str, &str)] = &[
 
 /// Scripts and styles only from this server; media from this server or the
 /// page's own MediaSource blobs; logos from anywhere (catalogs point at
-/// provider CDNs), but never scripts, frames or plugins from elsewhere.
+/// provider CDNs) and snapshots the page fetched itself (blobs), but never
+/// scripts, frames or plugins from elsewhere.
 const CONTENT_SECURITY_POLICY: &str = "default-src 'self'; script-src 'self'; \
-     style-src 'self'; img-src * data:; media-src 'self' blob:; connect-src 'self'; \
+     style-src 'self'; img-src * data: blob:; media-src 'self' blob:; connect-src 'self'; \
      object-src 'none'; base-uri 'none'; form-action 'self'; frame-ancestors 'none'";
 
 /// One profile as the quality picker shows it.

@@ -16,8 +16,11 @@
 //!   explained, and, where the server has the routes, URL validation and
 //!   M3U file import.
 //!
+//! - `channels`: the grid of snapshots and the list at 10,000 channels.
+//!
 //! A failed step saves a screenshot; its path is in the panic message.
 
+mod channels;
 #[path = "../common/mod.rs"]
 mod common;
 mod driver;
