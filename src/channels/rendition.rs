@@ -4,10 +4,10 @@
 //! that its viewers subscribe to. It knows how many viewers it has, not
 //! who they are.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, VecDeque};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use gst::prelude::*;
@@ -24,6 +24,36 @@ use crate::profiles::Profile;
 
 /// Told the total viewer count of a rendition when it changes.
 pub type ViewerCountHook = Arc<dyn Fn(usize) + Send + Sync>;
+
+/// The window `speed`, `fps` and `encodeSpeed` are measured over.
+pub const SPEED_WINDOW: Duration = Duration::from_secs(5);
+/// The shortest stretch a windowed figure is given for (before it, the
+/// figures count from the rendition's start).
+const MIN_SPAN: Duration = Duration::from_secs(1);
+
+/// The rendition's counters at one moment.
+#[derive(Debug, Clone, Copy)]
+struct Sample {
+    at: Instant,
+    media_ns: u64,
+    frames: u64,
+    busy_ns: u64,
+}
+
+/// How a rendition keeps pace over the last [`SPEED_WINDOW`] (or what of
+/// it has been sampled).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Pace {
+    /// Media time made ÷ wall time: 1.0 is real time for a live source.
+    pub speed: f64,
+    pub fps: f64,
+    /// Media time made ÷ wall time the encoder spent making it: how many
+    /// times real time it could go. `None` for a remux, or before a picture
+    /// was encoded in the window.
+    pub encode_speed: Option<f64>,
+    /// The stretch measured; a full window is [`SPEED_WINDOW`].
+    pub span: Duration,
+}
 
 /// What identifies a rendition within its channel.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -67,6 +97,8 @@ pub struct Rendition {
     fanout_config: FanoutConfig,
     /// Called with the total viewer count whenever it changes.
     on_viewers: Mutex<Option<ViewerCountHook>>,
+    /// Counter samples of the last [`SPEED_WINDOW`], oldest first.
+    window: Mutex<VecDeque<Sample>>,
 }
 
 /// A rendition as status shows it.
@@ -79,6 +111,8 @@ pub struct RenditionView {
     pub decoder: Option<String>,
     pub fps: f64,
     pub speed: f64,
+    /// How many times real time the encoder could go (transcodes).
+    pub encode_speed: Option<f64>,
     pub viewers: usize,
     pub formats: Vec<Format>,
     pub start_time: u64,
@@ -105,6 +139,44 @@ impl Rendition {
             permit: Mutex::new(permit),
             fanout_config,
             on_viewers: Mutex::new(None),
+            window: Mutex::new(VecDeque::new()),
+        })
+    }
+
+    /// Records the counters now (called about once a second), keeping
+    /// one sample at or beyond the window's far end.
+    pub fn sample(&self) {
+        let now = Instant::now();
+        let s = Sample {
+            at: now,
+            media_ns: self.counters.media_ns(),
+            frames: self.counters.frames.load(Ordering::Relaxed),
+            busy_ns: self.counters.busy_ns(),
+        };
+        let mut w = self.window.lock();
+        w.push_back(s);
+        while w.len() > 2 && now.duration_since(w[1].at) >= SPEED_WINDOW {
+            w.pop_front();
+        }
+    }
+
+    /// How the rendition kept pace over the sampled window; `None` until
+    /// two samples at least [`MIN_SPAN`] apart exist.
+    pub fn pace(&self) -> Option<Pace> {
+        let w = self.window.lock();
+        let (first, last) = (w.front()?, w.back()?);
+        let span = last.at.duration_since(first.at);
+        if span < MIN_SPAN {
+            return None;
+        }
+        let secs = span.as_secs_f64();
+        let media = last.media_ns.saturating_sub(first.media_ns) as f64;
+        let busy = last.busy_ns.saturating_sub(first.busy_ns) as f64;
+        Some(Pace {
+            speed: media / 1e9 / secs,
+            fps: last.frames.saturating_sub(first.frames) as f64 / secs,
+            encode_speed: (self.key.mode == Mode::Transcode && busy > 0.0).then(|| media / busy),
+            span,
         })
     }
 
@@ -383,6 +455,7 @@ impl Rendition {
     pub fn view(&self, decoder: Option<String>) -> RenditionView {
         let elapsed = self.started_at.elapsed().as_secs_f64();
         let round2 = |v: f64| (v * 100.0).round() / 100.0;
+        let pace = self.pace();
         let frames = self.counters.frames.load(Ordering::Relaxed) as f64;
         let media = self.counters.media_ns() as f64 / 1e9;
         let rate = |v: f64| {
@@ -401,8 +474,9 @@ impl Rendition {
             } else {
                 None
             },
-            fps: rate(frames),
-            speed: rate(media),
+            fps: pace.map_or_else(|| rate(frames), |p| round2(p.fps)),
+            speed: pace.map_or_else(|| rate(media), |p| round2(p.speed)),
+            encode_speed: pace.and_then(|p| p.encode_speed).map(round2),
             viewers: self.viewers(),
             formats: self.outputs.lock().keys().copied().collect(),
             start_time: self.start_ms,

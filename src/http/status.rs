@@ -37,6 +37,9 @@ pub struct TranscodingStatus {
     pub sessions: Vec<SessionView>,
     pub channels: Vec<ChannelView>,
     pub queue: Vec<QueueEntry>,
+    /// Admission by measured headroom: free cores, each profile's learned
+    /// cost, and why the last new encoder was refused.
+    pub headroom: crate::admission::HeadroomView,
 }
 
 /// The status document; cheap (atomics and two short locks).
@@ -58,6 +61,14 @@ pub fn status(state: &AppState) -> TranscodingStatus {
         memory: state.memory.report(),
         sessions,
         channels: state.channels.views(),
+        headroom: state.headroom.view(
+            if pool.auto {
+                "auto".to_string()
+            } else {
+                pool.max_transcodes.to_string()
+            },
+            pool.transcodes,
+        ),
         queue: pool.queue,
     }
 }
