@@ -26,6 +26,9 @@ pub use estimate::builtin_cost;
 /// Every running encoder must be able to go at least this many times
 /// real time for another to start: the margin that absorbs a busy moment.
 pub const MIN_ENCODE_SPEED: f64 = 1.05;
+/// A running encoder that makes fewer of its pictures than this share
+/// (a full queue dropped the rest) is behind, whatever its speed.
+pub const MIN_FRAME_SHARE: f64 = 0.95;
 /// How often CPU and the encoders are sampled.
 pub const SAMPLE_INTERVAL: Duration = Duration::from_secs(1);
 /// The short window process CPU is read over for a decision.
@@ -62,6 +65,8 @@ pub struct Encoder {
     pub speed: f64,
     /// How many times real time it could go.
     pub encode_speed: Option<f64>,
+    /// Pictures made over pictures meant (1.0: none dropped).
+    pub frame_share: Option<f64>,
     /// Whether its window is full (it has run [`LEARN_WINDOW`] or more).
     #[serde(skip)]
     pub settled: bool,
@@ -88,9 +93,12 @@ pub struct HeadroomView {
     pub cores: f64,
     /// Cores the process used over the last [`CPU_WINDOW`].
     pub used_cores: f64,
-    /// Cores left for new work: what the process may still use, at most
-    /// what the host has idle, less what just-admitted encoders will take.
+    /// Cores left for new work: what the process may still use, less what
+    /// just-admitted encoders will take.
     pub free_cores: f64,
+    /// Cores the whole host left idle over the last [`CPU_WINDOW`] (other
+    /// processes included), for the operator's eyes.
+    pub host_idle_cores: Option<f64>,
     /// The slowest running encoder's encode speed.
     pub slowest_encode_speed: Option<f64>,
     /// Whether an encoder of the default profile could start now.
@@ -172,7 +180,16 @@ impl Headroom {
         g.pending
             .retain(|(at, _)| now.duration_since(*at) < WARM_UP);
         g.encoders = encoders;
-        if g.encoders.is_empty() || !g.pending.is_empty() || g.encoders.iter().any(|e| !e.settled) {
+        // Learn only from encoders that settled and keep up: one that drops
+        // pictures, or gets too little CPU, would make the cost look low.
+        if g.encoders.is_empty()
+            || !g.pending.is_empty()
+            || g.encoders.iter().any(|e| {
+                !e.settled
+                    || e.encode_speed.is_none_or(|s| s < 1.0)
+                    || e.frame_share.is_some_and(|f| f < 0.95)
+            })
+        {
             return;
         }
         let Some(used) = used_cores(&g.cpu, LEARN_WINDOW) else {
@@ -282,12 +299,8 @@ impl Headroom {
             // Nothing of ours runs: whatever the host does, one may start.
             return Ok(());
         }
-        if let Some(e) = g
-            .encoders
-            .iter()
-            .filter(|e| e.settled)
-            .find(|e| e.encode_speed.is_some_and(|s| s < MIN_ENCODE_SPEED))
-        {
+        let settled = || g.encoders.iter().filter(|e| e.settled);
+        if let Some(e) = settled().find(|e| e.encode_speed.is_some_and(|s| s < MIN_ENCODE_SPEED)) {
             return Err((
                 "encoder_behind",
                 format!(
@@ -295,6 +308,17 @@ impl Headroom {
                     e.quality,
                     e.stream_id,
                     e.encode_speed.unwrap_or(0.0)
+                ),
+            ));
+        }
+        if let Some(e) = settled().find(|e| e.frame_share.is_some_and(|f| f < MIN_FRAME_SHARE)) {
+            return Err((
+                "encoder_behind",
+                format!(
+                    "the {} encoder of stream '{}' makes only {:.0}% of its pictures",
+                    e.quality,
+                    e.stream_id,
+                    e.frame_share.unwrap_or(0.0) * 100.0
                 ),
             ));
         }
@@ -311,13 +335,13 @@ impl Headroom {
         Ok(())
     }
 
+    /// What the process may still use, less what just-admitted encoders
+    /// will take. Other processes on the host are not subtracted: under
+    /// the scheduler's fair share a new encoder takes its CPU from them
+    /// too, and an encoder that gets too little shows in its encode speed.
     fn free(&self, g: &Inner) -> f64 {
         let used = used_cores(&g.cpu, CPU_WINDOW).unwrap_or(0.0);
-        let mut free = self.cores - used;
-        if let Some(idle) = host_idle_cores(&g.cpu, CPU_WINDOW) {
-            free = free.min(idle);
-        }
-        free - g.pending.iter().map(|(_, c)| c).sum::<f64>()
+        self.cores - used - g.pending.iter().map(|(_, c)| c).sum::<f64>()
     }
 
     pub fn last_refusal(&self) -> Option<Refusal> {
@@ -333,6 +357,7 @@ impl Headroom {
             cores: round2(self.cores),
             used_cores: round2(used_cores(&g.cpu, CPU_WINDOW).unwrap_or(0.0)),
             free_cores: round2(self.free(&g).max(0.0)),
+            host_idle_cores: host_idle_cores(&g.cpu, CPU_WINDOW).map(round2),
             slowest_encode_speed: g
                 .encoders
                 .iter()
@@ -429,6 +454,7 @@ pub fn spawn_sampler(
                         source_pixels: r.counters.source_pixels(),
                         speed: pace.map_or(0.0, |p| p.speed),
                         encode_speed: pace.and_then(|p| p.encode_speed),
+                        frame_share: pace.and_then(|p| p.frame_share),
                         settled: pace.is_some_and(|p| {
                             p.span + SAMPLE_INTERVAL / 2 >= LEARN_WINDOW
                                 && r.started_at.elapsed() >= LEARN_WINDOW + SAMPLE_INTERVAL

@@ -23,6 +23,7 @@ fn encoder(quality: &str, encode_speed: f64) -> Encoder {
         source_pixels: Some(REFERENCE_PIXELS),
         speed: 1.0,
         encode_speed: Some(encode_speed),
+        frame_share: Some(1.0),
         settled: true,
     }
 }
@@ -65,10 +66,10 @@ fn measured_cpu_and_source_size_decide() {
 }
 
 #[test]
-fn the_host_idle_time_bounds_the_free_cores() {
+fn the_host_idle_time_is_shown_but_other_processes_do_not_decide() {
     let h = headroom(2.0, 0.5);
     let t0 = Instant::now();
-    // The process uses 0.2 cores, but other processes leave 0.3 idle.
+    // The process uses 0.2 cores; other processes leave 0.3 idle.
     for s in 0..=3u64 {
         h.record_cpu(
             t0 + Duration::from_secs(s),
@@ -77,8 +78,10 @@ fn the_host_idle_time_bounds_the_free_cores() {
         );
     }
     h.record_encoders(vec![encoder("medium", 4.0)]);
-    assert_eq!(h.admit("medium", None, 1).unwrap_err().reason, "no_cpu");
-    assert!((h.view("auto".into(), 1).free_cores - 0.3).abs() < 0.01);
+    let v = h.view("auto".into(), 1);
+    assert_eq!(v.host_idle_cores, Some(0.3));
+    assert!((v.free_cores - 1.8).abs() < 0.01);
+    assert_eq!(h.admit("medium", None, 1), Ok(()));
 }
 
 #[test]
@@ -96,6 +99,12 @@ fn an_encoder_near_real_time_stops_admission() {
     h.record_encoders(vec![encoder("medium", 3.0), young]);
     assert!(h.can_admit(2));
     assert_eq!(h.view("auto".into(), 2).slowest_encode_speed, Some(0.5));
+    // One whose queue drops pictures is behind however fast it encodes.
+    let mut dropping = encoder("medium", 3.0);
+    dropping.frame_share = Some(0.8);
+    h.record_encoders(vec![dropping]);
+    let r = h.admit("low", None, 1).unwrap_err();
+    assert!(r.message.contains("80% of its pictures"), "{}", r.message);
 }
 
 #[test]
@@ -111,10 +120,19 @@ fn costs_are_learned_from_what_running_encoders_use() {
     assert_eq!(e.samples, 30);
     // The other profile was not running: it keeps its estimate.
     assert_eq!(h.view("auto".into(), 2).estimates["low"].samples, 0);
-    // Nothing is learned while an encoder is still warming up.
+    // Nothing is learned while an encoder is still warming up, or from
+    // encoders that drop pictures or could not keep real time.
     let mut young = encoder("medium", 4.0);
     young.settled = false;
-    h.record_encoders(vec![young]);
+    let mut dropping = encoder("medium", 4.0);
+    dropping.frame_share = Some(0.4);
+    for set in [
+        vec![young],
+        vec![dropping],
+        vec![encoder("medium", 4.0), encoder("medium", 0.9)],
+    ] {
+        h.record_encoders(set);
+    }
     assert_eq!(h.view("auto".into(), 1).estimates["medium"].samples, 30);
 }
 

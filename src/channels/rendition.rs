@@ -47,10 +47,14 @@ pub struct Pace {
     /// Media time made ÷ wall time: 1.0 is real time for a live source.
     pub speed: f64,
     pub fps: f64,
-    /// Media time made ÷ wall time the encoder spent making it: how many
-    /// times real time it could go. `None` for a remux, or before a picture
-    /// was encoded in the window.
+    /// Pictures encoded per second of the encoder's wall time, over the
+    /// pictures per second it is meant to make: how many times real time
+    /// it could go (pictures a full queue dropped count against it). `None`
+    /// for a remux, or before a picture was encoded in the window.
     pub encode_speed: Option<f64>,
+    /// Pictures made over pictures meant (1.0: none dropped), when the
+    /// frame rate is known.
+    pub frame_share: Option<f64>,
     /// The stretch measured; a full window is [`SPEED_WINDOW`].
     pub span: Duration,
 }
@@ -172,10 +176,17 @@ impl Rendition {
         let secs = span.as_secs_f64();
         let media = last.media_ns.saturating_sub(first.media_ns) as f64;
         let busy = last.busy_ns.saturating_sub(first.busy_ns) as f64;
+        let frames = last.frames.saturating_sub(first.frames) as f64;
+        let rate = self.counters.frame_rate();
+        let encode_speed = (self.key.mode == Mode::Transcode && busy > 0.0).then(|| match rate {
+            Some(r) => frames / (busy / 1e9) / r,
+            None => media / busy,
+        });
         Some(Pace {
             speed: media / 1e9 / secs,
-            fps: last.frames.saturating_sub(first.frames) as f64 / secs,
-            encode_speed: (self.key.mode == Mode::Transcode && busy > 0.0).then(|| media / busy),
+            fps: frames / secs,
+            encode_speed,
+            frame_share: rate.map(|r| frames / secs / r),
             span,
         })
     }

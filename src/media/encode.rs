@@ -106,11 +106,14 @@ pub fn video_encode(
                 .get::<gst::Fraction>("framerate")
                 .map(|f| (f.numer(), f.denom()))
                 .unwrap_or((0, 1));
-            if let Some(c) = weak_counters.upgrade() {
-                c.set_source_pixels(u64::from(w) * u64::from(h));
-            }
             let (ow, oh) = profile.output_size(w, h, par);
             let (fn_, fd) = profile.output_framerate(fr.0, fr.1);
+            if let Some(c) = weak_counters.upgrade() {
+                c.set_source_pixels(u64::from(w) * u64::from(h));
+                if fd > 0 {
+                    c.set_frame_rate(f64::from(fn_) / f64::from(fd));
+                }
+            }
             if let Some(size) = weak_size.upgrade() {
                 let mut caps = gst::Caps::builder("video/x-raw")
                     .field("format", "I420")

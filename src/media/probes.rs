@@ -23,6 +23,8 @@ pub struct Counters {
     busy_since: AtomicU64,
     /// Pixels of one source picture (width x height) the encoder reads.
     source_pixels: AtomicU64,
+    /// Pictures per second the encoder is meant to make (x1000; 0: unknown).
+    frame_rate_milli: AtomicU64,
 }
 
 impl Default for Counters {
@@ -34,6 +36,7 @@ impl Default for Counters {
             busy_ns: AtomicU64::new(0),
             busy_since: AtomicU64::new(0),
             source_pixels: AtomicU64::new(0),
+            frame_rate_milli: AtomicU64::new(0),
         }
     }
 }
@@ -62,6 +65,20 @@ impl Counters {
 
     pub fn set_source_pixels(&self, pixels: u64) {
         self.source_pixels.store(pixels, Ordering::Relaxed);
+    }
+
+    /// Pictures per second the encoder is meant to make, once known.
+    pub fn frame_rate(&self) -> Option<f64> {
+        Some(self.frame_rate_milli.load(Ordering::Relaxed))
+            .filter(|r| *r > 0)
+            .map(|r| r as f64 / 1000.0)
+    }
+
+    pub fn set_frame_rate(&self, fps: f64) {
+        if fps.is_finite() && fps > 0.0 {
+            self.frame_rate_milli
+                .store((fps * 1000.0).round() as u64, Ordering::Relaxed);
+        }
     }
 
     fn note(&self, pts: Option<gst::ClockTime>) {
