@@ -265,9 +265,17 @@ impl Pool {
                 }
             }
             if st.queue.len() >= self.max_queued {
-                return Err(match held {
-                    Some(why) => AdmitError::Overloaded(why),
-                    None => AdmitError::QueueFull(st.queue.len()),
+                // Under the cap, what keeps the queue full is the headroom.
+                let headroom_holds = mode == Mode::Transcode && *st.running(mode) < limit;
+                return Err(match (held, &self.headroom) {
+                    (Some(why), _) => AdmitError::Overloaded(why),
+                    (None, Some(h)) if headroom_holds => {
+                        AdmitError::Overloaded(h.last_refusal().map_or_else(
+                            || "the measured headroom allows none".into(),
+                            |r| r.message,
+                        ))
+                    }
+                    (None, _) => AdmitError::QueueFull(st.queue.len()),
                 });
             }
             let (tx, rx) = oneshot::channel();
@@ -316,7 +324,7 @@ impl Pool {
         match (&self.headroom, mode) {
             (Some(h), Mode::Transcode) if st.transcodes < self.max_transcodes => {
                 AdmitError::Overloaded(h.last_refusal().map_or_else(
-                    || "the measured headroom allowed none".to_string(),
+                    || "the measured headroom allows none".to_string(),
                     |r| r.message,
                 ))
             }
@@ -633,6 +641,128 @@ mod tests {
         assert_eq!(waiter.await.unwrap(), Some(AdmitError::PoolFull));
         assert!(pool.snapshot().queue.is_empty());
         assert_eq!(pool.snapshot().transcodes, 1);
+    }
+
+    #[tokio::test]
+    async fn the_headroom_holds_encoders_back_and_a_freed_one_goes_to_the_waiter() {
+        let headroom = Headroom::new(
+            1.0,
+            "medium",
+            std::collections::BTreeMap::from([("medium".to_string(), 0.6)]),
+        );
+        let pool = Pool::with_headroom(limits(8, 1, 1, 10), Some(headroom.clone()));
+        let wait = |ms| later(ms);
+        // The first encoder always starts; the second would need 0.6 of the
+        // 0.4 cores the first leaves, so it waits.
+        let first = pool
+            .acquire(
+                Mode::Transcode,
+                "a",
+                "medium",
+                None,
+                ip(1),
+                wait(10),
+                |_| {},
+            )
+            .await
+            .unwrap();
+        let p = pool.clone();
+        let waiter = tokio::spawn(async move {
+            p.acquire(
+                Mode::Transcode,
+                "b",
+                "medium",
+                None,
+                ip(1),
+                wait(20_000),
+                |_| {},
+            )
+            .await
+        });
+        assert!(crate::pool::tests::until(|| pool.snapshot().queue.len() == 1).await);
+        // Remux is not gated; with the queue full an encoder is overloaded.
+        assert!(pool
+            .acquire(Mode::Remux, "r", "source", None, ip(2), wait(10), |_| {})
+            .await
+            .is_ok());
+        let full = pool
+            .acquire(
+                Mode::Transcode,
+                "c",
+                "medium",
+                None,
+                ip(3),
+                wait(10),
+                |_| {},
+            )
+            .await
+            .err();
+        assert!(
+            matches!(&full, Some(AdmitError::Overloaded(m)) if m.contains("0.40 of 1.00")),
+            "{full:?}"
+        );
+        let snap = pool.snapshot();
+        assert!(
+            snap.auto && snap.saturated,
+            "nothing can start, nobody can wait"
+        );
+        assert_eq!(snap.max_transcodes, 1);
+        // The refusal of the waiter was counted once, not at every offer.
+        pool.offer();
+        pool.offer();
+        assert_eq!(headroom.view("auto".into(), 1).refusals["no_cpu"], 1);
+        drop(first);
+        let granted = waiter.await.unwrap().expect("the freed encoder slot");
+        assert_eq!(pool.snapshot().transcodes, 1);
+        drop(granted);
+    }
+
+    #[tokio::test]
+    async fn a_waiter_the_headroom_never_admits_leaves_overloaded() {
+        let headroom = Headroom::new(
+            1.0,
+            "medium",
+            std::collections::BTreeMap::from([("medium".to_string(), 0.6)]),
+        );
+        let pool = Pool::with_headroom(limits(8, 1, 4, 10), Some(headroom));
+        let _first = pool
+            .acquire(
+                Mode::Transcode,
+                "a",
+                "medium",
+                None,
+                ip(1),
+                later(10),
+                |_| {},
+            )
+            .await
+            .unwrap();
+        let late = pool
+            .acquire(
+                Mode::Transcode,
+                "b",
+                "medium",
+                None,
+                ip(1),
+                later(300),
+                |_| {},
+            )
+            .await
+            .err();
+        assert!(matches!(late, Some(AdmitError::Overloaded(_))), "{late:?}");
+        assert!(pool.snapshot().queue.is_empty());
+        assert!(!pool.snapshot().saturated, "the queue has room");
+    }
+
+    /// Polls `cond` for up to a second.
+    pub(super) async fn until(mut cond: impl FnMut() -> bool) -> bool {
+        for _ in 0..100 {
+            if cond() {
+                return true;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        cond()
     }
 
     #[tokio::test]

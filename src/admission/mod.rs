@@ -287,15 +287,15 @@ impl Headroom {
         if self.judge(&g, cost, running).is_err() {
             return 0;
         }
-        if running == 0 && g.pending.is_empty() {
+        if running == 0 {
             // The first always starts; more as the free CPU allows.
             return ((self.cores / cost).floor() as usize).max(1);
         }
-        (self.free(&g) / cost).floor().max(1.0) as usize
+        (self.free(&g, running) / cost).floor().max(1.0) as usize
     }
 
     fn judge(&self, g: &Inner, cost: f64, running: usize) -> Result<(), (&'static str, String)> {
-        if running == 0 && g.pending.is_empty() {
+        if running == 0 {
             // Nothing of ours runs: whatever the host does, one may start.
             return Ok(());
         }
@@ -322,7 +322,7 @@ impl Headroom {
                 ),
             ));
         }
-        let free = self.free(g);
+        let free = self.free(g, running);
         if free < cost {
             return Err((
                 "no_cpu",
@@ -339,9 +339,13 @@ impl Headroom {
     /// will take. Other processes on the host are not subtracted: under
     /// the scheduler's fair share a new encoder takes its CPU from them
     /// too, and an encoder that gets too little shows in its encode speed.
-    fn free(&self, g: &Inner) -> f64 {
+    ///
+    /// Of the encoders admitted lately, at most the `running` newest still
+    /// hold a slot: an older one that already ended costs nothing.
+    fn free(&self, g: &Inner, running: usize) -> f64 {
         let used = used_cores(&g.cpu, CPU_WINDOW).unwrap_or(0.0);
-        self.cores - used - g.pending.iter().map(|(_, c)| c).sum::<f64>()
+        let warming: f64 = g.pending.iter().rev().take(running).map(|(_, c)| c).sum();
+        self.cores - used - warming
     }
 
     pub fn last_refusal(&self) -> Option<Refusal> {
@@ -356,7 +360,7 @@ impl Headroom {
             mode,
             cores: round2(self.cores),
             used_cores: round2(used_cores(&g.cpu, CPU_WINDOW).unwrap_or(0.0)),
-            free_cores: round2(self.free(&g).max(0.0)),
+            free_cores: round2(self.free(&g, running).max(0.0)),
             host_idle_cores: host_idle_cores(&g.cpu, CPU_WINDOW).map(round2),
             slowest_encode_speed: g
                 .encoders

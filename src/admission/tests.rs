@@ -53,6 +53,8 @@ fn just_admitted_encoders_count_at_their_estimate_until_measured() {
     // A cheaper profile still fits.
     assert_eq!(h.admit("low", None, 2), Ok(()));
     assert_eq!(h.view("auto".into(), 3).refusals.get("no_cpu"), Some(&1));
+    // Encoders that ended while warming up no longer count.
+    assert!(h.can_admit(1));
 }
 
 #[test]
