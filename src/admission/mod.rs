@@ -26,6 +26,9 @@ pub use estimate::builtin_cost;
 /// Every running encoder must be able to go at least this many times
 /// real time for another to start: the margin that absorbs a busy moment.
 pub const MIN_ENCODE_SPEED: f64 = 1.05;
+/// The share of the cores kept free after a new encoder's cost: at full
+/// CPU every live encoder loses pictures to the smallest hiccup.
+pub const CPU_RESERVE: f64 = 0.1;
 /// A running encoder that makes fewer of its pictures than this share
 /// (a full queue dropped the rest) is behind, whatever its speed.
 pub const MIN_FRAME_SHARE: f64 = 0.95;
@@ -289,9 +292,11 @@ impl Headroom {
         }
         if running == 0 {
             // The first always starts; more as the free CPU allows.
-            return ((self.cores / cost).floor() as usize).max(1);
+            return (((self.cores * (1.0 - CPU_RESERVE)) / cost).floor() as usize).max(1);
         }
-        (self.free(&g, running) / cost).floor().max(1.0) as usize
+        ((self.free(&g, running) - self.cores * CPU_RESERVE) / cost)
+            .floor()
+            .max(1.0) as usize
     }
 
     fn judge(&self, g: &Inner, cost: f64, running: usize) -> Result<(), (&'static str, String)> {
@@ -323,11 +328,12 @@ impl Headroom {
             ));
         }
         let free = self.free(g, running);
-        if free < cost {
+        let reserve = self.cores * CPU_RESERVE;
+        if free - reserve < cost {
             return Err((
                 "no_cpu",
                 format!(
-                    "{free:.2} of {:.2} CPU cores are free; a new encoder of this profile needs about {cost:.2}",
+                    "{free:.2} of {:.2} CPU cores are free; a new encoder of this profile needs about {cost:.2}, and {reserve:.2} stay free",
                     self.cores
                 ),
             ));

@@ -4,7 +4,7 @@ fn headroom(cores: f64, medium: f64) -> Arc<Headroom> {
     Headroom::new(
         cores,
         "medium",
-        BTreeMap::from([("medium".to_string(), medium), ("low".to_string(), 0.3)]),
+        BTreeMap::from([("medium".to_string(), medium), ("low".to_string(), 0.1)]),
     )
 }
 
@@ -40,7 +40,8 @@ fn just_admitted_encoders_count_at_their_estimate_until_measured() {
     let h = headroom(2.0, 0.85);
     used(&h, 0.0, 3);
     assert_eq!(h.admit("medium", None, 0), Ok(()));
-    // 2.0 - 0.85 leaves 1.15: one more fits, a third does not.
+    // 2.0 - 0.85 leaves 1.15: one more fits (0.2 stays free), a third
+    // does not.
     assert_eq!(h.admit("medium", None, 1), Ok(()));
     let refusal = h.admit("medium", None, 2).unwrap_err();
     assert_eq!(refusal.reason, "no_cpu");
@@ -60,9 +61,10 @@ fn just_admitted_encoders_count_at_their_estimate_until_measured() {
 #[test]
 fn measured_cpu_and_source_size_decide() {
     let h = headroom(2.0, 0.8);
-    used(&h, 1.5, 3);
+    used(&h, 1.2, 3);
     h.record_encoders(vec![encoder("medium", 3.0)]);
-    // 0.5 free: a 1080p source's 0.8 does not fit, a 720p one (0.36) does.
+    // 0.8 free, of which 0.2 stay free: a 1080p source's 0.8 does not
+    // fit, a 720p one (0.36) does.
     assert_eq!(h.admit("medium", None, 1).unwrap_err().reason, "no_cpu");
     assert_eq!(h.admit("medium", Some(1280 * 720), 1), Ok(()));
 }
