@@ -30,8 +30,10 @@ pub const MIN_ENCODE_SPEED: f64 = 1.05;
 /// CPU every live encoder loses pictures to the smallest hiccup.
 pub const CPU_RESERVE: f64 = 0.1;
 /// A running encoder that makes fewer of its pictures than this share
-/// (a full queue dropped the rest) is behind, whatever its speed.
-pub const MIN_FRAME_SHARE: f64 = 0.95;
+/// (a full queue dropped the rest) is behind, whatever its speed. One that
+/// keeps up makes them all; the bar sits above the 0.95 at which a viewer
+/// counts as fallen behind, so admission stops before that.
+pub const MIN_FRAME_SHARE: f64 = 0.98;
 /// How often CPU and the encoders are sampled.
 pub const SAMPLE_INTERVAL: Duration = Duration::from_secs(1);
 /// The short window process CPU is read over for a decision.
@@ -190,7 +192,7 @@ impl Headroom {
             || g.encoders.iter().any(|e| {
                 !e.settled
                     || e.encode_speed.is_none_or(|s| s < 1.0)
-                    || e.frame_share.is_some_and(|f| f < 0.95)
+                    || e.frame_share.is_some_and(|f| f < MIN_FRAME_SHARE)
             })
         {
             return;
