@@ -81,6 +81,14 @@ impl Counters {
         }
     }
 
+    /// Counts what a busy encoder made: `busy_ns` of its work for a
+    /// picture at `pts` (what the pad probes record).
+    #[cfg(test)]
+    pub(crate) fn note_encoded(&self, pts: gst::ClockTime, busy_ns: u64) {
+        self.note(Some(pts));
+        self.busy_ns.fetch_add(busy_ns, Ordering::Relaxed);
+    }
+
     fn note(&self, pts: Option<gst::ClockTime>) {
         self.frames.fetch_add(1, Ordering::Relaxed);
         if let Some(pts) = pts {
