@@ -44,7 +44,7 @@ pub const WARM_UP: Duration = Duration::from_secs(8);
 /// The source size estimates are stated for: 1080p.
 pub const REFERENCE_PIXELS: u64 = 1920 * 1080;
 /// How far one measurement moves an estimate toward what it saw.
-const LEARN_RATE: f64 = 0.3;
+const LEARN_RATE: f64 = 0.5;
 /// The window costs are learned over (the encoders' speed window).
 const LEARN_WINDOW: Duration = crate::channels::SPEED_WINDOW;
 
@@ -98,11 +98,11 @@ pub struct HeadroomView {
     pub cores: f64,
     /// Cores the process used over the last [`CPU_WINDOW`].
     pub used_cores: f64,
-    /// Cores left for new work: what the process may still use, less what
-    /// just-admitted encoders will take.
+    /// Cores left for new work: what the process may still use, at most
+    /// what the host left idle, less what just-admitted encoders will take.
     pub free_cores: f64,
     /// Cores the whole host left idle over the last [`CPU_WINDOW`] (other
-    /// processes included), for the operator's eyes.
+    /// processes included).
     pub host_idle_cores: Option<f64>,
     /// The slowest running encoder's encode speed.
     pub slowest_encode_speed: Option<f64>,
@@ -343,17 +343,21 @@ impl Headroom {
         Ok(())
     }
 
-    /// What the process may still use, less what just-admitted encoders
-    /// will take. Other processes on the host are not subtracted: under
-    /// the scheduler's fair share a new encoder takes its CPU from them
-    /// too, and an encoder that gets too little shows in its encode speed.
+    /// What the process may still use, at most what the host left idle
+    /// (other processes take their share of the cores too: on a busy host
+    /// a new encoder starves every running one), less what just-admitted
+    /// encoders will take.
     ///
     /// Of the encoders admitted lately, at most the `running` newest still
     /// hold a slot: an older one that already ended costs nothing.
     fn free(&self, g: &Inner, running: usize) -> f64 {
         let used = used_cores(&g.cpu, CPU_WINDOW).unwrap_or(0.0);
         let warming: f64 = g.pending.iter().rev().take(running).map(|(_, c)| c).sum();
-        self.cores - used - warming
+        let mut free = self.cores - used;
+        if let Some(idle) = host_idle_cores(&g.cpu, CPU_WINDOW) {
+            free = free.min(idle);
+        }
+        free - warming
     }
 
     pub fn last_refusal(&self) -> Option<Refusal> {

@@ -70,22 +70,24 @@ fn measured_cpu_and_source_size_decide() {
 }
 
 #[test]
-fn the_host_idle_time_is_shown_but_other_processes_do_not_decide() {
+fn what_the_host_leaves_idle_bounds_the_free_cores() {
     let h = headroom(2.0, 0.5);
     let t0 = Instant::now();
-    // The process uses 0.2 cores; other processes leave 0.3 idle.
+    // The process uses 0.2 cores, but other processes leave 0.6 idle.
     for s in 0..=3u64 {
         h.record_cpu(
             t0 + Duration::from_secs(s),
             0.2 * s as f64,
-            Some(0.3 * s as f64),
+            Some(0.6 * s as f64),
         );
     }
     h.record_encoders(vec![encoder("medium", 4.0)]);
     let v = h.view("auto".into(), 1);
-    assert_eq!(v.host_idle_cores, Some(0.3));
-    assert!((v.free_cores - 1.8).abs() < 0.01);
-    assert_eq!(h.admit("medium", None, 1), Ok(()));
+    assert_eq!(v.host_idle_cores, Some(0.6));
+    assert!((v.free_cores - 0.6).abs() < 0.01, "{v:?}");
+    // 0.6 free less the 0.2 kept free: a 0.5 encoder does not fit.
+    assert_eq!(h.admit("medium", None, 1).unwrap_err().reason, "no_cpu");
+    assert_eq!(h.admit("low", None, 1), Ok(()));
 }
 
 #[test]
