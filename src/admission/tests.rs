@@ -62,7 +62,9 @@ fn just_admitted_encoders_count_at_their_estimate_until_measured() {
 fn measured_cpu_and_source_size_decide() {
     let h = headroom(2.0, 0.8);
     used(&h, 1.2, 3);
-    h.record_encoders(vec![encoder("medium", 3.0)]);
+    let mut running = encoder("medium", 3.0);
+    running.settled = false;
+    h.record_encoders(vec![running]);
     // 0.8 free, of which 0.2 stay free: a 1080p source's 0.8 does not
     // fit, a 720p one (0.36) does.
     assert_eq!(h.admit("medium", None, 1).unwrap_err().reason, "no_cpu");
@@ -81,7 +83,10 @@ fn what_the_host_leaves_idle_bounds_the_free_cores() {
             Some(0.6 * s as f64),
         );
     }
-    h.record_encoders(vec![encoder("medium", 4.0)]);
+    // (Still warming up, so its cost is not learned from this.)
+    let mut running = encoder("medium", 4.0);
+    running.settled = false;
+    h.record_encoders(vec![running]);
     let v = h.view("auto".into(), 1);
     assert_eq!(v.host_idle_cores, Some(0.6));
     assert!((v.free_cores - 0.6).abs() < 0.01, "{v:?}");
