@@ -11,6 +11,10 @@
 #     ~/.cargo (CARGO_HOME), for whichever user runs it: rustup needs no root.
 #  3. the rustup components named in SLUICE_RUST_COMPONENTS (.ci/run and
 #     `make check` ask for "rustfmt clippy"), when cargo lacks them.
+#  4. with the test role: kubernetes-validate (PyPI, the version pinned
+#     below) in a venv of its own under ~/.cache/sluice (XDG_CACHE_HOME),
+#     which validates deploy/kubernetes.yaml against the Kubernetes schemas
+#     it bundles, offline. No root needed.
 #
 # Usage: install-deps.sh [--list | --dry-run] ROLE...
 #   --list     only print the package names of the roles
@@ -152,6 +156,20 @@ if [ ${#missing[@]} -gt 0 ]; then
   else
     apt-get install -y -qq --no-install-recommends "${missing[@]}" \
       || { apt-get update -qq && apt-get install -y -qq --no-install-recommends "${missing[@]}"; }
+  fi
+fi
+
+# ---- kubernetes-validate (test role) -------------------------------------------
+KUBERNETES_VALIDATE_VERSION=1.37.0
+wants_test=0
+for r in "${roles[@]}"; do [[ "$r" == test ]] && wants_test=1; done
+if [ $wants_test -eq 1 ]; then
+  kv_dir="${XDG_CACHE_HOME:-$HOME/.cache}/sluice/kubernetes-validate-$KUBERNETES_VALIDATE_VERSION"
+  if ! "$kv_dir/bin/kubernetes-validate" --version >/dev/null 2>&1; then
+    say "Installing kubernetes-validate $KUBERNETES_VALIDATE_VERSION from PyPI into $kv_dir:"
+    act python3 -m venv "$kv_dir"
+    act "$kv_dir/bin/pip" install -q --disable-pip-version-check \
+      "kubernetes-validate==$KUBERNETES_VALIDATE_VERSION"
   fi
 fi
 

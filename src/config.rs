@@ -15,7 +15,8 @@ pub const DEFAULT_PORT: u16 = 3000;
 pub const DEFAULT_HOST: &str = "127.0.0.1";
 pub const DEFAULT_DATA_DIR: &str = "./data";
 pub const DEFAULT_PROFILES: &str = "./pipelines/profiles.toml";
-pub const DEFAULT_MAX_TRANSCODES: usize = 3;
+/// `MAX_CONCURRENT_TRANSCODES` unless set: admission by measured headroom.
+pub const DEFAULT_MAX_TRANSCODES: &str = "auto";
 pub const DEFAULT_MAX_REMUX: usize = 20;
 pub const DEFAULT_MAX_QUEUED: usize = 10;
 pub const DEFAULT_MAX_SESSIONS_PER_CLIENT: usize = 3;
@@ -81,10 +82,12 @@ pub struct Settings {
     )]
     pub media_dir: Option<PathBuf>,
 
-    /// Running transcode pipelines at most.
+    /// Running encoders (transcode renditions): `auto` admits a new one
+    /// while the measured CPU headroom and every running encoder's speed
+    /// allow it; a number is a hard cap.
     #[arg(long = "max-concurrent-transcodes", env = "MAX_CONCURRENT_TRANSCODES", value_name = "MAX_CONCURRENT_TRANSCODES",
-          default_value_t = DEFAULT_MAX_TRANSCODES, value_parser = positive_usize)]
-    pub max_transcodes: usize,
+          default_value = DEFAULT_MAX_TRANSCODES, value_parser = parse_transcode_limit)]
+    pub max_transcodes: TranscodeLimit,
 
     /// Running remux (no re-encode) pipelines at most.
     #[arg(long = "max-concurrent-remux", env = "MAX_CONCURRENT_REMUX", value_name = "MAX_CONCURRENT_REMUX",
@@ -373,6 +376,34 @@ fn parse_epg_url(s: &str) -> Result<String, String> {
     }
 }
 
+/// How many encoders may run at once.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TranscodeLimit {
+    /// Admit while the machine measurably keeps up (see `admission`).
+    Auto,
+    /// At most this many, whatever the load.
+    Max(usize),
+}
+
+impl std::fmt::Display for TranscodeLimit {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            TranscodeLimit::Auto => f.write_str("auto"),
+            TranscodeLimit::Max(n) => write!(f, "{n}"),
+        }
+    }
+}
+
+/// `MAX_CONCURRENT_TRANSCODES`: `auto` or a whole number of at least 1.
+fn parse_transcode_limit(s: &str) -> Result<TranscodeLimit, String> {
+    if s.trim().eq_ignore_ascii_case("auto") {
+        return Ok(TranscodeLimit::Auto);
+    }
+    positive_usize(s)
+        .map(TranscodeLimit::Max)
+        .map_err(|_| "expected auto or a whole number of at least 1".into())
+}
+
 fn positive_usize(s: &str) -> Result<usize, String> {
     match s.trim().parse::<usize>() {
         Ok(n) if n > 0 => Ok(n),
@@ -535,6 +566,24 @@ pub fn parse_size(s: &str) -> Result<u64, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn transcode_limit_is_auto_by_default_or_a_hard_cap() {
+        assert_eq!(
+            Settings::parse_from(["sluice"]).max_transcodes,
+            TranscodeLimit::Auto
+        );
+        let n = Settings::parse_from(["sluice", "--max-concurrent-transcodes", "4"]);
+        assert_eq!(n.max_transcodes, TranscodeLimit::Max(4));
+        assert_eq!(parse_transcode_limit(" AUTO "), Ok(TranscodeLimit::Auto));
+        for bad in ["0", "-1", "two", ""] {
+            let arg = format!("--max-concurrent-transcodes={bad}");
+            let e = Settings::try_parse_from(["sluice", arg.as_str()])
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains("expected auto or a whole number"), "{bad}: {e}");
+        }
+    }
 
     #[test]
     fn hdhr_settings_parse_and_are_checked() {

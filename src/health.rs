@@ -112,6 +112,12 @@ pub fn not_ready_reasons(state: &AppState) -> Vec<String> {
     if !checks.data_dir_writable {
         reasons.push("data_dir_not_writable".to_string());
     }
+    // No new encoder could start and nobody more can wait: a load balancer
+    // should send new channels elsewhere (joins of running renditions
+    // still succeed here).
+    if state.pool.snapshot().saturated {
+        reasons.push("saturated".to_string());
+    }
     reasons
 }
 
@@ -217,7 +223,7 @@ pub fn report(state: &AppState) -> HealthReport {
     };
     let transcoding_status = if state.shutdown.is_shutting_down() {
         Status::Unhealthy
-    } else if pool.transcodes >= pool.max_transcodes && !pool.queue.is_empty() {
+    } else if pool.saturated || (pool.transcodes >= pool.max_transcodes && !pool.queue.is_empty()) {
         Status::Degraded
     } else {
         Status::Healthy

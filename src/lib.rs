@@ -6,6 +6,7 @@
 //! [`preview`] ties the steps together; [`sessions`] tracks what runs;
 //! [`shutdown`] drains it all.
 
+pub mod admission;
 pub mod catalog;
 pub mod channels;
 pub mod config;
@@ -43,6 +44,9 @@ pub struct AppState {
     /// The XMLTV guide; its refresher starts with the server.
     pub guide: Arc<epg::Guide>,
     pub pool: Arc<pool::Pool>,
+    /// Measured CPU headroom and encoder costs (admission under `auto`,
+    /// shown in status and metrics in every mode).
+    pub headroom: Arc<admission::Headroom>,
     pub registry: Arc<sessions::Registry>,
     pub channels: Arc<channels::Channels>,
     pub memory: Arc<memory::MemoryMonitor>,
@@ -133,14 +137,38 @@ pub fn build_state(settings: Settings) -> Result<Arc<AppState>, StartError> {
     } else {
         None
     };
-    let pool = pool::Pool::new(pool::Limits {
-        transcodes: settings.max_transcodes,
-        remux: settings.max_remux,
-        queued: settings.max_queued,
-        per_client: settings.max_sessions_per_client,
-        channels: settings.max_channels,
-        viewers: settings.max_viewers,
-    });
+    let headroom = {
+        let estimates = profiles
+            .all()
+            .iter()
+            .map(|p| (p.name.clone(), admission::builtin_cost(p)))
+            .collect();
+        admission::Headroom::new(
+            admission::cpu::available_cores(),
+            &settings.default_quality,
+            estimates,
+        )
+    };
+    let (max_transcodes, gate) = match settings.max_transcodes {
+        config::TranscodeLimit::Max(n) => (n, None),
+        // A ceiling far above what the headroom will allow, so a wrong
+        // measurement can never start encoders without bound.
+        config::TranscodeLimit::Auto => (
+            (headroom.cores().ceil() as usize * 4).max(4),
+            Some(headroom.clone()),
+        ),
+    };
+    let pool = pool::Pool::with_headroom(
+        pool::Limits {
+            transcodes: max_transcodes,
+            remux: settings.max_remux,
+            queued: settings.max_queued,
+            per_client: settings.max_sessions_per_client,
+            channels: settings.max_channels,
+            viewers: settings.max_viewers,
+        },
+        gate,
+    );
     let registry = sessions::Registry::new();
     let channels = channels::Channels::new(
         pool.clone(),
@@ -152,6 +180,7 @@ pub fn build_state(settings: Settings) -> Result<Arc<AppState>, StartError> {
         },
     );
     channels.spawn_watchdog();
+    admission::spawn_sampler(headroom.clone(), channels.clone(), pool.clone());
     let memory = memory::MemoryMonitor::new(settings.memory_warning, settings.memory_critical);
     memory.spawn_sampler();
     channels
@@ -177,6 +206,7 @@ pub fn build_state(settings: Settings) -> Result<Arc<AppState>, StartError> {
         providers,
         guide,
         pool,
+        headroom,
         registry,
         channels,
         memory,

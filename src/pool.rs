@@ -4,6 +4,11 @@
 //! them frees the slot exactly once, so concurrent end paths can never
 //! double-free. A freed slot goes to the oldest waiter for that mode.
 //!
+//! With a [`Headroom`] gate (`MAX_CONCURRENT_TRANSCODES=auto`) an encoder
+//! slot is also given only while the measured headroom allows one more; a
+//! request it holds back waits in the same queue, and leaves with
+//! `Overloaded` when the queue is full or its start timeout passes.
+//!
 //! Knows nothing of GStreamer or HTTP.
 
 use std::collections::{HashMap, VecDeque};
@@ -15,6 +20,7 @@ use parking_lot::Mutex;
 use serde::Serialize;
 use tokio::sync::oneshot;
 
+use crate::admission::Headroom;
 use crate::media::Mode;
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -31,6 +37,8 @@ pub enum AdmitError {
     TooManyChannels(usize),
     #[error("{0} viewers are watching, the most MAX_VIEWERS allows")]
     TooManyViewers(usize),
+    #[error("no new encoder can start now: {0}")]
+    Overloaded(String),
 }
 
 /// A request waiting for a slot, as status shows it.
@@ -50,6 +58,8 @@ struct Waiter {
     tx: oneshot::Sender<()>,
     stream_id: String,
     quality: String,
+    /// Pixels of the source picture, when known (what an encoder costs).
+    pixels: Option<u64>,
     client_ip: IpAddr,
     since: Instant,
 }
@@ -81,6 +91,8 @@ pub struct Pool {
     max_per_client: usize,
     max_channels: usize,
     max_viewers: usize,
+    /// Admission by measured headroom for encoders, when `auto`.
+    headroom: Option<Arc<Headroom>>,
     state: Mutex<State>,
 }
 
@@ -100,9 +112,15 @@ pub struct Limits {
 pub struct PoolSnapshot {
     pub transcodes: usize,
     pub remuxes: usize,
+    /// The hard cap, or under `auto` the encoders running plus the ones of
+    /// the default profile the measured headroom would still admit.
     pub max_transcodes: usize,
     pub max_remux: usize,
     pub max_queued: usize,
+    /// Encoders are admitted by measured headroom.
+    pub auto: bool,
+    /// No new encoder can be admitted and the queue is full.
+    pub saturated: bool,
     pub channels: usize,
     pub viewers: usize,
     pub queue: Vec<QueueEntry>,
@@ -110,7 +128,14 @@ pub struct PoolSnapshot {
 
 impl Pool {
     pub fn new(limits: Limits) -> Arc<Self> {
+        Self::with_headroom(limits, None)
+    }
+
+    /// A pool whose encoder slots are also bounded by `headroom` (`auto`);
+    /// `limits.transcodes` stays a hard ceiling.
+    pub fn with_headroom(limits: Limits, headroom: Option<Arc<Headroom>>) -> Arc<Self> {
         Arc::new(Self {
+            headroom,
             max_transcodes: limits.transcodes,
             max_remux: limits.remux,
             max_queued: limits.queued,
@@ -154,11 +179,36 @@ impl Pool {
         if ahead || *st.running(mode) >= self.limit(mode) {
             return None;
         }
+        if let (Mode::Transcode, Some(h)) = (mode, &self.headroom) {
+            h.admit(h.default_quality(), None, st.transcodes).ok()?;
+        }
         *st.running(mode) += 1;
         Some(Permit {
             pool: self.clone(),
             mode,
         })
+    }
+
+    /// Whether the headroom gate lets one more `mode` slot start for a
+    /// `quality` encode of a `pixels` source (remux is never gated).
+    /// `waiting`: the request was refused before and waits in the queue.
+    fn gate(
+        &self,
+        st: &State,
+        mode: Mode,
+        quality: &str,
+        pixels: Option<u64>,
+        waiting: bool,
+    ) -> Result<(), String> {
+        match (mode, &self.headroom) {
+            (Mode::Transcode, Some(h)) if waiting => h
+                .admit_waiting(quality, pixels, st.transcodes)
+                .map_err(|r| r.message),
+            (Mode::Transcode, Some(h)) => h
+                .admit(quality, pixels, st.transcodes)
+                .map_err(|r| r.message),
+            _ => Ok(()),
+        }
     }
 
     fn limit(&self, mode: Mode) -> usize {
@@ -184,12 +234,15 @@ impl Pool {
 
     /// Waits in FIFO order for a `mode` slot until `deadline`. Dropping the
     /// returned future (client hung up) leaves the queue at once.
-    /// `on_queued` runs if the request has to wait.
+    /// `on_queued` runs if the request has to wait. `pixels` (of the
+    /// source picture, when known) sizes what a new encoder costs.
+    #[allow(clippy::too_many_arguments)]
     pub async fn acquire(
         self: &Arc<Self>,
         mode: Mode,
         stream_id: &str,
         quality: &str,
+        pixels: Option<u64>,
         client_ip: IpAddr,
         deadline: tokio::time::Instant,
         on_queued: impl FnOnce(usize),
@@ -198,15 +251,32 @@ impl Pool {
             let mut st = self.state.lock();
             let ahead = st.queue.iter().any(|w| w.mode == mode);
             let limit = self.limit(mode);
+            let mut held = None;
             if !ahead && *st.running(mode) < limit {
-                *st.running(mode) += 1;
-                return Ok(Permit {
-                    pool: self.clone(),
-                    mode,
-                });
+                match self.gate(&st, mode, quality, pixels, false) {
+                    Ok(()) => {
+                        *st.running(mode) += 1;
+                        return Ok(Permit {
+                            pool: self.clone(),
+                            mode,
+                        });
+                    }
+                    Err(why) => held = Some(why),
+                }
             }
             if st.queue.len() >= self.max_queued {
-                return Err(AdmitError::QueueFull(st.queue.len()));
+                // Under the cap, what keeps the queue full is the headroom.
+                let headroom_holds = mode == Mode::Transcode && *st.running(mode) < limit;
+                return Err(match (held, &self.headroom) {
+                    (Some(why), _) => AdmitError::Overloaded(why),
+                    (None, Some(h)) if headroom_holds => {
+                        AdmitError::Overloaded(h.last_refusal().map_or_else(
+                            || "the measured headroom allows none".into(),
+                            |r| r.message,
+                        ))
+                    }
+                    (None, _) => AdmitError::QueueFull(st.queue.len()),
+                });
             }
             let (tx, rx) = oneshot::channel();
             st.next_id += 1;
@@ -217,6 +287,7 @@ impl Pool {
                 tx,
                 stream_id: stream_id.to_string(),
                 quality: quality.to_string(),
+                pixels,
                 client_ip,
                 since: Instant::now(),
             });
@@ -242,32 +313,79 @@ impl Pool {
             }
             // Sender dropped without a grant cannot happen while queued; treat as full.
             Ok(Err(_)) => Err(AdmitError::PoolFull),
-            Err(_) => Err(AdmitError::PoolFull),
+            Err(_) => Err(self.timed_out(mode)),
+        }
+    }
+
+    /// Why a waiter whose start timeout passed got no slot: the headroom,
+    /// when a slot under the cap was free, or the full pool.
+    fn timed_out(&self, mode: Mode) -> AdmitError {
+        let st = self.state.lock();
+        match (&self.headroom, mode) {
+            (Some(h), Mode::Transcode) if st.transcodes < self.max_transcodes => {
+                AdmitError::Overloaded(h.last_refusal().map_or_else(
+                    || "the measured headroom allows none".to_string(),
+                    |r| r.message,
+                ))
+            }
+            _ => AdmitError::PoolFull,
         }
     }
 
     fn release(&self, mode: Mode) {
         let mut st = self.state.lock();
         *st.running(mode) -= 1;
-        // Hand the slot to the oldest live waiter for this mode.
-        while let Some(pos) = st.queue.iter().position(|w| w.mode == mode) {
-            let w = st.queue.remove(pos).expect("position is valid");
-            *st.running(mode) += 1;
-            if w.tx.send(()).is_ok() {
+        self.grant(&mut st, mode);
+    }
+
+    /// Hands free `mode` slots to the oldest live waiters, while the cap
+    /// and the headroom allow.
+    fn grant(&self, st: &mut State, mode: Mode) {
+        while *st.running(mode) < self.limit(mode) {
+            let Some(pos) = st.queue.iter().position(|w| w.mode == mode) else {
+                return;
+            };
+            let (quality, pixels) = (st.queue[pos].quality.clone(), st.queue[pos].pixels);
+            if self.gate(st, mode, &quality, pixels, true).is_err() {
                 return;
             }
-            *st.running(mode) -= 1;
+            let w = st.queue.remove(pos).expect("position is valid");
+            *st.running(mode) += 1;
+            if w.tx.send(()).is_err() {
+                *st.running(mode) -= 1;
+            }
+        }
+    }
+
+    /// Offers waiting encoder requests what the headroom allows now (the
+    /// headroom changes without any slot being freed).
+    pub fn offer(&self) {
+        if self.headroom.is_some() {
+            let mut st = self.state.lock();
+            self.grant(&mut st, Mode::Transcode);
         }
     }
 
     pub fn snapshot(&self) -> PoolSnapshot {
         let st = self.state.lock();
+        let (max_transcodes, can_admit) = match &self.headroom {
+            Some(h) => {
+                let more = h.more(st.transcodes);
+                (
+                    self.max_transcodes.min(st.transcodes + more),
+                    more > 0 && st.transcodes < self.max_transcodes,
+                )
+            }
+            None => (self.max_transcodes, st.transcodes < self.max_transcodes),
+        };
         PoolSnapshot {
             transcodes: st.transcodes,
             remuxes: st.remuxes,
-            max_transcodes: self.max_transcodes,
+            max_transcodes,
             max_remux: self.max_remux,
             max_queued: self.max_queued,
+            auto: self.headroom.is_some(),
+            saturated: !can_admit && st.queue.len() >= self.max_queued,
             channels: st.channels,
             viewers: st.viewers,
             queue: st
@@ -281,6 +399,11 @@ impl Pool {
                 })
                 .collect(),
         }
+    }
+
+    /// The headroom gate, when encoders are admitted by it.
+    pub fn headroom(&self) -> Option<&Arc<Headroom>> {
+        self.headroom.as_ref()
     }
 
     /// Sessions currently held by `ip`.
@@ -424,32 +547,64 @@ mod tests {
     async fn third_request_waits_and_gets_the_freed_slot_fifo() {
         let pool = Pool::new(limits(2, 5, 10, 10));
         let a = pool
-            .acquire(Mode::Transcode, "s", "medium", ip(1), later(10), |_| {})
+            .acquire(
+                Mode::Transcode,
+                "s",
+                "medium",
+                None,
+                ip(1),
+                later(10),
+                |_| {},
+            )
             .await
             .unwrap();
         let _b = pool
-            .acquire(Mode::Transcode, "s", "medium", ip(1), later(10), |_| {})
+            .acquire(
+                Mode::Transcode,
+                "s",
+                "medium",
+                None,
+                ip(1),
+                later(10),
+                |_| {},
+            )
             .await
             .unwrap();
         let p1 = pool.clone();
         let first = tokio::spawn(async move {
-            p1.acquire(Mode::Transcode, "first", "m", ip(2), later(60_000), |_| {})
-                .await
-                .map(|_| "first")
+            p1.acquire(
+                Mode::Transcode,
+                "first",
+                "m",
+                None,
+                ip(2),
+                later(60_000),
+                |_| {},
+            )
+            .await
+            .map(|_| "first")
         });
         tokio::time::sleep(Duration::from_millis(1)).await;
         let p2 = pool.clone();
         let second = tokio::spawn(async move {
-            p2.acquire(Mode::Transcode, "second", "m", ip(3), later(60_000), |_| {})
-                .await
-                .map(|_| "second")
+            p2.acquire(
+                Mode::Transcode,
+                "second",
+                "m",
+                None,
+                ip(3),
+                later(60_000),
+                |_| {},
+            )
+            .await
+            .map(|_| "second")
         });
         tokio::time::sleep(Duration::from_millis(1)).await;
         assert_eq!(pool.snapshot().queue.len(), 2);
         assert_eq!(pool.snapshot().queue[0].stream_id, "first");
         // Remux has its own bound and is not blocked by transcode waiters.
         let _r = pool
-            .acquire(Mode::Remux, "r", "m", ip(4), later(10), |_| {})
+            .acquire(Mode::Remux, "r", "m", None, ip(4), later(10), |_| {})
             .await
             .unwrap();
         drop(a);
@@ -468,24 +623,146 @@ mod tests {
     async fn full_queue_and_timeouts_are_refused() {
         let pool = Pool::new(limits(1, 1, 1, 10));
         let _a = pool
-            .acquire(Mode::Transcode, "s", "m", ip(1), later(10), |_| {})
+            .acquire(Mode::Transcode, "s", "m", None, ip(1), later(10), |_| {})
             .await
             .unwrap();
         let p = pool.clone();
         let waiter = tokio::spawn(async move {
-            p.acquire(Mode::Transcode, "s", "m", ip(1), later(500), |_| {})
+            p.acquire(Mode::Transcode, "s", "m", None, ip(1), later(500), |_| {})
                 .await
                 .err()
         });
         tokio::time::sleep(Duration::from_millis(1)).await;
         let full = pool
-            .acquire(Mode::Transcode, "s", "m", ip(1), later(500), |_| {})
+            .acquire(Mode::Transcode, "s", "m", None, ip(1), later(500), |_| {})
             .await
             .err();
         assert_eq!(full, Some(AdmitError::QueueFull(1)));
         assert_eq!(waiter.await.unwrap(), Some(AdmitError::PoolFull));
         assert!(pool.snapshot().queue.is_empty());
         assert_eq!(pool.snapshot().transcodes, 1);
+    }
+
+    #[tokio::test]
+    async fn the_headroom_holds_encoders_back_and_a_freed_one_goes_to_the_waiter() {
+        let headroom = Headroom::new(
+            1.0,
+            "medium",
+            std::collections::BTreeMap::from([("medium".to_string(), 0.6)]),
+        );
+        let pool = Pool::with_headroom(limits(8, 1, 1, 10), Some(headroom.clone()));
+        let wait = |ms| later(ms);
+        // The first encoder always starts; the second would need 0.6 of the
+        // 0.4 cores the first leaves, so it waits.
+        let first = pool
+            .acquire(
+                Mode::Transcode,
+                "a",
+                "medium",
+                None,
+                ip(1),
+                wait(10),
+                |_| {},
+            )
+            .await
+            .unwrap();
+        let p = pool.clone();
+        let waiter = tokio::spawn(async move {
+            p.acquire(
+                Mode::Transcode,
+                "b",
+                "medium",
+                None,
+                ip(1),
+                wait(20_000),
+                |_| {},
+            )
+            .await
+        });
+        assert!(crate::pool::tests::until(|| pool.snapshot().queue.len() == 1).await);
+        // Remux is not gated; with the queue full an encoder is overloaded.
+        assert!(pool
+            .acquire(Mode::Remux, "r", "source", None, ip(2), wait(10), |_| {})
+            .await
+            .is_ok());
+        let full = pool
+            .acquire(
+                Mode::Transcode,
+                "c",
+                "medium",
+                None,
+                ip(3),
+                wait(10),
+                |_| {},
+            )
+            .await
+            .err();
+        assert!(
+            matches!(&full, Some(AdmitError::Overloaded(m)) if m.contains("0.40 of 1.00")),
+            "{full:?}"
+        );
+        let snap = pool.snapshot();
+        assert!(
+            snap.auto && snap.saturated,
+            "nothing can start, nobody can wait"
+        );
+        assert_eq!(snap.max_transcodes, 1);
+        // The refusal of the waiter was counted once, not at every offer.
+        pool.offer();
+        pool.offer();
+        assert_eq!(headroom.view("auto".into(), 1).refusals["no_cpu"], 1);
+        drop(first);
+        let granted = waiter.await.unwrap().expect("the freed encoder slot");
+        assert_eq!(pool.snapshot().transcodes, 1);
+        drop(granted);
+    }
+
+    #[tokio::test]
+    async fn a_waiter_the_headroom_never_admits_leaves_overloaded() {
+        let headroom = Headroom::new(
+            1.0,
+            "medium",
+            std::collections::BTreeMap::from([("medium".to_string(), 0.6)]),
+        );
+        let pool = Pool::with_headroom(limits(8, 1, 4, 10), Some(headroom));
+        let _first = pool
+            .acquire(
+                Mode::Transcode,
+                "a",
+                "medium",
+                None,
+                ip(1),
+                later(10),
+                |_| {},
+            )
+            .await
+            .unwrap();
+        let late = pool
+            .acquire(
+                Mode::Transcode,
+                "b",
+                "medium",
+                None,
+                ip(1),
+                later(300),
+                |_| {},
+            )
+            .await
+            .err();
+        assert!(matches!(late, Some(AdmitError::Overloaded(_))), "{late:?}");
+        assert!(pool.snapshot().queue.is_empty());
+        assert!(!pool.snapshot().saturated, "the queue has room");
+    }
+
+    /// Polls `cond` for up to a second.
+    pub(super) async fn until(mut cond: impl FnMut() -> bool) -> bool {
+        for _ in 0..100 {
+            if cond() {
+                return true;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        cond()
     }
 
     #[tokio::test]
@@ -514,6 +791,7 @@ mod tests {
                         Mode::Transcode,
                         "s",
                         "m",
+                        None,
                         ip((i % 200) as u8),
                         later(30_000),
                         |_| {},

@@ -358,7 +358,7 @@ async fn rendition(
     // Auto mode on a source not opened yet holds an encoder slot (the
     // dearer kind) until the source shows what it carries.
     let provisional = mode.unwrap_or(Mode::Transcode);
-    let permit = acquire(state, req, wanted, provisional, deadline).await?;
+    let permit = acquire(state, req, wanted, ch, provisional, deadline).await?;
     let streams = match tokio::time::timeout_at(deadline, ch.open()).await {
         Ok(Ok(s)) => s,
         Ok(Err(e)) => return Err(failed(e).await),
@@ -376,7 +376,7 @@ async fn rendition(
         drop(permit);
         match ch.find(&wanted.key(chosen)) {
             Some(r) => return Ok(r),
-            None => Some(acquire(state, req, wanted, chosen, deadline).await?),
+            None => Some(acquire(state, req, wanted, ch, chosen, deadline).await?),
         }
     };
     tracing::debug!(stream_id = %wanted.stream.id, streams = %streams.describe(), mode = chosen.as_str(), "source opened");
@@ -398,24 +398,42 @@ async fn acquire(
     state: &Arc<AppState>,
     req: &PreviewRequest,
     wanted: &Wanted,
+    ch: &Channel,
     mode: Mode,
     deadline: tokio::time::Instant,
 ) -> Result<Permit, PreviewError> {
     let stream_id = wanted.stream.id.clone();
     let quality = wanted.key(mode).quality;
+    // What an encoder costs grows with the source picture: known for a
+    // test pattern, or from a rendition the channel already runs.
+    let pixels = match &wanted.source {
+        SourceUri::Test(t) => Some(u64::from(t.width) * u64::from(t.height)),
+        SourceUri::Uri { .. } => ch
+            .renditions()
+            .iter()
+            .find_map(|r| r.counters.source_pixels()),
+    };
     let ip = req.client_ip;
     let events = state.registry.clone();
     let (sid, q) = (stream_id.clone(), quality.clone());
     state
         .pool
-        .acquire(mode, &stream_id, &quality, ip, deadline, move |position| {
-            events.emit(SessionEvent::SessionQueued {
-                stream_id: sid,
-                quality: q,
-                client_ip: ip.to_string(),
-                position,
-            });
-        })
+        .acquire(
+            mode,
+            &stream_id,
+            &quality,
+            pixels,
+            ip,
+            deadline,
+            move |position| {
+                events.emit(SessionEvent::SessionQueued {
+                    stream_id: sid,
+                    quality: q,
+                    client_ip: ip.to_string(),
+                    position,
+                });
+            },
+        )
         .await
         .map_err(PreviewError::Admit)
 }

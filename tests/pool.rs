@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use common::*;
 use futures::StreamExt;
-use sluice::config::Settings;
+use sluice::config::{Settings, TranscodeLimit};
 use sluice::http::ratelimit::Rate;
 
 const TINY: &str = "test://smpte?size=320x240&rate=30";
@@ -71,7 +71,7 @@ async fn wait_queued(ts: &TestServer, n: u64) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn third_request_waits_fifo_then_plays_and_limits_answer_503() {
     let ts = server(|s| {
-        s.max_transcodes = 2;
+        s.max_transcodes = TranscodeLimit::Max(2);
         s.max_queued = 2;
         s.max_sessions_per_client = 10;
     })
@@ -142,7 +142,7 @@ async fn third_request_waits_fifo_then_plays_and_limits_answer_503() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_waiter_that_hangs_up_leaves_the_queue_at_once() {
-    let ts = server(|s| s.max_transcodes = 1).await;
+    let ts = server(|s| s.max_transcodes = TranscodeLimit::Max(1)).await;
     let _a = running(&ts, PREVIEW).await;
     let waiter = spawn_get(&ts, "/streams/preview/tiny2?quality=low&timeout=60000");
     wait_queued(&ts, 1).await;
@@ -340,7 +340,7 @@ async fn next_event(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn admin_stop_ends_the_body_and_events_narrate_the_life() {
-    let ts = server(|s| s.max_transcodes = 1).await;
+    let ts = server(|s| s.max_transcodes = TranscodeLimit::Max(1)).await;
     let mut events = client()
         .get(ts.url("/api/streams/transcoding/events"))
         .send()
@@ -427,7 +427,7 @@ async fn admin_stop_ends_the_body_and_events_narrate_the_life() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_hundred_concurrent_hangups_leave_the_pool_empty() {
     let ts = server(|s| {
-        s.max_transcodes = 2;
+        s.max_transcodes = TranscodeLimit::Max(2);
         s.max_queued = 200;
         s.max_sessions_per_client = 1000;
     })

@@ -178,7 +178,7 @@ async fn server(tweak: impl FnOnce(&mut sluice::config::Settings)) -> TestServer
         s.rate_limit_admin = off();
         s.max_sessions_per_client = 64;
         s.max_viewers = 64;
-        s.max_transcodes = 16;
+        s.max_transcodes = sluice::config::TranscodeLimit::Max(16);
         s.max_remux = 16;
         tweak(s)
     })

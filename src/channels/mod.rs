@@ -27,7 +27,7 @@ use std::time::Duration;
 use parking_lot::Mutex;
 
 pub use channel::{Channel, ChannelUse, PictureSource};
-pub use rendition::{Rendition, RenditionKey, RenditionView};
+pub use rendition::{Pace, Rendition, RenditionKey, RenditionView, SPEED_WINDOW};
 pub use view::{ChannelView, UpstreamView};
 
 use crate::events::{Events, SessionEvent};

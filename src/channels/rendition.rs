@@ -4,10 +4,10 @@
 //! that its viewers subscribe to. It knows how many viewers it has, not
 //! who they are.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, VecDeque};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use gst::prelude::*;
@@ -24,6 +24,40 @@ use crate::profiles::Profile;
 
 /// Told the total viewer count of a rendition when it changes.
 pub type ViewerCountHook = Arc<dyn Fn(usize) + Send + Sync>;
+
+/// The window `speed`, `fps` and `encodeSpeed` are measured over.
+pub const SPEED_WINDOW: Duration = Duration::from_secs(5);
+/// The shortest stretch a windowed figure is given for (before it, the
+/// figures count from the rendition's start).
+const MIN_SPAN: Duration = Duration::from_secs(1);
+
+/// The rendition's counters at one moment.
+#[derive(Debug, Clone, Copy)]
+struct Sample {
+    at: Instant,
+    media_ns: u64,
+    frames: u64,
+    busy_ns: u64,
+}
+
+/// How a rendition keeps pace over the last [`SPEED_WINDOW`] (or what of
+/// it has been sampled).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Pace {
+    /// Media time made ÷ wall time: 1.0 is real time for a live source.
+    pub speed: f64,
+    pub fps: f64,
+    /// Pictures encoded per second of the encoder's wall time, over the
+    /// pictures per second it is meant to make: how many times real time
+    /// it could go (pictures a full queue dropped count against it). `None`
+    /// for a remux, or before a picture was encoded in the window.
+    pub encode_speed: Option<f64>,
+    /// Pictures made over pictures meant (1.0: none dropped), when the
+    /// frame rate is known.
+    pub frame_share: Option<f64>,
+    /// The stretch measured; a full window is [`SPEED_WINDOW`].
+    pub span: Duration,
+}
 
 /// What identifies a rendition within its channel.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -67,6 +101,8 @@ pub struct Rendition {
     fanout_config: FanoutConfig,
     /// Called with the total viewer count whenever it changes.
     on_viewers: Mutex<Option<ViewerCountHook>>,
+    /// Counter samples of the last [`SPEED_WINDOW`], oldest first.
+    window: Mutex<VecDeque<Sample>>,
 }
 
 /// A rendition as status shows it.
@@ -79,6 +115,8 @@ pub struct RenditionView {
     pub decoder: Option<String>,
     pub fps: f64,
     pub speed: f64,
+    /// How many times real time the encoder could go (transcodes).
+    pub encode_speed: Option<f64>,
     pub viewers: usize,
     pub formats: Vec<Format>,
     pub start_time: u64,
@@ -105,6 +143,51 @@ impl Rendition {
             permit: Mutex::new(permit),
             fanout_config,
             on_viewers: Mutex::new(None),
+            window: Mutex::new(VecDeque::new()),
+        })
+    }
+
+    /// Records the counters now (called about once a second), keeping
+    /// one sample at or beyond the window's far end.
+    pub fn sample(&self) {
+        let now = Instant::now();
+        let s = Sample {
+            at: now,
+            media_ns: self.counters.media_ns(),
+            frames: self.counters.frames.load(Ordering::Relaxed),
+            busy_ns: self.counters.busy_ns(),
+        };
+        let mut w = self.window.lock();
+        w.push_back(s);
+        while w.len() > 2 && now.duration_since(w[1].at) >= SPEED_WINDOW {
+            w.pop_front();
+        }
+    }
+
+    /// How the rendition kept pace over the sampled window; `None` until
+    /// two samples at least [`MIN_SPAN`] apart exist.
+    pub fn pace(&self) -> Option<Pace> {
+        let w = self.window.lock();
+        let (first, last) = (w.front()?, w.back()?);
+        let span = last.at.duration_since(first.at);
+        if span < MIN_SPAN {
+            return None;
+        }
+        let secs = span.as_secs_f64();
+        let media = last.media_ns.saturating_sub(first.media_ns) as f64;
+        let busy = last.busy_ns.saturating_sub(first.busy_ns) as f64;
+        let frames = last.frames.saturating_sub(first.frames) as f64;
+        let rate = self.counters.frame_rate();
+        let encode_speed = (self.key.mode == Mode::Transcode && busy > 0.0).then(|| match rate {
+            Some(r) => frames / (busy / 1e9) / r,
+            None => media / busy,
+        });
+        Some(Pace {
+            speed: media / 1e9 / secs,
+            fps: frames / secs,
+            encode_speed,
+            frame_share: rate.map(|r| frames / secs / r),
+            span,
         })
     }
 
@@ -383,6 +466,7 @@ impl Rendition {
     pub fn view(&self, decoder: Option<String>) -> RenditionView {
         let elapsed = self.started_at.elapsed().as_secs_f64();
         let round2 = |v: f64| (v * 100.0).round() / 100.0;
+        let pace = self.pace();
         let frames = self.counters.frames.load(Ordering::Relaxed) as f64;
         let media = self.counters.media_ns() as f64 / 1e9;
         let rate = |v: f64| {
@@ -401,11 +485,78 @@ impl Rendition {
             } else {
                 None
             },
-            fps: rate(frames),
-            speed: rate(media),
+            fps: pace.map_or_else(|| rate(frames), |p| round2(p.fps)),
+            speed: pace.map_or_else(|| rate(media), |p| round2(p.speed)),
+            encode_speed: pace.and_then(|p| p.encode_speed).map(round2),
             viewers: self.viewers(),
             formats: self.outputs.lock().keys().copied().collect(),
             start_time: self.start_ms,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pace_is_measured_over_the_window_and_counts_pictures_against_the_rate() {
+        let profile = crate::profiles::Profiles::builtin()
+            .get("medium")
+            .unwrap()
+            .clone();
+        let config = FanoutConfig {
+            buffer: Duration::from_secs(4),
+            stall: Duration::from_secs(15),
+        };
+        let key = |mode| RenditionKey {
+            mode,
+            quality: "medium".into(),
+        };
+        let r = Rendition::new(key(Mode::Transcode), profile.clone(), None, config);
+        r.counters.set_frame_rate(30.0);
+        // Before the encoder ran long ago: 100 pictures, then a pause.
+        for i in 0..100u64 {
+            r.counters
+                .note_encoded(gst::ClockTime::from_mseconds(i * 33), 10_000_000);
+        }
+        r.sample();
+        assert_eq!(r.pace(), None, "one sample is no window");
+        std::thread::sleep(Duration::from_millis(1100));
+        // In the window: 15 of 33 pictures a second made (a full queue
+        // dropped the rest), each taking 40 ms of the encoder's time.
+        let t0 = 100 * 33;
+        for i in 0..17u64 {
+            r.counters
+                .note_encoded(gst::ClockTime::from_mseconds(t0 + i * 66), 40_000_000);
+        }
+        r.sample();
+        let p = r.pace().expect("a window of over a second");
+        let secs = p.span.as_secs_f64();
+        assert!((1.09..1.5).contains(&secs), "{secs}");
+        assert!((p.fps - 17.0 / secs).abs() < 0.01, "{p:?}");
+        // 17 pictures in 0.68 s of work: 25 a second, under the 30 meant.
+        let encode = p.encode_speed.unwrap();
+        assert!((encode - 25.0 / 30.0).abs() < 0.01, "{p:?}");
+        assert!((p.frame_share.unwrap() - 17.0 / secs / 30.0).abs() < 0.01);
+        // Status shows the window, not the average since the start.
+        let v = r.view(None);
+        assert_eq!(v.encode_speed, Some((encode * 100.0).round() / 100.0));
+        assert!((v.fps - 17.0 / secs).abs() < 0.01, "{}", v.fps);
+
+        // A remux has no encoder to judge.
+        let remux = Rendition::new(key(Mode::Remux), profile, None, config);
+        remux
+            .counters
+            .note_encoded(gst::ClockTime::from_mseconds(0), 0);
+        remux.sample();
+        std::thread::sleep(Duration::from_millis(1050));
+        remux
+            .counters
+            .note_encoded(gst::ClockTime::from_mseconds(1000), 0);
+        remux.sample();
+        let p = remux.pace().unwrap();
+        assert_eq!(p.encode_speed, None);
+        assert!((p.speed - 1.0 / p.span.as_secs_f64()).abs() < 0.01, "{p:?}");
     }
 }

@@ -112,6 +112,9 @@ impl From<PreviewError> for ApiError {
             PreviewError::Admit(AdmitError::TooManyViewers(_)) => {
                 ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "viewers_full", msg).retry(5)
             }
+            PreviewError::Admit(AdmitError::Overloaded(_)) => {
+                ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "overloaded", msg).retry(10)
+            }
             PreviewError::Admit(AdmitError::PoolFull) => {
                 ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "pool_full", msg).retry(5)
             }

@@ -31,8 +31,20 @@ pub fn routes(
             if reasons.is_empty() {
                 json(&serde_json::json!({"status": "ready"}), StatusCode::OK)
             } else {
+                // `error` names the first reason as every error does, so a
+                // saturated replica answers `{"error": "saturated", ...}`.
+                let error = reasons[0]
+                    .split(':')
+                    .next()
+                    .unwrap_or("not_ready")
+                    .to_string();
                 json(
-                    &serde_json::json!({"status": "not_ready", "reasons": reasons}),
+                    &serde_json::json!({
+                        "status": "not_ready",
+                        "error": error,
+                        "message": format!("not ready: {}", reasons.join("; ")),
+                        "reasons": reasons,
+                    }),
                     StatusCode::SERVICE_UNAVAILABLE,
                 )
             }

@@ -40,6 +40,9 @@ pub struct TranscodingStatus {
     pub queue: Vec<QueueEntry>,
     /// Providers with a limit or open connections (all: `/api/providers`).
     pub providers: Vec<ProviderView>,
+    /// Admission by measured headroom: free cores, each profile's learned
+    /// cost, and why the last new encoder was refused.
+    pub headroom: crate::admission::HeadroomView,
 }
 
 /// The status document; cheap (atomics and two short locks).
@@ -61,6 +64,14 @@ pub fn status(state: &AppState) -> TranscodingStatus {
         memory: state.memory.report(),
         sessions,
         channels: state.channels.views(),
+        headroom: state.headroom.view(
+            if pool.auto {
+                "auto".to_string()
+            } else {
+                pool.max_transcodes.to_string()
+            },
+            pool.transcodes,
+        ),
         queue: pool.queue,
         providers: state.providers.active(&state.catalog.snapshot()),
     }

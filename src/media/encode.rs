@@ -8,7 +8,7 @@ use std::sync::Arc;
 use gst::prelude::*;
 
 use super::branch::{capsfilter, make, queue, tee, Branch, Encoded};
-use super::probes::{count_output, Counters};
+use super::probes::{count_busy, count_output, Counters};
 use super::MediaError;
 use crate::profiles::{Profile, AUDIO_CHANNELS, AUDIO_RATE};
 
@@ -70,6 +70,11 @@ pub fn video_encode(
     p.add_many(chain)?;
     gst::Element::link_many(chain)?;
     count_output(&enc_caps.static_pad("src").expect("src pad"), counters);
+    count_busy(
+        &head.static_pad("src").expect("queue src pad"),
+        &enc_caps.static_pad("src").expect("src pad"),
+        counters,
+    );
 
     // Fix the output geometry from the first caps the chain sees; later
     // changes are letterboxed by videoscale into the same size.
@@ -77,6 +82,7 @@ pub fn video_encode(
     let weak_enc = enc.downgrade();
     let profile = profile.clone();
     let fixed = AtomicBool::new(false);
+    let weak_counters = Arc::downgrade(counters);
     deint
         .static_pad("sink")
         .expect("deinterlace sink pad")
@@ -102,6 +108,12 @@ pub fn video_encode(
                 .unwrap_or((0, 1));
             let (ow, oh) = profile.output_size(w, h, par);
             let (fn_, fd) = profile.output_framerate(fr.0, fr.1);
+            if let Some(c) = weak_counters.upgrade() {
+                c.set_source_pixels(u64::from(w) * u64::from(h));
+                if fd > 0 {
+                    c.set_frame_rate(f64::from(fn_) / f64::from(fd));
+                }
+            }
             if let Some(size) = weak_size.upgrade() {
                 let mut caps = gst::Caps::builder("video/x-raw")
                     .field("format", "I420")

@@ -15,6 +15,16 @@ pub struct Counters {
     pub frames: AtomicU64,
     first_pts: AtomicU64,
     last_pts: AtomicU64,
+    /// Wall time (ns) the encoder's chain spent on pictures: from a picture
+    /// leaving the queue in front of the encoder to its encoded picture
+    /// coming out. Media time over this is how fast the encoder could go.
+    busy_ns: AtomicU64,
+    /// When the picture being encoded left the queue (monotonic ns; 0: none).
+    busy_since: AtomicU64,
+    /// Pixels of one source picture (width x height) the encoder reads.
+    source_pixels: AtomicU64,
+    /// Pictures per second the encoder is meant to make (x1000; 0: unknown).
+    frame_rate_milli: AtomicU64,
 }
 
 impl Default for Counters {
@@ -23,6 +33,10 @@ impl Default for Counters {
             frames: AtomicU64::new(0),
             first_pts: AtomicU64::new(u64::MAX),
             last_pts: AtomicU64::new(0),
+            busy_ns: AtomicU64::new(0),
+            busy_since: AtomicU64::new(0),
+            source_pixels: AtomicU64::new(0),
+            frame_rate_milli: AtomicU64::new(0),
         }
     }
 }
@@ -37,6 +51,42 @@ impl Counters {
         } else {
             last.saturating_sub(first)
         }
+    }
+
+    /// Wall time the encoder has spent on pictures so far (ns).
+    pub fn busy_ns(&self) -> u64 {
+        self.busy_ns.load(Ordering::Relaxed)
+    }
+
+    /// Pixels of one source picture, once the encoder has seen its caps.
+    pub fn source_pixels(&self) -> Option<u64> {
+        Some(self.source_pixels.load(Ordering::Relaxed)).filter(|p| *p > 0)
+    }
+
+    pub fn set_source_pixels(&self, pixels: u64) {
+        self.source_pixels.store(pixels, Ordering::Relaxed);
+    }
+
+    /// Pictures per second the encoder is meant to make, once known.
+    pub fn frame_rate(&self) -> Option<f64> {
+        Some(self.frame_rate_milli.load(Ordering::Relaxed))
+            .filter(|r| *r > 0)
+            .map(|r| r as f64 / 1000.0)
+    }
+
+    pub fn set_frame_rate(&self, fps: f64) {
+        if fps.is_finite() && fps > 0.0 {
+            self.frame_rate_milli
+                .store((fps * 1000.0).round() as u64, Ordering::Relaxed);
+        }
+    }
+
+    /// Counts what a busy encoder made: `busy_ns` of its work for a
+    /// picture at `pts` (what the pad probes record).
+    #[cfg(test)]
+    pub(crate) fn note_encoded(&self, pts: gst::ClockTime, busy_ns: u64) {
+        self.note(Some(pts));
+        self.busy_ns.fetch_add(busy_ns, Ordering::Relaxed);
     }
 
     fn note(&self, pts: Option<gst::ClockTime>) {
@@ -57,6 +107,34 @@ pub fn count_output(pad: &gst::Pad, counters: &Arc<Counters>) {
     pad.add_probe(gst::PadProbeType::BUFFER, move |_, info| {
         if let (Some(c), Some(b)) = (c.upgrade(), info.buffer()) {
             c.note(b.pts());
+        }
+        gst::PadProbeReturn::Ok
+    });
+}
+
+/// Times the work between `entry` (a picture leaves the queue in front of
+/// the encoder, on that queue's streaming thread) and `exit` (its encoded
+/// picture comes out of the encoder, on the same thread: the encoder runs
+/// without frame delay). A picture that produces no output (dropped by the
+/// rate filter) is not counted.
+pub fn count_busy(entry: &gst::Pad, exit: &gst::Pad, counters: &Arc<Counters>) {
+    let c = Arc::downgrade(counters);
+    entry.add_probe(gst::PadProbeType::BUFFER, move |_, _| {
+        if let Some(c) = c.upgrade() {
+            c.busy_since
+                .store(gst::get_timestamp().nseconds().max(1), Ordering::Relaxed);
+        }
+        gst::PadProbeReturn::Ok
+    });
+    let c = Arc::downgrade(counters);
+    exit.add_probe(gst::PadProbeType::BUFFER, move |_, _| {
+        if let Some(c) = c.upgrade() {
+            let since = c.busy_since.swap(0, Ordering::Relaxed);
+            if since > 0 {
+                let now = gst::get_timestamp().nseconds();
+                c.busy_ns
+                    .fetch_add(now.saturating_sub(since), Ordering::Relaxed);
+            }
         }
         gst::PadProbeReturn::Ok
     });

@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use sluice::config::Settings;
+use sluice::config::{Settings, TranscodeLimit};
 use sluice::Server;
 
 pub struct TestServer {
@@ -63,6 +63,9 @@ pub fn settings(dir: &Path) -> Settings {
     // viewer's pipeline always did; tests of sharing and lingering set
     // their own linger.
     s.channel_linger_ms = 0;
+    // A fixed encoder cap, so what a test admits does not depend on how
+    // busy the machine running it is; tests of headroom admission set auto.
+    s.max_transcodes = TranscodeLimit::Max(3);
     s
 }
 

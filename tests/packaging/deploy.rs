@@ -2,6 +2,7 @@
 //! (parses, wraps the plugins, its NixOS module knows every setting).
 
 use std::collections::BTreeMap;
+use std::path::PathBuf;
 use std::process::Command;
 
 use clap::CommandFactory;
@@ -9,7 +10,7 @@ use serde::Deserialize;
 use serde_norway::Value;
 use sluice::config::Settings;
 
-use crate::support::{have, quantity, read, run, scalar, settings_from_env};
+use crate::support::{have, on_ci, quantity, read, run, scalar, settings_from_env};
 
 #[test]
 fn the_kubernetes_manifest_probes_drains_and_keeps_its_data() {
@@ -119,6 +120,202 @@ fn the_kubernetes_manifest_probes_drains_and_keeps_its_data() {
         image.ends_with(&format!(":{}", env!("CARGO_PKG_VERSION"))),
         "image tag {image} is not the crate version"
     );
+}
+
+fn manifest() -> Vec<Value> {
+    serde_norway::Deserializer::from_str(&read("deploy/kubernetes.yaml"))
+        .map(|d| Value::deserialize(d).expect("kubernetes.yaml is YAML"))
+        .collect()
+}
+
+/// kubernetes-validate as install-deps.sh leaves it (test role): in a venv
+/// under the user's cache, at the version the script pins.
+fn kubernetes_validate() -> Option<PathBuf> {
+    let script = read("packaging/install-deps.sh");
+    let version = script
+        .lines()
+        .find_map(|l| l.strip_prefix("KUBERNETES_VALIDATE_VERSION="))
+        .expect("install-deps.sh pins KUBERNETES_VALIDATE_VERSION")
+        .trim();
+    let cache = std::env::var_os("XDG_CACHE_HOME")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(std::env::var_os("HOME").expect("HOME")).join(".cache"));
+    let bin = cache.join(format!(
+        "sluice/kubernetes-validate-{version}/bin/kubernetes-validate"
+    ));
+    let found = Command::new(&bin)
+        .arg("--version")
+        .output()
+        .is_ok_and(|o| o.status.success());
+    assert!(
+        found || !on_ci(),
+        "{} is missing on CI: install-deps.sh test installs it",
+        bin.display()
+    );
+    if !found {
+        eprintln!(
+            "skipping the schema check: run packaging/install-deps.sh test to install kubernetes-validate {version}"
+        );
+    }
+    found.then_some(bin)
+}
+
+#[test]
+fn the_kubernetes_manifest_validates_against_the_kubernetes_schemas() {
+    let Some(validate) = kubernetes_validate() else {
+        return;
+    };
+    let check = |file: &std::path::Path| {
+        Command::new(&validate)
+            .arg("--strict")
+            .arg(file)
+            .current_dir(env!("CARGO_MANIFEST_DIR"))
+            .output()
+            .expect("kubernetes-validate runs")
+    };
+    let file = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/kubernetes.yaml");
+    let out = check(&file);
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(out.status.success(), "{text}");
+    assert_eq!(
+        text.matches(" passed for resource ").count(),
+        manifest().len(),
+        "every resource is checked: {text}"
+    );
+    // The schemas are really consulted: a wrong type and an unknown field fail.
+    let dir = tempfile::tempdir().unwrap();
+    for (from, to) in [
+        ("containerPort: 3000", "containerPort: \"three thousand\""),
+        (
+            "pathType: Prefix",
+            "pathType: Prefix\n            weight: 1",
+        ),
+    ] {
+        let source = read("deploy/kubernetes.yaml");
+        assert!(source.contains(from), "{from}");
+        let broken = dir.path().join("broken.yaml");
+        std::fs::write(&broken, source.replacen(from, to, 1)).unwrap();
+        assert!(!check(&broken).status.success(), "{to} passed the schemas");
+    }
+}
+
+#[test]
+fn the_ingress_sends_every_viewer_of_a_stream_to_one_replica() {
+    let docs = manifest();
+    let all = |k: &str| -> Vec<&Value> {
+        docs.iter()
+            .filter(|d| d["kind"].as_str() == Some(k))
+            .collect()
+    };
+    let deploy = all("Deployment")[0];
+    let pod_labels = deploy["spec"]["template"]["metadata"]["labels"]
+        .as_mapping()
+        .unwrap();
+    assert!(
+        deploy["spec"]["replicas"].as_u64().unwrap() >= 2,
+        "scaled out"
+    );
+    let c = &deploy["spec"]["template"]["spec"]["containers"][0];
+    let env = |name: &str| {
+        c["env"]
+            .as_sequence()
+            .unwrap()
+            .iter()
+            .find(|e| e["name"].as_str() == Some(name))
+            .and_then(|e| scalar(&e["value"]))
+    };
+    assert_eq!(env("MAX_CONCURRENT_TRANSCODES").as_deref(), Some("auto"));
+    assert_eq!(
+        c["readinessProbe"]["httpGet"]["path"].as_str(),
+        Some("/ready"),
+        "a saturated replica leaves the rotation"
+    );
+    let service = |name: &str| {
+        all("Service")
+            .into_iter()
+            .find(|s| s["metadata"]["name"].as_str() == Some(name))
+            .unwrap_or_else(|| panic!("no Service {name}"))
+    };
+
+    let hashed: Vec<&Value> = all("Ingress")
+        .into_iter()
+        .filter(|i| {
+            i["metadata"]["annotations"]["nginx.ingress.kubernetes.io/upstream-hash-by"].is_string()
+        })
+        .collect();
+    assert_eq!(hashed.len(), 1, "one Ingress hashes the channel routes");
+    let ing = hashed[0];
+    let ann = &ing["metadata"]["annotations"];
+    assert_eq!(
+        ann["nginx.ingress.kubernetes.io/use-regex"].as_str(),
+        Some("true")
+    );
+    assert_eq!(
+        ann["nginx.ingress.kubernetes.io/upstream-hash-by"].as_str(),
+        Some("$1")
+    );
+    assert!(
+        ann["nginx.ingress.kubernetes.io/upstream-hash-by-subset"].is_null(),
+        "the whole ring, not subsets: one replica per stream"
+    );
+    assert_eq!(
+        ann["nginx.ingress.kubernetes.io/proxy-buffering"].as_str(),
+        Some("off")
+    );
+    let paths = ing["spec"]["rules"][0]["http"]["paths"]
+        .as_sequence()
+        .unwrap();
+    let regexes: Vec<String> = paths
+        .iter()
+        .map(|p| p["path"].as_str().unwrap().to_string())
+        .collect();
+    for p in paths {
+        let backend = &p["backend"]["service"];
+        let svc = service(backend["name"].as_str().unwrap());
+        for (k, v) in svc["spec"]["selector"].as_mapping().unwrap() {
+            assert_eq!(
+                pod_labels.get(k),
+                Some(v),
+                "the hashed Service selects the pods"
+            );
+        }
+        assert_eq!(svc["spec"]["ports"][0]["name"], backend["port"]["name"]);
+        assert_ne!(
+            backend["name"].as_str(),
+            Some("sluice"),
+            "the hashed routes have an upstream of their own"
+        );
+    }
+    // $1 is the stream id of every route that reads a channel (as nginx's
+    // PCRE matches the location; Python's re agrees on this syntax).
+    let cases = [
+        ("/streams/preview/news-1?quality=low", "news-1"),
+        ("/streams/preview/news-1", "news-1"),
+        ("/streams/hls/news-1/master.m3u8", "news-1"),
+        ("/streams/hls/news-1/medium/index.m3u8", "news-1"),
+        ("/streams/snapshot/news-1.jpg", "news-1"),
+    ];
+    let program = format!(
+        "import re, sys\npats = {regexes:?}\nfor path, want in {cases:?}:\n    got = [m.group(1) for m in (re.match(p, path) for p in pats) if m]\n    assert got == [want], (path, got)\nassert not any(re.match(p, '/api/streams') for p in pats)\n",
+        cases = cases.iter().map(|(p, w)| (p.to_string(), w.to_string())).collect::<Vec<_>>(),
+    );
+    run(Command::new("python3").args(["-c", &program]));
+
+    // The rest of the routes go to any ready replica.
+    let plain: Vec<&Value> = all("Ingress")
+        .into_iter()
+        .filter(|i| {
+            i["metadata"]["annotations"]["nginx.ingress.kubernetes.io/upstream-hash-by"].is_null()
+        })
+        .collect();
+    assert_eq!(plain.len(), 1);
+    let p = &plain[0]["spec"]["rules"][0]["http"]["paths"][0];
+    assert_eq!(p["path"].as_str(), Some("/"));
+    assert_eq!(p["backend"]["service"]["name"].as_str(), Some("sluice"));
 }
 
 #[test]

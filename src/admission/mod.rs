@@ -1,0 +1,488 @@
+//! Admission by measured headroom (`MAX_CONCURRENT_TRANSCODES=auto`): may
+//! one more encoder start now? Yes while every running encoder keeps at
+//! least [`MIN_ENCODE_SPEED`] times real time and the process's CPU leaves
+//! at least what an encoder of the asked profile costs, as learned from the
+//! renditions of that profile that ran (CPU seconds per media second,
+//! scaled by the source's pixels), starting from a conservative built-in
+//! estimate.
+//!
+//! [`Headroom`] holds the figures and decides; [`cpu`] reads them from
+//! `/proc` and the cgroup; [`spawn_sampler`] feeds both once a second from
+//! the running renditions and lets the pool hand a slot to a waiter the
+//! headroom now allows. Knows nothing of HTTP; the pool asks, it answers.
+
+pub mod cpu;
+mod estimate;
+
+use std::collections::{BTreeMap, VecDeque};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use parking_lot::Mutex;
+use serde::Serialize;
+
+pub use estimate::builtin_cost;
+
+/// Every running encoder must be able to go at least this many times
+/// real time for another to start: the margin that absorbs a busy moment.
+pub const MIN_ENCODE_SPEED: f64 = 1.05;
+/// The share of the cores kept free after a new encoder's cost: at full
+/// CPU every live encoder loses pictures to the smallest hiccup.
+pub const CPU_RESERVE: f64 = 0.1;
+/// A running encoder that makes fewer of its pictures than this share
+/// (a full queue dropped the rest) is behind, whatever its speed. One that
+/// keeps up makes them all; the bar sits above the 0.95 at which a viewer
+/// counts as fallen behind, so admission stops before that.
+pub const MIN_FRAME_SHARE: f64 = 0.98;
+/// How often CPU and the encoders are sampled.
+pub const SAMPLE_INTERVAL: Duration = Duration::from_secs(1);
+/// The short window process CPU is read over for a decision.
+pub const CPU_WINDOW: Duration = Duration::from_secs(2);
+/// How long a newly admitted encoder counts at its estimated cost, until
+/// it shows in the measured CPU and has a speed window of its own.
+pub const WARM_UP: Duration = Duration::from_secs(8);
+/// The source size estimates are stated for: 1080p.
+pub const REFERENCE_PIXELS: u64 = 1920 * 1080;
+/// How far one measurement moves an estimate toward what it saw.
+const LEARN_RATE: f64 = 0.5;
+/// The window costs are learned over (the encoders' speed window).
+const LEARN_WINDOW: Duration = crate::channels::SPEED_WINDOW;
+
+/// Why a new encoder was refused.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct Refusal {
+    /// `encoder_behind` or `no_cpu`.
+    pub reason: &'static str,
+    pub message: String,
+    /// Unix ms.
+    pub at: u64,
+}
+
+/// A running encoder as the sampler saw it.
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Encoder {
+    pub stream_id: String,
+    pub quality: String,
+    pub source_pixels: Option<u64>,
+    /// Media time ÷ wall time over the window (1.0 = real time).
+    pub speed: f64,
+    /// How many times real time it could go.
+    pub encode_speed: Option<f64>,
+    /// Pictures made over pictures meant (1.0: none dropped).
+    pub frame_share: Option<f64>,
+    /// Whether its window is full (it has run [`LEARN_WINDOW`] or more).
+    #[serde(skip)]
+    pub settled: bool,
+}
+
+/// A profile's estimated cost.
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Estimate {
+    /// CPU cores one encoder of a 1080p source keeps busy at real time
+    /// (CPU seconds per media second).
+    pub cores_per_stream: f64,
+    /// Measurements it has learned from (0: the built-in estimate).
+    pub samples: u64,
+}
+
+/// Headroom as status and metrics show it.
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct HeadroomView {
+    /// `auto` or the hard cap.
+    pub mode: String,
+    /// Cores this process may use (affinity and cgroup `cpu.max`).
+    pub cores: f64,
+    /// Cores the process used over the last [`CPU_WINDOW`].
+    pub used_cores: f64,
+    /// Cores left for new work: what the process may still use, at most
+    /// what the host left idle, less what just-admitted encoders will take.
+    pub free_cores: f64,
+    /// Cores the whole host left idle over the last [`CPU_WINDOW`] (other
+    /// processes included).
+    pub host_idle_cores: Option<f64>,
+    /// The slowest running encoder's encode speed.
+    pub slowest_encode_speed: Option<f64>,
+    /// Whether an encoder of the default profile could start now.
+    pub can_admit: bool,
+    pub estimates: BTreeMap<String, Estimate>,
+    pub last_refusal: Option<Refusal>,
+    pub refusals: BTreeMap<&'static str, u64>,
+}
+
+/// (when, process CPU seconds so far, host idle CPU seconds so far).
+type CpuSample = (Instant, f64, Option<f64>);
+
+#[derive(Default)]
+struct Inner {
+    cpu: VecDeque<CpuSample>,
+    encoders: Vec<Encoder>,
+    /// Encoders admitted and still warming up: (when, estimated cores).
+    pending: Vec<(Instant, f64)>,
+    estimates: BTreeMap<String, Estimate>,
+    last_refusal: Option<Refusal>,
+    refusals: BTreeMap<&'static str, u64>,
+}
+
+pub struct Headroom {
+    cores: f64,
+    default_quality: String,
+    inner: Mutex<Inner>,
+}
+
+impl Headroom {
+    /// `estimates`: each profile's built-in cost (see [`builtin_cost`]).
+    pub fn new(cores: f64, default_quality: &str, estimates: BTreeMap<String, f64>) -> Arc<Self> {
+        let inner = Inner {
+            estimates: estimates
+                .into_iter()
+                .map(|(q, c)| {
+                    (
+                        q,
+                        Estimate {
+                            cores_per_stream: c,
+                            samples: 0,
+                        },
+                    )
+                })
+                .collect(),
+            ..Inner::default()
+        };
+        Arc::new(Self {
+            cores: cores.max(0.1),
+            default_quality: default_quality.to_string(),
+            inner: Mutex::new(inner),
+        })
+    }
+
+    pub fn cores(&self) -> f64 {
+        self.cores
+    }
+
+    pub fn default_quality(&self) -> &str {
+        &self.default_quality
+    }
+
+    /// Records cumulative process CPU seconds (and host idle CPU seconds,
+    /// when known) read at `at`.
+    pub fn record_cpu(&self, at: Instant, process_s: f64, host_idle_s: Option<f64>) {
+        let mut g = self.inner.lock();
+        g.cpu.push_back((at, process_s, host_idle_s));
+        let keep = LEARN_WINDOW + Duration::from_secs(2);
+        while g.cpu.len() > 2 && at.duration_since(g.cpu[1].0) > keep {
+            g.cpu.pop_front();
+        }
+    }
+
+    /// Records the running encoders, and learns from them when every one
+    /// has a full window and none is warming up.
+    pub fn record_encoders(&self, encoders: Vec<Encoder>) {
+        let mut g = self.inner.lock();
+        let now = Instant::now();
+        g.pending
+            .retain(|(at, _)| now.duration_since(*at) < WARM_UP);
+        g.encoders = encoders;
+        // Learn only from encoders that settled and keep up: one that drops
+        // pictures, or gets too little CPU, would make the cost look low.
+        if g.encoders.is_empty()
+            || !g.pending.is_empty()
+            || g.encoders.iter().any(|e| {
+                !e.settled
+                    || e.encode_speed.is_none_or(|s| s < 1.0)
+                    || e.frame_share.is_some_and(|f| f < MIN_FRAME_SHARE)
+            })
+        {
+            return;
+        }
+        let Some(used) = used_cores(&g.cpu, LEARN_WINDOW) else {
+            return;
+        };
+        let predicted: f64 = g
+            .encoders
+            .iter()
+            .map(|e| cost_of(&g.estimates, &e.quality, e.source_pixels) * e.speed.min(1.5))
+            .sum();
+        if predicted <= 0.0 {
+            return;
+        }
+        let k = used / predicted;
+        let qualities: std::collections::BTreeSet<String> =
+            g.encoders.iter().map(|e| e.quality.clone()).collect();
+        for q in qualities {
+            let e = g.estimates.entry(q).or_insert(Estimate {
+                cores_per_stream: estimate::FALLBACK_COST,
+                samples: 0,
+            });
+            let learned = e.cores_per_stream * (1.0 + LEARN_RATE * (k - 1.0));
+            e.cores_per_stream = learned.clamp(0.02, 64.0);
+            e.samples += 1;
+        }
+    }
+
+    /// What an encoder of `quality` for a source of `pixels` would cost (cores).
+    pub fn cost(&self, quality: &str, pixels: Option<u64>) -> f64 {
+        cost_of(&self.inner.lock().estimates, quality, pixels)
+    }
+
+    /// Decides whether one more encoder of `quality` may start while
+    /// `running` hold slots; if so, counts its estimated cost until it
+    /// shows in the measurements.
+    pub fn admit(&self, quality: &str, pixels: Option<u64>, running: usize) -> Result<(), Refusal> {
+        self.decide(quality, pixels, running, true)
+    }
+
+    /// [`Headroom::admit`] for a request already waiting: a refusal is not
+    /// counted again each time the waiter is reconsidered.
+    pub fn admit_waiting(
+        &self,
+        quality: &str,
+        pixels: Option<u64>,
+        running: usize,
+    ) -> Result<(), Refusal> {
+        self.decide(quality, pixels, running, false)
+    }
+
+    fn decide(
+        &self,
+        quality: &str,
+        pixels: Option<u64>,
+        running: usize,
+        count: bool,
+    ) -> Result<(), Refusal> {
+        let mut g = self.inner.lock();
+        let now = Instant::now();
+        g.pending
+            .retain(|(at, _)| now.duration_since(*at) < WARM_UP);
+        let cost = cost_of(&g.estimates, quality, pixels);
+        match self.judge(&g, cost, running) {
+            Ok(()) => {
+                g.pending.push((now, cost));
+                Ok(())
+            }
+            Err((reason, message)) => {
+                let refusal = Refusal {
+                    reason,
+                    message,
+                    at: crate::events::epoch_ms(),
+                };
+                if count {
+                    *g.refusals.entry(reason).or_insert(0) += 1;
+                    g.last_refusal = Some(refusal.clone());
+                }
+                Err(refusal)
+            }
+        }
+    }
+
+    /// The same decision without counting anything: could an encoder of
+    /// the default profile start now?
+    pub fn can_admit(&self, running: usize) -> bool {
+        let g = self.inner.lock();
+        let cost = cost_of(&g.estimates, &self.default_quality, None);
+        self.judge(&g, cost, running).is_ok()
+    }
+
+    /// How many more encoders of the default profile the free CPU holds.
+    pub fn more(&self, running: usize) -> usize {
+        let g = self.inner.lock();
+        let cost = cost_of(&g.estimates, &self.default_quality, None);
+        if self.judge(&g, cost, running).is_err() {
+            return 0;
+        }
+        if running == 0 {
+            // The first always starts; more as the free CPU allows.
+            return (((self.cores * (1.0 - CPU_RESERVE)) / cost).floor() as usize).max(1);
+        }
+        ((self.free(&g, running) - self.cores * CPU_RESERVE) / cost)
+            .floor()
+            .max(1.0) as usize
+    }
+
+    fn judge(&self, g: &Inner, cost: f64, running: usize) -> Result<(), (&'static str, String)> {
+        if running == 0 {
+            // Nothing of ours runs: whatever the host does, one may start.
+            return Ok(());
+        }
+        let settled = || g.encoders.iter().filter(|e| e.settled);
+        if let Some(e) = settled().find(|e| e.encode_speed.is_some_and(|s| s < MIN_ENCODE_SPEED)) {
+            return Err((
+                "encoder_behind",
+                format!(
+                    "the {} encoder of stream '{}' could go only {:.2}x real time (at least {MIN_ENCODE_SPEED}x is kept for every running encoder)",
+                    e.quality,
+                    e.stream_id,
+                    e.encode_speed.unwrap_or(0.0)
+                ),
+            ));
+        }
+        if let Some(e) = settled().find(|e| e.frame_share.is_some_and(|f| f < MIN_FRAME_SHARE)) {
+            return Err((
+                "encoder_behind",
+                format!(
+                    "the {} encoder of stream '{}' makes only {:.0}% of its pictures",
+                    e.quality,
+                    e.stream_id,
+                    e.frame_share.unwrap_or(0.0) * 100.0
+                ),
+            ));
+        }
+        let free = self.free(g, running);
+        let reserve = self.cores * CPU_RESERVE;
+        if free - reserve < cost {
+            return Err((
+                "no_cpu",
+                format!(
+                    "{free:.2} of {:.2} CPU cores are free; a new encoder of this profile needs about {cost:.2}, and {reserve:.2} stay free",
+                    self.cores
+                ),
+            ));
+        }
+        Ok(())
+    }
+
+    /// What the process may still use, at most what the host left idle
+    /// (other processes take their share of the cores too: on a busy host
+    /// a new encoder starves every running one), less what just-admitted
+    /// encoders will take.
+    ///
+    /// Of the encoders admitted lately, at most the `running` newest still
+    /// hold a slot: an older one that already ended costs nothing.
+    fn free(&self, g: &Inner, running: usize) -> f64 {
+        let used = used_cores(&g.cpu, CPU_WINDOW).unwrap_or(0.0);
+        let warming: f64 = g.pending.iter().rev().take(running).map(|(_, c)| c).sum();
+        let mut free = self.cores - used;
+        if let Some(idle) = host_idle_cores(&g.cpu, CPU_WINDOW) {
+            free = free.min(idle);
+        }
+        free - warming
+    }
+
+    pub fn last_refusal(&self) -> Option<Refusal> {
+        self.inner.lock().last_refusal.clone()
+    }
+
+    pub fn view(&self, mode: String, running: usize) -> HeadroomView {
+        let round2 = |v: f64| (v * 100.0).round() / 100.0;
+        let can_admit = self.can_admit(running);
+        let g = self.inner.lock();
+        HeadroomView {
+            mode,
+            cores: round2(self.cores),
+            used_cores: round2(used_cores(&g.cpu, CPU_WINDOW).unwrap_or(0.0)),
+            free_cores: round2(self.free(&g, running).max(0.0)),
+            host_idle_cores: host_idle_cores(&g.cpu, CPU_WINDOW).map(round2),
+            slowest_encode_speed: g
+                .encoders
+                .iter()
+                .filter_map(|e| e.encode_speed)
+                .min_by(f64::total_cmp)
+                .map(round2),
+            can_admit,
+            estimates: g
+                .estimates
+                .iter()
+                .map(|(q, e)| {
+                    (
+                        q.clone(),
+                        Estimate {
+                            cores_per_stream: (e.cores_per_stream * 1000.0).round() / 1000.0,
+                            samples: e.samples,
+                        },
+                    )
+                })
+                .collect(),
+            last_refusal: g.last_refusal.clone(),
+            refusals: g.refusals.clone(),
+        }
+    }
+}
+
+fn cost_of(estimates: &BTreeMap<String, Estimate>, quality: &str, pixels: Option<u64>) -> f64 {
+    let per_stream = estimates
+        .get(quality)
+        .map_or(estimate::FALLBACK_COST, |e| e.cores_per_stream);
+    let scale = pixels.map_or(1.0, |p| p as f64 / REFERENCE_PIXELS as f64);
+    per_stream * scale.clamp(0.05, 16.0)
+}
+
+/// The sample at least `window` before the newest (or the oldest), and the newest.
+fn span(cpu: &VecDeque<CpuSample>, window: Duration) -> Option<(&CpuSample, &CpuSample)> {
+    let last = cpu.back()?;
+    let first = cpu
+        .iter()
+        .rev()
+        .find(|s| last.0.duration_since(s.0) >= window)
+        .or_else(|| cpu.front())?;
+    (last.0.duration_since(first.0) >= Duration::from_millis(500)).then_some((first, last))
+}
+
+fn used_cores(cpu: &VecDeque<CpuSample>, window: Duration) -> Option<f64> {
+    let (a, b) = span(cpu, window)?;
+    Some(((b.1 - a.1) / b.0.duration_since(a.0).as_secs_f64()).max(0.0))
+}
+
+fn host_idle_cores(cpu: &VecDeque<CpuSample>, window: Duration) -> Option<f64> {
+    let (a, b) = span(cpu, window)?;
+    Some(((b.2? - a.2?) / b.0.duration_since(a.0).as_secs_f64()).max(0.0))
+}
+
+/// Samples CPU and the running encoders every [`SAMPLE_INTERVAL`] (and
+/// each rendition's speed window, which status shows in every mode); with
+/// a headroom gate, offers waiting requests the slot the headroom now allows.
+pub fn spawn_sampler(
+    headroom: Arc<Headroom>,
+    channels: Arc<crate::channels::Channels>,
+    pool: Arc<crate::pool::Pool>,
+) {
+    let (h, c, p) = (
+        Arc::downgrade(&headroom),
+        Arc::downgrade(&channels),
+        Arc::downgrade(&pool),
+    );
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(SAMPLE_INTERVAL);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tick.tick().await;
+            let (Some(headroom), Some(channels), Some(pool)) =
+                (h.upgrade(), c.upgrade(), p.upgrade())
+            else {
+                break;
+            };
+            let now = Instant::now();
+            if let Some(process) = cpu::process_cpu_seconds() {
+                headroom.record_cpu(now, process, cpu::host_idle_seconds());
+            }
+            let mut encoders = Vec::new();
+            for ch in channels.all() {
+                for r in ch.renditions() {
+                    r.sample();
+                    if r.mode() != crate::media::Mode::Transcode {
+                        continue;
+                    }
+                    let pace = r.pace();
+                    encoders.push(Encoder {
+                        stream_id: ch.stream_id.clone(),
+                        quality: r.key.quality.clone(),
+                        source_pixels: r.counters.source_pixels(),
+                        speed: pace.map_or(0.0, |p| p.speed),
+                        encode_speed: pace.and_then(|p| p.encode_speed),
+                        frame_share: pace.and_then(|p| p.frame_share),
+                        settled: pace.is_some_and(|p| {
+                            p.span + SAMPLE_INTERVAL / 2 >= LEARN_WINDOW
+                                && r.started_at.elapsed() >= LEARN_WINDOW + SAMPLE_INTERVAL
+                        }),
+                    });
+                }
+            }
+            headroom.record_encoders(encoders);
+            pool.offer();
+        }
+    });
+}
+
+#[cfg(test)]
+mod tests;
