@@ -421,9 +421,9 @@ impl Encoders {
             .filter(|(n, until)| now < **until && wanted(n))
             .map(|(n, _)| n.clone())
             .collect();
-        let status = if available.is_empty() {
-            crate::health::Status::Unhealthy
-        } else if missing.is_empty() && failed.is_empty() {
+        // A missing x264enc makes the GStreamer service unhealthy already;
+        // here everything short of the asked-for encoders is degraded.
+        let status = if !available.is_empty() && missing.is_empty() && failed.is_empty() {
             crate::health::Status::Healthy
         } else {
             crate::health::Status::Degraded

@@ -94,7 +94,7 @@ pub fn probe_one(c: &Candidate, kind: Kind, deadline: Instant) -> Probed {
 type Why = (String, String);
 
 fn check(c: &Candidate, kind: Kind, deadline: Instant) -> Result<(), Why> {
-    device_check(c)?;
+    device_check(c, kind)?;
     let element = c.make().map_err(|e| (e, missing_fix(c)))?;
     // READY opens the device (and, for NVENC, the encode library).
     let ready = element.set_state(gst::State::Ready);
@@ -118,7 +118,7 @@ fn check(c: &Candidate, kind: Kind, deadline: Instant) -> Result<(), Why> {
 }
 
 /// The device a hardware family needs, readable and writable by us.
-fn device_check(c: &Candidate) -> Result<(), Why> {
+fn device_check(c: &Candidate, kind: Kind) -> Result<(), Why> {
     let uid = unsafe { libc::geteuid() };
     match c.family {
         Family::Dri => {
@@ -126,7 +126,7 @@ fn device_check(c: &Candidate) -> Result<(), Why> {
             let Some(first) = nodes.first() else {
                 return Err((
                     "no /dev/dri/renderD* render node".into(),
-                    "give sluice the GPU: in Docker `devices: [/dev/dri:/dev/dri]` (see docker-compose.yml)".into(),
+                    "give sluice the GPU: in Docker `devices: [/dev/dri:/dev/dri]` (see compose.yaml)".into(),
                 ));
             };
             if !nodes.iter().any(|n| accessible(n)) {
@@ -138,11 +138,16 @@ fn device_check(c: &Candidate) -> Result<(), Why> {
             Ok(())
         }
         Family::Nvidia => {
+            // NVENC needs the driver's encode library, NVDEC its cuvid one.
+            let lib = match kind {
+                Kind::Encoder => "libnvidia-encode",
+                Kind::Decoder => "libnvcuvid",
+            };
             if gst::ElementFactory::find(&c.element).is_none()
-                && !library_present("libnvidia-encode.so.1")
+                && !library_present(&format!("{lib}.so.1"))
             {
                 return Err((
-                    "libnvidia-encode not found".into(),
+                    format!("{lib} not found"),
                     "install the NVIDIA driver; in a container set NVIDIA_DRIVER_CAPABILITIES=video (or all) with the NVIDIA container toolkit".into(),
                 ));
             }
@@ -226,12 +231,16 @@ fn ready_fix(c: &Candidate) -> String {
     }
 }
 
-/// The profile the test encode uses: 720p at 2.5 Mbit/s, level 3.1.
+/// The profile the test encode uses: 720p at 2.5 Mbit/s, level 3.1, with
+/// x264's cheapest preset (the probe checks the output, not the speed, and
+/// must stay quick on a busy machine).
 fn probe_profile() -> Profile {
-    crate::profiles::Profiles::builtin()
+    let mut p = crate::profiles::Profiles::builtin()
         .get("medium")
         .cloned()
-        .expect("the built-in medium profile")
+        .expect("the built-in medium profile");
+    p.preset = "ultrafast".into();
+    p
 }
 
 /// Encodes 30 frames of 1280x720 test video and checks what comes out.
