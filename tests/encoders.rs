@@ -25,9 +25,13 @@ use serde_json::Value;
 const FAILING: &str = "x264-fails";
 /// Pictures the failing encoder makes before it fails (0 = it never fails).
 static FAIL_AFTER: AtomicU64 = AtomicU64::new(0);
+/// Name of the candidate that stops giving output without an error.
+const STALLING: &str = "x264-stalls";
+static STALL_AFTER: AtomicU64 = AtomicU64::new(0);
 
-/// A bin around x264enc that fails after [`FAIL_AFTER`] pictures.
-fn failing_x264() -> Result<gst::Element, String> {
+/// A bin around x264enc that, after `after` pictures (0 = never), posts an
+/// encoder error (when `error`) and gives no more output.
+fn failing_x264(after: &'static AtomicU64, error: bool) -> Result<gst::Element, String> {
     let enc = gst::ElementFactory::make("x264enc")
         .build()
         .map_err(|e| e.to_string())?;
@@ -42,12 +46,12 @@ fn failing_x264() -> Result<gst::Element, String> {
     enc.static_pad("src")
         .unwrap()
         .add_probe(gst::PadProbeType::BUFFER, move |_, _| {
-            let limit = FAIL_AFTER.load(Ordering::SeqCst);
+            let limit = after.load(Ordering::SeqCst);
             let n = made.fetch_add(1, Ordering::SeqCst) + 1;
             if limit == 0 || n <= limit {
                 return gst::PadProbeReturn::Ok;
             }
-            if n == limit + 1 {
+            if error && n == limit + 1 {
                 if let Some(enc) = weak.upgrade() {
                     gst::element_error!(
                         enc,
@@ -61,14 +65,23 @@ fn failing_x264() -> Result<gst::Element, String> {
     Ok(bin.upcast())
 }
 
-/// Registers the failing candidate once, before anything uses the table.
+/// The tests take turns: each runs real encodes, and the probe's own
+/// 5 s bound is checked on the first.
+static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+/// Registers the failing candidates once, before anything uses the table.
 fn setup() {
     static ONCE: Once = Once::new();
     ONCE.call_once(|| {
         sluice::encoders::register(sluice::encoders::Candidate::custom(
             FAILING,
             "x264enc",
-            Arc::new(failing_x264),
+            Arc::new(|| failing_x264(&FAIL_AFTER, true)),
+        ));
+        sluice::encoders::register(sluice::encoders::Candidate::custom(
+            STALLING,
+            "x264enc",
+            Arc::new(|| failing_x264(&STALL_AFTER, false)),
         ));
     });
 }
@@ -93,6 +106,7 @@ fn rendition_encoders(status: &Value) -> Vec<String> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn the_probe_lists_every_candidate_with_a_reason_and_picks_x264() {
+    let _turn = SERIAL.lock().await;
     setup();
     let ts = start().await;
     assert!(
@@ -137,7 +151,7 @@ async fn the_probe_lists_every_candidate_with_a_reason_and_picks_x264() {
     if !Path::new("/dev/dri").exists() {
         for e in list
             .iter()
-            .filter(|e| e["name"] != "x264" && e["name"] != FAILING)
+            .filter(|e| !["x264", FAILING, STALLING].contains(&e["name"].as_str().unwrap()))
         {
             assert_eq!(e["available"], false, "{e}");
             let reason = e["reason"].as_str().unwrap();
@@ -159,6 +173,7 @@ async fn the_probe_lists_every_candidate_with_a_reason_and_picks_x264() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_missing_hardware_choice_degrades_health_and_previews_run_on_x264() {
+    let _turn = SERIAL.lock().await;
     setup();
     if Path::new("/dev/dri").exists() {
         eprintln!("skipped: this machine has a render node, so VA may work");
@@ -219,6 +234,7 @@ fn packet_times(path: &Path) -> Vec<f64> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_failing_encoder_falls_back_to_x264_without_dropping_viewers() {
+    let _turn = SERIAL.lock().await;
     setup();
     // The probe's test encode runs before the candidate is armed.
     tokio::task::spawn_blocking(|| {
@@ -228,6 +244,11 @@ async fn a_failing_encoder_falls_back_to_x264_without_dropping_viewers() {
     .await
     .unwrap();
     // About 2 s of pictures at 30 fps, then the error.
+    let probed = sluice::encoders::table().probed();
+    assert!(
+        probed.iter().any(|p| p.name == FAILING && p.available),
+        "the probe did not pass the test candidate: {probed:?}"
+    );
     FAIL_AFTER.store(60, Ordering::SeqCst);
     let ts = start_with(|s| s.encoder = FAILING.into()).await;
     add_stream(&ts, "bars", "test://smpte?size=320x240").await;
@@ -297,4 +318,63 @@ async fn a_failing_encoder_falls_back_to_x264_without_dropping_viewers() {
     }
     ts.stop().await;
     FAIL_AFTER.store(0, Ordering::SeqCst);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_encoder_that_stops_giving_output_is_replaced_after_2_s() {
+    let _turn = SERIAL.lock().await;
+    setup();
+    tokio::task::spawn_blocking(|| {
+        gst::init().unwrap();
+        sluice::encoders::table();
+    })
+    .await
+    .unwrap();
+    // About 2 s of pictures, then silence: no error, no output.
+    let probed = sluice::encoders::table().probed();
+    assert!(
+        probed.iter().any(|p| p.name == STALLING && p.available),
+        "the probe did not pass the test candidate: {probed:?}"
+    );
+    STALL_AFTER.store(60, Ordering::SeqCst);
+    let ts = start_with(|s| s.encoder = STALLING.into()).await;
+    add_stream(&ts, "bars", "test://smpte?size=320x240").await;
+    let resp = client()
+        .get(ts.url("/streams/preview/bars?quality=low&transcode=true&format=ts"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    let reading = tokio::spawn(read_for(resp, Duration::from_secs(8), 32 << 20));
+    let status_url = ts.url("/api/streams/transcoding/status");
+    tokio::time::sleep(Duration::from_millis(6500)).await;
+    let after = get_json(&status_url).await;
+    assert_eq!(rendition_encoders(&after), ["x264enc"], "{after}");
+    assert_eq!(
+        after["sessions"].as_array().map_or(0, Vec::len),
+        1,
+        "{after}"
+    );
+    let body = reading.await.unwrap();
+    let samples = scrape(&ts).await;
+    assert_eq!(
+        metric(
+            &samples,
+            "sluice_encoder_fallbacks_total",
+            &[("from", STALLING), ("to", "x264")]
+        ),
+        Some(1.0)
+    );
+    let file = ts.dir.path().join("stalled.ts");
+    std::fs::write(&file, complete_prefix(&body)).unwrap();
+    let (frames, errors) = decode_all(&file);
+    assert!(frames > 100, "{frames} frames decoded; {errors}");
+    let mut times = packet_times(&file);
+    times.sort_by(f64::total_cmp);
+    let gap = times.windows(2).map(|w| w[1] - w[0]).fold(0.0f64, f64::max);
+    eprintln!("ts: {frames} frames decoded, largest gap between pictures {gap:.3} s");
+    // The 2 s of silence the watchdog waits for, and the switch.
+    assert!(gap < 3.0, "{gap:.3} s of media lost at the switch");
+    ts.stop().await;
+    STALL_AFTER.store(0, Ordering::SeqCst);
 }

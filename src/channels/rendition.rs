@@ -193,11 +193,21 @@ impl Rendition {
     ) -> Result<Encoded, MediaError> {
         let table = crate::encoders::table();
         let mut last = None;
+        let mut failed: Option<String> = None;
         for c in table.order(self.profile.encoder_choice()) {
             match chains::video_encode(p, raw, &self.profile, live, &self.counters, &c) {
-                Ok(e) => return Ok(e),
+                Ok(e) => {
+                    // One that could not start (a session cap, a driver
+                    // gone since the probe) is left alone like one that
+                    // failed while running.
+                    if let Some(from) = failed {
+                        table.fell_back(&from, &c.name);
+                    }
+                    return Ok(e);
+                }
                 Err(e) => {
                     tracing::warn!(encoder = %c.name, error = %e, "encoder could not be set up; trying the next");
+                    failed.get_or_insert_with(|| c.name.clone());
                     last = Some(e);
                 }
             }
