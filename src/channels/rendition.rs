@@ -556,11 +556,16 @@ impl Rendition {
                 .as_ref()
                 .map(|(_, name)| name.clone())
                 .filter(|_| self.key.mode == Mode::Transcode),
-            decoder: if self.key.mode == Mode::Transcode {
-                decoder
-            } else {
-                None
-            },
+            // Decoded pictures reach the encoder branch in system memory.
+            decoder: decoder
+                .map(|d| {
+                    if crate::encoders::Encoders::is_hardware_decoder(&d) {
+                        format!("{d} (system memory)")
+                    } else {
+                        d
+                    }
+                })
+                .filter(|_| self.key.mode == Mode::Transcode),
             fps: rate(frames),
             speed: rate(media),
             viewers: self.viewers(),

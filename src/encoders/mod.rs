@@ -309,6 +309,27 @@ impl Encoders {
             .collect()
     }
 
+    /// The hardware decoder to prefer when the encoders `choices` start on
+    /// are hardware: the available decoder of the first one's family.
+    pub fn hardware_decoder(&self, choices: &[&str]) -> Option<String> {
+        let probed = self.probed();
+        choices
+            .iter()
+            .filter_map(|c| self.order(c).into_iter().next())
+            .filter(|c| c.hardware() && c.maker.is_none())
+            .find_map(|c| {
+                probed
+                    .iter()
+                    .find(|p| p.kind == Kind::Decoder && p.name == c.name && p.available)
+                    .map(|p| p.element.clone())
+            })
+    }
+
+    /// Whether `element` is one of the hardware decoders.
+    pub fn is_hardware_decoder(element: &str) -> bool {
+        decoder_candidates().iter().any(|c| c.element == element)
+    }
+
     /// The encoder `auto` picks now.
     pub fn auto_pick(&self) -> Option<String> {
         self.order(AUTO).first().map(|c| c.name.clone())
@@ -351,6 +372,16 @@ pub fn configure(
         }
     }
     profiles.set_default_encoder(choice);
+    let choices: Vec<&str> = profiles.all().iter().map(|p| p.encoder_choice()).collect();
+    if let Some(dec) = t.hardware_decoder(&choices) {
+        // Hardware decode where the encoder is hardware too: decodebin
+        // takes the highest-ranked decoder that accepts the stream.
+        if let Some(f) = gst::ElementFactory::find(&dec) {
+            use gst::prelude::*;
+            f.set_rank(gst::Rank::PRIMARY + 1);
+            tracing::info!(decoder = %dec, "hardware decoding preferred");
+        }
+    }
     let mut warned = Vec::new();
     for p in profiles.all() {
         let c = p.encoder_choice();
@@ -452,6 +483,63 @@ mod tests {
             assert!(NAMES.contains(n));
         }
         assert!(list[..5].iter().all(Candidate::hardware));
+    }
+
+    fn table_with(available: &[(&str, Kind)]) -> Encoders {
+        let probed = encoder_candidates()
+            .into_iter()
+            .map(|c| (c, Kind::Encoder))
+            .chain(decoder_candidates().into_iter().map(|c| (c, Kind::Decoder)))
+            .map(|(c, kind)| Probed {
+                available: available.contains(&(c.name.as_str(), kind)),
+                name: c.name,
+                element: c.element,
+                kind,
+                reason: None,
+                fix: None,
+            })
+            .collect();
+        Encoders {
+            encoders: encoder_candidates(),
+            probed: RwLock::new(probed),
+            failed: Mutex::new(BTreeMap::new()),
+            retry: RwLock::new(Duration::from_secs(600)),
+            fallbacks: Mutex::new(BTreeMap::new()),
+            probe_took: Duration::ZERO,
+        }
+    }
+
+    #[test]
+    fn auto_takes_the_first_working_hardware_encoder_and_its_decoder() {
+        let t = table_with(&[
+            ("va", Kind::Encoder),
+            ("va", Kind::Decoder),
+            ("v4l2", Kind::Encoder),
+            ("x264", Kind::Encoder),
+        ]);
+        let names = |v: Vec<Candidate>| v.into_iter().map(|c| c.name).collect::<Vec<_>>();
+        assert_eq!(names(t.order(AUTO)), ["va", "v4l2", "x264"]);
+        assert_eq!(names(t.order("nvenc")), ["x264"]);
+        assert_eq!(names(t.order("v4l2")), ["v4l2", "x264"]);
+        assert_eq!(t.hardware_decoder(&[AUTO]).as_deref(), Some("vah264dec"));
+        // v4l2 has no working decoder here; x264 needs none.
+        assert_eq!(t.hardware_decoder(&["v4l2", "x264"]), None);
+        // A failed encoder is left alone, and the next one takes over.
+        t.fell_back("va", "v4l2");
+        assert_eq!(names(t.order(AUTO)), ["v4l2", "x264"]);
+        assert_eq!(t.fallbacks(), [(("va".into(), "v4l2".into()), 1)]);
+        assert!(!t.satisfied("nvenc") && t.satisfied("va") && t.satisfied(AUTO));
+    }
+
+    #[test]
+    fn a_failed_encoder_is_tried_again_after_the_retry_delay() {
+        let t = table_with(&[("va", Kind::Encoder), ("x264", Kind::Encoder)]);
+        t.set_retry(Duration::ZERO);
+        t.fell_back("va", "x264");
+        assert!(t.usable("va"));
+        t.set_retry(Duration::from_secs(600));
+        t.fell_back("va", "x264");
+        assert!(!t.usable("va"));
     }
 
     #[test]
