@@ -240,6 +240,11 @@ impl Rendition {
                 tracing::error!("no thread for an encoder fallback");
             }
         }));
+        // x264 is the last resort: a slow x264 on a busy machine is left to
+        // the channel's own stall timeout rather than ending the rendition.
+        if c.name == crate::encoders::X264 && c.maker.is_none() {
+            return;
+        }
         let Ok(rt) = tokio::runtime::Handle::try_current() else {
             return;
         };

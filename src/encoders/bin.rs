@@ -124,9 +124,10 @@ impl Activity {
 
 impl EncoderBin {
     /// A bin around `elements` (linked among themselves, first to last),
-    /// with ghost pads on the first's sink and the last's src.
-    pub fn wrap(name: &str, elements: &[gst::Element]) -> Result<EncoderBin, glib::BoolError> {
-        let bin: EncoderBin = glib::Object::builder().property("name", name).build();
+    /// with ghost pads on the first's sink and the last's src. Its name is
+    /// left to GStreamer, unique among a pipeline's several renditions.
+    pub fn wrap(elements: &[gst::Element]) -> Result<EncoderBin, glib::BoolError> {
+        let bin: EncoderBin = glib::Object::builder().build();
         bin.add_many(elements)?;
         gst::Element::link_many(elements)?;
         let first = elements.first().expect("an encoder branch has elements");
@@ -190,7 +191,7 @@ mod tests {
         gst::init().unwrap();
         let a = gst::ElementFactory::make("identity").build().unwrap();
         let b = gst::ElementFactory::make("identity").build().unwrap();
-        let bin = EncoderBin::wrap("enc", &[a.clone(), b]).unwrap();
+        let bin = EncoderBin::wrap(&[a.clone(), b]).unwrap();
         let p = gst::Pipeline::new();
         p.add(&bin).unwrap();
         let told = Arc::new(AtomicUsize::new(0));

@@ -135,7 +135,7 @@ fn encoder_branch(
         enc.clone(),
         enc_caps,
     ];
-    let bin = EncoderBin::wrap(&format!("encoder-{}", candidate.name), &chain)?;
+    let bin = EncoderBin::wrap(&chain)?;
     let bin_el: gst::Element = bin.clone().upcast();
     p.add(&bin_el)?;
     if let Err(e) = bin_el.link(out) {
