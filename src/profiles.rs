@@ -379,6 +379,22 @@ mod tests {
     }
 
     #[test]
+    fn a_profile_may_name_its_encoder() {
+        let text = format!(
+            "{BUILTIN_PROFILES}\n[gpu]\nwidth = 640\nheight = 360\nvideo_bitrate = 700\n\
+             preset = \"ultrafast\"\nlevel = \"3.0\"\naudio_bitrate = 64\nencoder = \"va\"\n"
+        );
+        let mut p = Profiles::parse(&text).unwrap();
+        assert_eq!(p.get("gpu").unwrap().encoder.as_deref(), Some("va"));
+        assert_eq!(p.get("low").unwrap().encoder_choice(), "auto");
+        p.set_default_encoder("x264");
+        assert_eq!(p.get("gpu").unwrap().encoder_choice(), "va");
+        assert_eq!(p.get("low").unwrap().encoder_choice(), "x264");
+        let err = Profiles::parse(&text.replace("\"va\"", "\"VA API\"")).unwrap_err();
+        assert!(err.contains("[gpu]") && err.contains("encoder"), "{err}");
+    }
+
+    #[test]
     fn malformed_files_name_the_line_and_reason() {
         let err = Profiles::parse("[low]\nwidth = 720\nheight = \"tall\"\n").unwrap_err();
         assert!(err.starts_with("line 3"), "{err}");

@@ -378,3 +378,21 @@ async fn an_encoder_that_stops_giving_output_is_replaced_after_2_s() {
     ts.stop().await;
     STALL_AFTER.store(0, Ordering::SeqCst);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unknown_encoder_stops_start_up_naming_the_variable() {
+    let _turn = SERIAL.lock().await;
+    setup();
+    let dir = tempfile::tempdir().unwrap();
+    let mut s = settings(dir.path());
+    s.encoder = "quantum".into();
+    let err = match sluice::Server::start(s).await {
+        Ok(_) => panic!("a server started with SLUICE_ENCODER=quantum"),
+        Err(e) => e.to_string(),
+    };
+    assert!(
+        err.contains("SLUICE_ENCODER") && err.contains("quantum"),
+        "{err}"
+    );
+    assert!(err.contains("nvenc") && err.contains("x264"), "{err}");
+}
