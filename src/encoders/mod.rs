@@ -168,7 +168,7 @@ pub struct Encoders {
     retry: RwLock<Duration>,
     /// Live fallbacks so far, by (from, to).
     fallbacks: Mutex<BTreeMap<(String, String), u64>>,
-    /// Custom candidates registered before the probe ran.
+    /// How long the start-up probe took.
     probe_took: Duration,
 }
 

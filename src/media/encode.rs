@@ -70,17 +70,13 @@ pub fn replace_video_encoder(
     live: bool,
     candidate: &Candidate,
 ) -> Result<(), MediaError> {
-    let (branch, bin, enc) = encoder_branch(p, raw, profile, live, candidate, &encoded.out)
-        .or_else(|e| {
-            // The tee's sink may still be held by the old branch: free it
-            // and try once more.
-            let old = std::mem::replace(&mut encoded.branch, Branch::empty());
-            old.remove(p);
-            tracing::debug!(error = %e, "encoder branch rebuilt after the old one came off");
-            encoder_branch(p, raw, profile, live, candidate, &encoded.out)
-        })?;
-    let old = std::mem::replace(&mut encoded.branch, branch);
+    // The tee takes one input: the old branch comes off first.
+    let old = std::mem::replace(&mut encoded.branch, Branch::empty());
     old.remove(p);
+    encoded.bin = None;
+    encoded.encoder = None;
+    let (branch, bin, enc) = encoder_branch(p, raw, profile, live, candidate, &encoded.out)?;
+    encoded.branch = branch;
     encoded.bin = Some(bin);
     encoded.encoder = Some(enc.downgrade());
     encoded.candidate = Some(candidate.clone());
