@@ -35,6 +35,10 @@ fn failing_x264(after: &'static AtomicU64, error: bool) -> Result<gst::Element, 
     let enc = gst::ElementFactory::make("x264enc")
         .build()
         .map_err(|e| e.to_string())?;
+    // Four reference pictures where the fallback x264 has one: the
+    // parameter sets (and an MP4's codec data) change at the switch, as
+    // they do when a hardware encoder hands over to x264.
+    enc.set_property("ref", 4u32);
     let bin = gst::Bin::new();
     bin.add(&enc).map_err(|e| e.to_string())?;
     let sink = gst::GhostPad::with_target(&enc.static_pad("sink").unwrap()).unwrap();
