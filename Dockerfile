@@ -39,10 +39,12 @@ RUN --mount=type=cache,target=/usr/local/cargo/registry \
 # ---- runtime -----------------------------------------------------------------
 FROM debian:bookworm-slim AS runtime
 
-# Runtime-role packages only (GStreamer core, base/good/bad/ugly/libav plugins,
-# CA certificates, curl for the health check), without recommends.
+# Runtime-role packages (GStreamer core, base/good/bad/ugly/libav plugins,
+# CA certificates, curl for the health check) and the hardware role's VA-API
+# drivers (Intel iHD and i965, AMD radeonsi via Mesa), without recommends.
+# They are used only when the container is given /dev/dri (compose.yaml).
 COPY packaging/debian-packages.txt packaging/install-deps.sh /tmp/sluice-deps/packaging/
-RUN bash /tmp/sluice-deps/packaging/install-deps.sh runtime \
+RUN bash /tmp/sluice-deps/packaging/install-deps.sh runtime hardware \
  && rm -rf /tmp/sluice-deps /var/lib/apt/lists/*
 
 # Fixed numeric ids so Kubernetes' runAsNonRoot and volume ownership line up.

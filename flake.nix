@@ -139,6 +139,8 @@
             "EPG_URL"
             "EPG_REFRESH"
             "EPG_FILLER_HOURS"
+            "SLUICE_ENCODER"
+            "ENCODER_RETRY"
           ];
           # SPEC §3 variables with an option of their own.
           ownOptions = {
@@ -217,6 +219,18 @@
               '';
             };
 
+            hardwareAcceleration = lib.mkOption {
+              type = lib.types.bool;
+              default = false;
+              description = ''
+                Let sluice encode (and decode) on the GPU through VA-API: the
+                service joins the `render` group and may open /dev/dri, and the
+                Intel (iHD, i965) and AMD (Mesa) VA drivers are installed through
+                `hardware.graphics`. sluice probes at start-up and falls back to
+                x264 when nothing works (GET /api/encoders says why).
+              '';
+            };
+
             openFirewall = lib.mkOption {
               type = lib.types.bool;
               default = false;
@@ -289,6 +303,11 @@
                 emptied at logout), which the service's dynamic user cannot read
                 unless a group in supplementaryGroups or world permissions allow it.'';
 
+            hardware.graphics = lib.mkIf cfg.hardwareAcceleration {
+              enable = true;
+              extraPackages = [ pkgs.intel-media-driver pkgs.intel-vaapi-driver ];
+            };
+
             networking.firewall.allowedTCPPorts = lib.mkIf cfg.openFirewall [ cfg.port ];
             # SSDP discovery (HDHR_SSDP): media servers search on UDP 1900.
             networking.firewall.allowedUDPPorts = lib.mkIf
@@ -308,6 +327,8 @@
                 XDG_CACHE_HOME = "/var/cache/sluice";
               }
               // lib.optionalAttrs (cfg.mediaDir != null) { SLUICE_MEDIA_DIR = cfg.mediaDir; }
+              # Where hardware.graphics puts the VA drivers.
+              // lib.optionalAttrs cfg.hardwareAcceleration { LIBVA_DRIVERS_PATH = "/run/opengl-driver/lib/dri"; }
               // lib.mapAttrs (_: toEnv) cfg.settings;
 
               serviceConfig = {
@@ -323,15 +344,17 @@
                 StateDirectoryMode = "0700";
                 CacheDirectory = "sluice";
                 WorkingDirectory = dataDir;
-                SupplementaryGroups = cfg.supplementaryGroups;
+                SupplementaryGroups = cfg.supplementaryGroups
+                  ++ lib.optional cfg.hardwareAcceleration "render";
                 UMask = "0077";
 
                 NoNewPrivileges = true;
                 ProtectSystem = "strict";
                 ProtectHome = if mediaHiddenBy == "ProtectHome" then "read-only" else true;
                 PrivateTmp = mediaHiddenBy != "PrivateTmp";
-                # No /dev/dri yet: hardware encoding would need DeviceAllow here.
-                PrivateDevices = true;
+                # /dev/dri (the GPU's render nodes) only with hardwareAcceleration.
+                PrivateDevices = !cfg.hardwareAcceleration;
+                DeviceAllow = lib.mkIf cfg.hardwareAcceleration [ "char-drm rw" ];
                 ProtectKernelTunables = true;
                 ProtectKernelModules = true;
                 ProtectKernelLogs = true;

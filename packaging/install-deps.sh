@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Installs what sluice needs for the given roles (build, runtime, test, bench):
+# Installs what sluice needs for the given roles (build, runtime, hardware,
+# test, bench):
 #
 #  1. the Debian packages of those roles from packaging/debian-packages.txt
 #     that are not installed yet. As root it runs apt-get; otherwise it prints

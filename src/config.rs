@@ -151,6 +151,16 @@ pub struct Settings {
           default_value_t = DEFAULT_MAX_SNAPSHOTS, value_parser = positive_usize)]
     pub max_snapshots: usize,
 
+    /// H.264 encoder: auto (the first working hardware encoder, else x264), x264, nvenc, va, qsv, vaapi or v4l2; a profile's `encoder` overrides it.
+    #[arg(long = "encoder", env = "SLUICE_ENCODER", value_name = "SLUICE_ENCODER",
+          default_value = crate::encoders::AUTO, value_parser = parse_encoder)]
+    pub encoder: String,
+
+    /// Ms a hardware encoder that failed during a rendition is left alone before it is tried again.
+    #[arg(long = "encoder-retry", env = "ENCODER_RETRY", value_name = "ENCODER_RETRY",
+          default_value_t = crate::encoders::DEFAULT_ENCODER_RETRY_MS)]
+    pub encoder_retry_ms: u64,
+
     /// Ms a running session may spend reconnecting a live source that
     /// dropped (primary, then each backup URL, with backoff); 0 disables.
     #[arg(long = "reconnect-timeout", env = "RECONNECT_TIMEOUT", value_name = "RECONNECT_TIMEOUT",
@@ -258,6 +268,20 @@ pub struct Settings {
     pub hdhr_ssdp: bool,
 }
 
+/// An encoder name: one of [`crate::encoders::NAMES`], or the name of a
+/// candidate registered by the embedding program (checked at start-up).
+fn parse_encoder(s: &str) -> Result<String, String> {
+    let s = s.trim().to_ascii_lowercase();
+    if crate::profiles::valid_name(&s) {
+        Ok(s)
+    } else {
+        Err(format!(
+            "expected one of {}",
+            crate::encoders::NAMES.join(", ")
+        ))
+    }
+}
+
 /// `true`/`false` (also `yes`/`no`, `on`/`off`, `1`/`0`).
 fn parse_switch(s: &str) -> Result<bool, String> {
     match s.trim().to_ascii_lowercase().as_str() {
@@ -338,6 +362,10 @@ impl Settings {
 
     pub fn snapshot_ttl(&self) -> Duration {
         Duration::from_millis(self.snapshot_ttl_ms)
+    }
+
+    pub fn encoder_retry(&self) -> Duration {
+        Duration::from_millis(self.encoder_retry_ms)
     }
 
     pub fn reconnect_timeout(&self) -> Duration {

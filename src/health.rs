@@ -192,6 +192,7 @@ pub struct Services {
     pub cpu: CpuHealth,
     pub catalog: CatalogHealth,
     pub disk: DiskHealth,
+    pub encoders: crate::encoders::EncodersHealth,
 }
 
 #[derive(Debug, Serialize)]
@@ -238,7 +239,9 @@ pub fn report(state: &AppState) -> HealthReport {
         Some(_) => Status::Healthy,
         None => Status::Degraded,
     };
+    let encoders = crate::encoders::table().health(&state.profiles);
     let all = [
+        encoders.status,
         gst_status,
         mem_status,
         transcoding_status,
@@ -283,6 +286,7 @@ pub fn report(state: &AppState) -> HealthReport {
                 status: disk_status,
                 available_bytes: checks.disk_available,
             },
+            encoders,
         },
     }
 }

@@ -10,6 +10,7 @@ pub mod admission;
 pub mod catalog;
 pub mod channels;
 pub mod config;
+pub mod encoders;
 pub mod epg;
 pub mod events;
 pub mod health;
@@ -82,7 +83,9 @@ pub fn build_state(settings: Settings) -> Result<Arc<AppState>, StartError> {
     settings.validate().map_err(StartError::Config)?;
     media::init()?;
     media::elements::preload();
-    let profiles = profiles::Profiles::load(&settings.profiles)?;
+    let mut profiles = profiles::Profiles::load(&settings.profiles)?;
+    encoders::configure(&settings.encoder, settings.encoder_retry(), &mut profiles)
+        .map_err(StartError::Config)?;
     if profiles.get(&settings.default_quality).is_none() {
         return Err(StartError::Config(format!(
             "TRANSCODE_QUALITY_PROFILE: no profile named '{}' (available: {})",
@@ -231,6 +234,13 @@ impl Server {
     /// Binds `HOST:PORT` (port 0 picks a free port) and starts serving.
     pub async fn start(settings: Settings) -> Result<Server, StartError> {
         let addr = SocketAddr::new(settings.host, settings.port);
+        // The encoder probe (up to 5 s) runs once, off the async runtime.
+        let _ = tokio::task::spawn_blocking(|| {
+            if media::init().is_ok() {
+                encoders::table();
+            }
+        })
+        .await;
         let state = build_state(settings)?;
         epg::spawn(state.clone());
         let listener = tokio::net::TcpListener::bind(addr)

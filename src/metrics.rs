@@ -57,6 +57,12 @@ struct ReasonLabel {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct FallbackLabels {
+    from: String,
+    to: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct KindLabel {
     kind: &'static str,
 }
@@ -186,6 +192,17 @@ fn register_channels(r: &mut Registry, state: &AppState) {
         "viewer_skips",
         "Times a slow viewer's queue overflowed and it skipped to the next keyframe",
         skips,
+    );
+    let fallbacks = Family::<FallbackLabels, Counter>::default();
+    for ((from, to), n) in crate::encoders::table().fallbacks() {
+        fallbacks
+            .get_or_create(&FallbackLabels { from, to })
+            .inc_by(n);
+    }
+    r.register(
+        "encoder_fallbacks",
+        "Times a rendition's encoder failed and the rendition moved to the next encoder, by encoder",
+        fallbacks,
     );
 }
 

@@ -80,6 +80,10 @@ pub struct Profile {
     /// VBV buffer size in ms of `video_bitrate`: the CBR-ish cap live players need.
     #[serde(default = "default_vbv")]
     pub vbv_buffer_ms: u32,
+    /// Encoder this profile asks for (`auto`, `x264`, `nvenc`, `va`, `qsv`,
+    /// `vaapi`, `v4l2`); unset: `SLUICE_ENCODER`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub encoder: Option<String>,
 }
 
 fn default_keyframe() -> u32 {
@@ -130,6 +134,11 @@ impl Profile {
         }
     }
 
+    /// The encoder this profile asks for (`auto` when it names none).
+    pub fn encoder_choice(&self) -> &str {
+        self.encoder.as_deref().unwrap_or(crate::encoders::AUTO)
+    }
+
     /// Keyframe interval in frames for an output rate.
     pub fn keyframe_interval(&self, num: i32, den: i32) -> u32 {
         let fps = if num > 0 && den > 0 {
@@ -171,6 +180,14 @@ impl Profile {
         }
         if !(100..=10_000).contains(&self.vbv_buffer_ms) {
             return Err("vbv_buffer_ms must be between 100 and 10000".into());
+        }
+        if let Some(e) = &self.encoder {
+            if !valid_name(e) {
+                return Err(format!(
+                    "encoder '{e}' is not an encoder name ({})",
+                    crate::encoders::NAMES.join(", ")
+                ));
+            }
         }
         let Some(&(_, max_fs, max_mbps)) = LEVELS.iter().find(|(l, _, _)| *l == self.level) else {
             return Err(format!(
@@ -250,6 +267,13 @@ impl Profiles {
         }
         ordered.sort_by_key(|p| p.cost());
         Ok(Self { ordered })
+    }
+
+    /// Gives every profile that names no encoder `choice` (`SLUICE_ENCODER`).
+    pub fn set_default_encoder(&mut self, choice: &str) {
+        for p in &mut self.ordered {
+            p.encoder.get_or_insert_with(|| choice.to_string());
+        }
     }
 
     pub fn get(&self, name: &str) -> Option<&Profile> {
@@ -352,6 +376,22 @@ mod tests {
         );
         let p = Profiles::parse(&text).unwrap();
         assert_eq!(p.names(), vec!["mobile", "low", "medium", "high"]);
+    }
+
+    #[test]
+    fn a_profile_may_name_its_encoder() {
+        let text = format!(
+            "{BUILTIN_PROFILES}\n[gpu]\nwidth = 640\nheight = 360\nvideo_bitrate = 700\n\
+             preset = \"ultrafast\"\nlevel = \"3.0\"\naudio_bitrate = 64\nencoder = \"va\"\n"
+        );
+        let mut p = Profiles::parse(&text).unwrap();
+        assert_eq!(p.get("gpu").unwrap().encoder.as_deref(), Some("va"));
+        assert_eq!(p.get("low").unwrap().encoder_choice(), "auto");
+        p.set_default_encoder("x264");
+        assert_eq!(p.get("gpu").unwrap().encoder_choice(), "va");
+        assert_eq!(p.get("low").unwrap().encoder_choice(), "x264");
+        let err = Profiles::parse(&text.replace("\"va\"", "\"VA API\"")).unwrap_err();
+        assert!(err.contains("[gpu]") && err.contains("encoder"), "{err}");
     }
 
     #[test]

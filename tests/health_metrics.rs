@@ -34,6 +34,7 @@ struct Services {
     cpu: Value,
     catalog: Value,
     disk: Value,
+    encoders: Value,
 }
 
 #[derive(Debug, Deserialize)]
@@ -94,6 +95,7 @@ async fn health_documents_have_the_spec_shapes() {
         assert_eq!(h.services.transcoding["maxConcurrent"], 3);
         assert_eq!(h.services.transcoding["activeSessions"], 0);
         assert_eq!(h.services.transcoding["queued"], 0);
+        assert_eq!(h.services.encoders["status"], "healthy", "{text}");
         assert_eq!(h.services.memory.status, "healthy");
         assert_eq!(h.services.memory.level, "ok");
         assert!(h.services.memory.rss_bytes > 0);

@@ -186,6 +186,29 @@ pub fn table(out: &mut String, head: &[&str], rows: &[Vec<String>]) {
     out.push('\n');
 }
 
+/// Which encoder sluice's transcodes used in this run: the first working
+/// hardware encoder of the start-up probe, or plainly none.
+fn hardware_encoder() -> String {
+    if gst::init().is_err() {
+        return "unknown: GStreamer did not initialise".into();
+    }
+    let table = sluice::encoders::table();
+    let found: Vec<String> = table
+        .probed()
+        .into_iter()
+        .filter(|p| p.available && p.kind == sluice::encoders::Kind::Encoder && p.name != "x264")
+        .map(|p| p.element)
+        .collect();
+    if found.is_empty() {
+        "none on this machine (no GPU render node or encoder device): every sluice figure is x264, no hardware figures".into()
+    } else {
+        format!(
+            "{}: sluice's transcodes ran on it (SLUICE_ENCODER=auto), so its figures are hardware figures",
+            found.join(", ")
+        )
+    }
+}
+
 pub fn render(b: &Bench, m: &Machine, r: &Results) -> String {
     let mut o = String::new();
     let profiles = b.cfg.profiles.clone();
@@ -213,6 +236,7 @@ pub fn render(b: &Bench, m: &Machine, r: &Results) -> String {
             vec!["kernel".into(), m.kernel.clone()],
             vec!["GStreamer".into(), m.gstreamer.clone()],
             vec!["ffmpeg".into(), m.ffmpeg.clone()],
+            vec!["hardware encoder".into(), hardware_encoder()],
             vec![
                 "sluice".into(),
                 if std::env::var_os("SLUICE_BIN").is_some() {

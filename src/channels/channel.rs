@@ -334,7 +334,7 @@ impl Channel {
         &self,
         p: &gst::Pipeline,
         heads: &Heads,
-        r: &Rendition,
+        r: &Arc<Rendition>,
     ) -> Result<(), MediaError> {
         r.build(p, heads, |k| {
             if let Some(raw) = &heads.raw[k] {

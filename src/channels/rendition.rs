@@ -16,6 +16,7 @@ use serde::Serialize;
 
 use super::container::{same_header, Chunk, Splitter};
 use super::fanout::{Fanout, FanoutConfig, Join, Viewer};
+use crate::encoders::bin::EncoderBin;
 use crate::media::chains::{self, Branch, Counters, Encoded};
 use crate::media::pipeline::Heads;
 use crate::media::{Format, MediaError, Mode};
@@ -79,7 +80,16 @@ struct Output {
 struct Graph {
     /// Index 0 video, 1 audio.
     encoded: [Option<Encoded>; 2],
+    /// What a replacement video encoder branch is built from: the
+    /// pipeline, the raw video tee, and whether the source is live.
+    rebuild: Option<(gst::glib::WeakRef<gst::Pipeline>, gst::Element, bool)>,
 }
+
+/// An encoder that takes fresh input and gives no output for this long
+/// has failed.
+pub const ENCODER_SILENCE: Duration = Duration::from_secs(2);
+/// How often the no-output watchdog looks.
+const WATCHDOG_PERIOD: Duration = Duration::from_millis(250);
 
 pub struct Rendition {
     pub key: RenditionKey,
@@ -103,6 +113,9 @@ pub struct Rendition {
     on_viewers: Mutex<Option<ViewerCountHook>>,
     /// Counter samples of the last [`SPEED_WINDOW`], oldest first.
     window: Mutex<VecDeque<Sample>>,
+    /// The video encoder now (kept apart from the graph, which is locked
+    /// while an encoder is replaced), and its name in status.
+    current_encoder: Mutex<Option<(gst::glib::WeakRef<gst::Element>, String)>>,
 }
 
 /// A rendition as status shows it.
@@ -144,6 +157,7 @@ impl Rendition {
             fanout_config,
             on_viewers: Mutex::new(None),
             window: Mutex::new(VecDeque::new()),
+            current_encoder: Mutex::new(None),
         })
     }
 
@@ -204,7 +218,7 @@ impl Rendition {
     /// on a blocking thread; `raw` gives the raw tee of a stream (making a
     /// decoder when needed).
     pub fn build(
-        &self,
+        self: &Arc<Self>,
         p: &gst::Pipeline,
         heads: &Heads,
         mut raw: impl FnMut(usize) -> Result<Option<gst::Element>, MediaError>,
@@ -218,13 +232,10 @@ impl Rendition {
                         None => None,
                     },
                     Mode::Transcode => match raw(k)? {
-                        Some(t) if k == 0 => Some(chains::video_encode(
-                            p,
-                            &t,
-                            &self.profile,
-                            heads.live,
-                            &self.counters,
-                        )?),
+                        Some(t) if k == 0 => {
+                            graph.rebuild = Some((p.downgrade(), t.clone(), heads.live));
+                            Some(self.first_video_encoder(p, &t, heads.live)?)
+                        }
                         Some(t) => Some(chains::audio_encode(p, &t, &self.profile, heads.live)?),
                         None => None,
                     },
@@ -243,13 +254,146 @@ impl Rendition {
             }
         })();
         if built.is_err() {
+            graph.rebuild = None;
             for e in graph.encoded.iter_mut() {
                 if let Some(e) = e.take() {
-                    e.branch.remove(p);
+                    e.remove(p);
+                }
+            }
+        } else if let Some(v) = &graph.encoded[0] {
+            self.arm(v);
+        }
+        built
+    }
+
+    /// The video encoder branch on the first encoder of the profile's
+    /// choice that builds (blocking thread).
+    fn first_video_encoder(
+        &self,
+        p: &gst::Pipeline,
+        raw: &gst::Element,
+        live: bool,
+    ) -> Result<Encoded, MediaError> {
+        let table = crate::encoders::table();
+        let mut last = None;
+        let mut failed: Option<String> = None;
+        for c in table.order(self.profile.encoder_choice()) {
+            match chains::video_encode(p, raw, &self.profile, live, &self.counters, &c) {
+                Ok(e) => {
+                    // One that could not start (a session cap, a driver
+                    // gone since the probe) is left alone like one that
+                    // failed while running.
+                    if let Some(from) = failed {
+                        table.fell_back(&from, &c.name);
+                    }
+                    return Ok(e);
+                }
+                Err(e) => {
+                    tracing::warn!(encoder = %c.name, error = %e, "encoder could not be set up; trying the next");
+                    failed.get_or_insert_with(|| c.name.clone());
+                    last = Some(e);
                 }
             }
         }
-        built
+        Err(last
+            .unwrap_or_else(|| MediaError::SourceFailed("no H.264 encoder is available".into())))
+    }
+
+    /// Watches the video encoder branch `v`: its failure (an error inside
+    /// it, or no output for [`ENCODER_SILENCE`]) moves the rendition to the
+    /// next encoder.
+    fn arm(self: &Arc<Self>, v: &Encoded) {
+        let (Some(bin), Some(c)) = (&v.bin, &v.candidate) else {
+            return;
+        };
+        *self.current_encoder.lock() = v.encoder.clone().map(|e| (e, c.display()));
+        let weak = Arc::downgrade(self);
+        let weak_bin = bin.downgrade();
+        bin.on_failure(Box::new(move |why| {
+            let (weak, weak_bin) = (weak.clone(), weak_bin.clone());
+            // Off the streaming thread: replacing the branch changes states.
+            let spawned = std::thread::Builder::new()
+                .name("encoder-fallback".into())
+                .spawn(move || {
+                    if let (Some(r), Some(bin)) = (weak.upgrade(), weak_bin.upgrade()) {
+                        r.fall_back(&bin, &why);
+                    }
+                });
+            if spawned.is_err() {
+                tracing::error!("no thread for an encoder fallback");
+            }
+        }));
+        // x264 is the last resort: a slow x264 on a busy machine is left to
+        // the channel's own stall timeout rather than ending the rendition.
+        if c.name == crate::encoders::X264 && c.maker.is_none() {
+            return;
+        }
+        let Ok(rt) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        let (weak_bin, activity) = (bin.downgrade(), bin.activity());
+        rt.spawn(async move {
+            loop {
+                tokio::time::sleep(WATCHDOG_PERIOD).await;
+                let Some(bin) = weak_bin.upgrade() else { break };
+                if bin.failed() || bin.parent().is_none() {
+                    break;
+                }
+                if activity.silent_ms() >= ENCODER_SILENCE.as_millis() as u64 {
+                    bin.fail(format!("no output for {} s", ENCODER_SILENCE.as_secs()));
+                    break;
+                }
+            }
+        });
+    }
+
+    /// Replaces the failed encoder branch `failed` by the next encoder
+    /// (finally x264) without ending any viewer: the outputs keep their
+    /// tee, and the new encoder starts at a keyframe. Blocking thread.
+    fn fall_back(self: &Arc<Self>, failed: &EncoderBin, why: &str) {
+        let mut graph = self.graph.lock();
+        let Some((weak_p, raw, live)) = graph.rebuild.clone() else {
+            return;
+        };
+        let Some(p) = weak_p.upgrade() else { return };
+        let Some(v) = graph.encoded[0].as_mut() else {
+            return;
+        };
+        if v.bin.as_ref() != Some(failed) {
+            return;
+        }
+        let from = v
+            .candidate
+            .as_ref()
+            .map(|c| c.name.clone())
+            .unwrap_or_default();
+        let table = crate::encoders::table();
+        let next = table
+            .order(self.profile.encoder_choice())
+            .into_iter()
+            .find(|c| c.name != from);
+        let Some(next) = next else {
+            tracing::error!(encoder = %from, reason = %why, quality = %self.key.quality,
+                "the encoder failed and no other is left: the rendition ends");
+            drop(graph);
+            self.finish(crate::media::EndReason::SourceError);
+            return;
+        };
+        table.fell_back(&from, &next.name);
+        tracing::warn!(from = %from, to = %next.name, reason = %why, quality = %self.key.quality,
+            "encoder failed: the rendition continues on the next encoder");
+        match chains::replace_video_encoder(&p, v, &raw, &self.profile, live, &self.counters, &next)
+        {
+            Ok(()) => {
+                let v = graph.encoded[0].as_ref().expect("the video branch");
+                self.arm(v);
+            }
+            Err(e) => {
+                tracing::error!(to = %next.name, error = %e, "the replacement encoder could not be set up: the rendition ends");
+                drop(graph);
+                self.finish(crate::media::EndReason::SourceError);
+            }
+        }
     }
 
     /// The fan-out of `format`, if that output exists.
@@ -279,9 +423,14 @@ impl Rendition {
             }
         }));
         let encoder = self.encoder();
-        if let Some(enc) = encoder.clone() {
+        if encoder.is_some() {
+            let weak = Arc::downgrade(self);
             fanout.set_keyframe_request(Box::new(move || {
-                if let Some(e) = enc.upgrade() {
+                if let Some(e) = weak
+                    .upgrade()
+                    .and_then(|r| r.encoder())
+                    .and_then(|e| e.upgrade())
+                {
                     chains::force_keyframe(&e);
                 }
             }));
@@ -344,16 +493,19 @@ impl Rendition {
             .encoded
             .iter()
             .flatten()
-            .map(|e| &e.branch)
-            .chain(outputs.values().filter_map(|o| o.branch.as_ref()))
-            .flat_map(|b| b.elements().iter().map(|e| e.downgrade()))
+            .flat_map(|e| e.elements())
+            .chain(
+                outputs
+                    .values()
+                    .filter_map(|o| o.branch.as_ref())
+                    .flat_map(|b| b.elements().iter()),
+            )
+            .map(|e| e.downgrade())
             .collect()
     }
 
     fn encoder(&self) -> Option<gst::glib::WeakRef<gst::Element>> {
-        self.graph.lock().encoded[0]
-            .as_ref()
-            .and_then(|e| e.encoder.clone())
+        self.current_encoder.lock().as_ref().map(|(e, _)| e.clone())
     }
 
     /// A viewer of `format` (whose output must exist).
@@ -444,9 +596,13 @@ impl Rendition {
         for b in outputs {
             b.remove(p);
         }
-        let encoded = std::mem::take(&mut self.graph.lock().encoded);
+        let encoded = {
+            let mut graph = self.graph.lock();
+            graph.rebuild = None;
+            std::mem::take(&mut graph.encoded)
+        };
         for e in encoded.into_iter().flatten() {
-            e.branch.remove(p);
+            e.remove(p);
         }
         self.release();
     }
@@ -459,7 +615,12 @@ impl Rendition {
             o.branch.take();
         }
         drop(outputs);
-        self.graph.lock().encoded = [None, None];
+        {
+            let mut graph = self.graph.lock();
+            graph.encoded = [None, None];
+            graph.rebuild = None;
+        }
+        self.current_encoder.lock().take();
         self.permit.lock().take();
     }
 
@@ -479,12 +640,22 @@ impl Rendition {
         RenditionView {
             quality: self.key.quality.clone(),
             mode: self.key.mode,
-            encoder: (self.key.mode == Mode::Transcode).then(|| "x264enc".to_string()),
-            decoder: if self.key.mode == Mode::Transcode {
-                decoder
-            } else {
-                None
-            },
+            encoder: self
+                .current_encoder
+                .lock()
+                .as_ref()
+                .map(|(_, name)| name.clone())
+                .filter(|_| self.key.mode == Mode::Transcode),
+            // Decoded pictures reach the encoder branch in system memory.
+            decoder: decoder
+                .map(|d| {
+                    if crate::encoders::Encoders::is_hardware_decoder(&d) {
+                        format!("{d} (system memory)")
+                    } else {
+                        d
+                    }
+                })
+                .filter(|_| self.key.mode == Mode::Transcode),
             fps: pace.map_or_else(|| rate(frames), |p| round2(p.fps)),
             speed: pace.map_or_else(|| rate(media), |p| round2(p.speed)),
             encode_speed: pace.and_then(|p| p.encode_speed).map(round2),

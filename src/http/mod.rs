@@ -4,6 +4,7 @@
 
 pub mod catalog;
 pub mod cors;
+pub mod encoders;
 pub mod epg;
 pub mod error;
 pub mod extract;
@@ -118,6 +119,8 @@ pub fn routes(
         .or(tuner::routes(state.clone()).boxed())
         .unify()
         .or(snapshot::routes(state.clone()).boxed())
+        .unify()
+        .or(encoders::routes(state.clone()).boxed())
         .unify()
         .boxed();
     // Rate limits come first (a refused request does no work); their

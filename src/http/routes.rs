@@ -72,6 +72,7 @@ pub const EPG_XML: Route = route("/epg.xml", Api, Request);
 pub const EPG_STATUS: Route = route("/api/epg/status", Unlimited, Request);
 pub const EPG_NOW: Route = route("/api/epg/now", Api, Request);
 pub const PROFILES: Route = route("/api/profiles", ByMethod, Request);
+pub const ENCODERS: Route = route("/api/encoders", Api, Request);
 pub const STREAMS: Route = route("/api/streams", ByMethod, Request);
 pub const STREAM_IMPORT: Route = route("/api/streams/import", ByMethod, Import);
 pub const STREAM_VALIDATE: Route = route("/api/streams/validate", Api, Request);
@@ -114,6 +115,7 @@ pub const ROUTES: &[Route] = &[
     API_HEALTH_LIVE,
     API_HEALTH_READY,
     PROFILES,
+    ENCODERS,
     STREAMS,
     STREAM_IMPORT,
     STREAM_VALIDATE,

@@ -13,6 +13,14 @@ pub struct Branch {
 }
 
 impl Branch {
+    /// A branch with nothing in it (a placeholder while one is replaced).
+    pub fn empty() -> Branch {
+        Branch {
+            links: Vec::new(),
+            elements: Vec::new(),
+        }
+    }
+
     /// Brings `elements` (already in `p` and linked among themselves) to the
     /// pipeline's state, then links a new src pad of `tee` to `head`'s sink.
     pub fn attach(
@@ -53,6 +61,31 @@ impl Branch {
             .map_err(|e| MediaError::SourceFailed(format!("cannot link a branch: {e:?}")))
     }
 
+    /// Elements that hang off no tee (the tee a rendition's outputs read
+    /// from, which outlives the encoder branches feeding it), brought to
+    /// the pipeline's state.
+    pub fn standalone(
+        p: &gst::Pipeline,
+        elements: Vec<gst::Element>,
+    ) -> Result<Branch, MediaError> {
+        let branch = Branch {
+            links: Vec::new(),
+            elements,
+        };
+        let started = branch.elements.iter().rev().try_for_each(|e| {
+            e.sync_state_with_parent()
+                .map(drop)
+                .map_err(MediaError::from)
+        });
+        match started {
+            Ok(()) => Ok(branch),
+            Err(e) => {
+                branch.remove(p);
+                Err(e)
+            }
+        }
+    }
+
     /// The branch's elements, in the order they were built.
     pub fn elements(&self) -> &[gst::Element] {
         &self.elements
@@ -82,6 +115,32 @@ pub struct Encoded {
     pub out: gst::Element,
     /// The video encoder, asked for keyframes when a viewer joins live.
     pub encoder: Option<gst::glib::WeakRef<gst::Element>>,
+    /// What outlives a replaced encoder branch (the `out` tee), when the
+    /// encoder can be replaced.
+    pub tail: Option<Branch>,
+    /// The bin holding the encoder branch, when it can be replaced.
+    pub bin: Option<crate::encoders::bin::EncoderBin>,
+    /// The encoder candidate in use (transcoded video).
+    pub candidate: Option<crate::encoders::Candidate>,
+}
+
+impl Encoded {
+    /// Takes the branch, then what outlives it, off the pipeline (off the
+    /// async runtime).
+    pub fn remove(self, p: &gst::Pipeline) {
+        self.branch.remove(p);
+        if let Some(t) = self.tail {
+            t.remove(p);
+        }
+    }
+
+    /// Every element, for leak checks.
+    pub fn elements(&self) -> impl Iterator<Item = &gst::Element> {
+        self.branch
+            .elements()
+            .iter()
+            .chain(self.tail.iter().flat_map(|t| t.elements().iter()))
+    }
 }
 
 pub fn make(factory: &str) -> Result<gst::Element, MediaError> {

@@ -5,9 +5,10 @@
 //! source stream -> [identity(sync) for file://] -> tee (elementary stream)
 //! decoder:   es tee -> queue -> keyframe gate -> decodebin -> tee (raw)
 //! test://:   videotestsrc / audiotestsrc -> tee (raw)
-//! transcode: raw tee -> queue(leaky if live) -> deinterlace -> videoscale
-//!            -> videorate -> videoconvert -> capsfilter(box, fps) -> x264enc
-//!            -> capsfilter(constrained-baseline) -> tee (encoded)
+//! transcode: raw tee -> [encoder bin: queue(leaky if live) -> deinterlace
+//!            -> videoscale -> videorate -> videoconvert -> capsfilter(box,
+//!            fps) -> x264enc | vah264enc | nvh264enc | ...
+//!            -> capsfilter(constrained-baseline)] -> tee (encoded)
 //!            raw tee -> queue(leaky if live) -> audioconvert -> audioresample
 //!            -> capsfilter(48 kHz stereo) -> avenc_aac -> tee (encoded)
 //! remux:     es tee -> queue -> tee (encoded)
@@ -26,7 +27,7 @@ use gst::prelude::*;
 
 use super::branch::capsfilter;
 pub use super::branch::{make, queue, tee, Branch, Encoded};
-pub use super::encode::{audio_encode, force_keyframe, video_encode};
+pub use super::encode::{audio_encode, force_keyframe, replace_video_encoder, video_encode};
 pub use super::probes::{add_keyframe_gate, Counters};
 use super::probes::{count_output, join_split_access_units};
 use super::{Format, MediaError};
@@ -139,6 +140,9 @@ pub fn remux(
         branch,
         out,
         encoder: None,
+        tail: None,
+        bin: None,
+        candidate: None,
     })
 }
 

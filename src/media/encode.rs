@@ -1,6 +1,8 @@
 //! The encoders of a transcode rendition: raw video to profile-sized
-//! constrained-baseline H.264, raw audio to AAC-LC, each into a tee its
-//! container outputs read from; and how many threads a decoder gets.
+//! constrained-baseline H.264 by one of the encoder candidates (see
+//! [`crate::encoders`]), raw audio to AAC-LC, each into a tee its
+//! container outputs read from; and replacing a failed video encoder
+//! while the tee and its outputs keep running.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -10,6 +12,8 @@ use gst::prelude::*;
 use super::branch::{capsfilter, make, queue, tee, Branch, Encoded};
 use super::probes::{count_busy, count_output, Counters};
 use super::MediaError;
+use crate::encoders::bin::EncoderBin;
+use crate::encoders::{props, Candidate};
 use crate::profiles::{Profile, AUDIO_CHANNELS, AUDIO_RATE};
 
 /// Live sources: at most this much raw audio waits for the encoder before
@@ -22,65 +26,133 @@ const LEAKY_QUEUE_NS: u64 = 1_000_000_000;
 /// decoder's and the encoder's threads; a non-live source simply waits.
 const VIDEO_ENCODER_QUEUE_NS: u64 = 300_000_000;
 /// Raw video from `raw` -> profile-sized constrained-baseline H.264 into a
-/// new tee. The queue at its head is leaky for live sources, so an encoder
-/// that falls behind drops its own frames instead of holding up the
-/// decoder and every other rendition.
+/// new tee, made by `candidate`. The queue at its head is leaky for live
+/// sources, so an encoder that falls behind drops its own frames instead
+/// of holding up the decoder and every other rendition. Everything before
+/// the tee lives in one [`EncoderBin`], which [`replace_video_encoder`]
+/// can swap for another encoder's while the tee and its outputs stay.
 pub fn video_encode(
     p: &gst::Pipeline,
     raw: &gst::Element,
     profile: &Profile,
     live: bool,
     counters: &Arc<Counters>,
+    candidate: &Candidate,
 ) -> Result<Encoded, MediaError> {
+    let out = tee()?;
+    p.add(&out)?;
+    let tail = Branch::standalone(p, vec![out.clone()])?;
+    count_output(&out.static_pad("sink").expect("tee sink pad"), counters);
+    match encoder_branch(p, raw, profile, live, counters, candidate, &out) {
+        Ok((branch, bin, enc)) => Ok(Encoded {
+            branch,
+            out,
+            encoder: Some(enc.downgrade()),
+            tail: Some(tail),
+            bin: Some(bin),
+            candidate: Some(candidate.clone()),
+        }),
+        Err(e) => {
+            tail.remove(p);
+            Err(e)
+        }
+    }
+}
+
+/// Replaces `encoded`'s encoder branch by one made by `candidate`, feeding
+/// the same tee (off the async runtime). The old branch is unlinked from
+/// `raw` and taken to NULL first; the new one starts at a keyframe.
+pub fn replace_video_encoder(
+    p: &gst::Pipeline,
+    encoded: &mut Encoded,
+    raw: &gst::Element,
+    profile: &Profile,
+    live: bool,
+    counters: &Arc<Counters>,
+    candidate: &Candidate,
+) -> Result<(), MediaError> {
+    // The tee takes one input: the old branch comes off first.
+    let old = std::mem::replace(&mut encoded.branch, Branch::empty());
+    old.remove(p);
+    encoded.bin = None;
+    encoded.encoder = None;
+    let (branch, bin, enc) =
+        encoder_branch(p, raw, profile, live, counters, candidate, &encoded.out)?;
+    encoded.branch = branch;
+    encoded.bin = Some(bin);
+    encoded.encoder = Some(enc.downgrade());
+    encoded.candidate = Some(candidate.clone());
+    Ok(())
+}
+
+/// The encoder branch: `raw` -> queue -> deinterlace -> videoscale ->
+/// videorate -> videoconvert -> capsfilter(size, fps, format) -> encoder
+/// -> capsfilter(constrained-baseline), in an [`EncoderBin`] whose output
+/// is linked to `out`. Returns the branch, its bin and the encoder.
+fn encoder_branch(
+    p: &gst::Pipeline,
+    raw: &gst::Element,
+    profile: &Profile,
+    live: bool,
+    counters: &Arc<Counters>,
+    candidate: &Candidate,
+    out: &gst::Element,
+) -> Result<(Branch, EncoderBin, gst::Element), MediaError> {
     let head = queue(VIDEO_ENCODER_QUEUE_NS, live)?;
     let deint = make("deinterlace")?;
     let scale = make("videoscale")?;
     let rate = make("videorate")?;
     rate.set_property("drop-only", true);
     let convert = make("videoconvert")?;
+    let format = candidate.input_format;
     let size = capsfilter(
         gst::Caps::builder("video/x-raw")
-            .field("format", "I420")
+            .field("format", format)
             .field("pixel-aspect-ratio", gst::Fraction::new(1, 1))
             .build(),
     )?;
-    let enc = make("x264enc")?;
-    enc.set_property("bitrate", profile.video_bitrate);
-    enc.set_property_from_str("speed-preset", &profile.preset);
-    enc.set_property_from_str("tune", "zerolatency");
-    enc.set_property("vbv-buf-capacity", profile.vbv_buffer_ms);
-    enc.set_property("bframes", 0u32);
-    enc.set_property(
-        "key-int-max",
-        profile.keyframe_interval(profile.max_framerate as i32, 1),
-    );
-    enc.set_property(
-        "option-string",
-        format!("level={}:scenecut=0", profile.level),
+    let enc = candidate.make().map_err(MediaError::SourceFailed)?;
+    props::apply(
+        &enc,
+        &candidate.element,
+        profile,
+        profile.max_framerate as i32,
+        1,
     );
     let enc_caps = capsfilter(
         gst::Caps::builder("video/x-h264")
             .field("profile", "constrained-baseline")
             .build(),
     )?;
-    let out = tee()?;
     let chain = [
-        &head, &deint, &scale, &rate, &convert, &size, &enc, &enc_caps, &out,
+        head.clone(),
+        deint.clone(),
+        scale,
+        rate,
+        convert,
+        size.clone(),
+        enc.clone(),
+        enc_caps.clone(),
     ];
-    p.add_many(chain)?;
-    gst::Element::link_many(chain)?;
-    count_output(&enc_caps.static_pad("src").expect("src pad"), counters);
     count_busy(
         &head.static_pad("src").expect("queue src pad"),
         &enc_caps.static_pad("src").expect("src pad"),
         counters,
     );
+    let bin = EncoderBin::wrap(&chain)?;
+    let bin_el: gst::Element = bin.clone().upcast();
+    p.add(&bin_el)?;
+    if let Err(e) = bin_el.link(out) {
+        let _ = p.remove(&bin_el);
+        return Err(e.into());
+    }
 
     // Fix the output geometry from the first caps the chain sees; later
     // changes are letterboxed by videoscale into the same size.
     let weak_size = size.downgrade();
     let weak_enc = enc.downgrade();
     let profile = profile.clone();
+    let factory = candidate.element.clone();
     let fixed = AtomicBool::new(false);
     let weak_counters = Arc::downgrade(counters);
     deint
@@ -116,7 +188,7 @@ pub fn video_encode(
             }
             if let Some(size) = weak_size.upgrade() {
                 let mut caps = gst::Caps::builder("video/x-raw")
-                    .field("format", "I420")
+                    .field("format", format)
                     .field("width", ow as i32)
                     .field("height", oh as i32)
                     .field("framerate", gst::Fraction::new(fn_, fd))
@@ -137,18 +209,19 @@ pub fn video_encode(
                 }
                 size.set_property("caps", caps.build());
             }
-            if let Some(enc) = weak_enc.upgrade() {
-                enc.set_property("key-int-max", profile.keyframe_interval(fn_, fd));
+            if let (Some(enc), Some((name, value))) = (
+                weak_enc.upgrade(),
+                props::keyframe_setting(&factory, &profile, fn_, fd),
+            ) {
+                if let Err(e) = props::set(&enc, name, &value) {
+                    tracing::debug!(property = name, error = %e, "keyframe interval not set");
+                }
             }
             gst::PadProbeReturn::Ok
         });
-    let elements: Vec<gst::Element> = chain.iter().map(|e| (*e).clone()).collect();
-    let branch = Branch::attach(p, raw, elements, &head)?;
-    Ok(Encoded {
-        branch,
-        out,
-        encoder: Some(enc.downgrade()),
-    })
+    let target = props::configured(&enc, &candidate.element).unwrap_or(enc);
+    let branch = Branch::attach(p, raw, vec![bin_el.clone()], &bin_el)?;
+    Ok((branch, bin, target))
 }
 
 /// Raw audio from `raw` -> AAC-LC 48 kHz stereo into a new tee.
@@ -179,6 +252,9 @@ pub fn audio_encode(
         branch,
         out,
         encoder: None,
+        tail: None,
+        bin: None,
+        candidate: None,
     })
 }
 

@@ -466,6 +466,17 @@ fn the_nixos_module_grants_groups_and_keeps_media_dirs_visible() {
     assert_eq!(m["environment"]["SLUICE_MEDIA_DIR"], "/srv/media");
     assert_eq!(m["warnings"], serde_json::json!([]));
 
+    // Hardware encoding: the render group and the VA drivers' path.
+    let m = nixos_module("{ hardwareAcceleration = true; supplementaryGroups = [ \"media\" ]; }");
+    assert_eq!(
+        m["serviceConfig"]["SupplementaryGroups"],
+        serde_json::json!(["media", "render"])
+    );
+    assert_eq!(
+        m["environment"]["LIBVA_DRIVERS_PATH"],
+        "/run/opengl-driver/lib/dri"
+    );
+
     // (mediaDir, PrivateTmp, ProtectHome, a warning that names)
     for (media, private_tmp, protect_home, warning) in [
         (

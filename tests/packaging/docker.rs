@@ -126,8 +126,8 @@ fn the_dockerfile_builds_then_runs_with_only_the_runtime_packages() {
         .collect();
     assert_eq!(
         args,
-        ["runtime"],
-        "the runtime stage installs exactly the runtime role: {runs}"
+        ["runtime", "hardware"],
+        "the runtime stage installs exactly the runtime and hardware-driver roles: {runs}"
     );
     let copies = find(last, "COPY").join("\n");
     assert!(

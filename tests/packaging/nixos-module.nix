@@ -38,6 +38,7 @@ let
     dataDir = "/var/lib/sluice";
     mediaDir = null;
     supplementaryGroups = [ ];
+    hardwareAcceleration = false;
     openFirewall = false;
     environmentFile = null;
     settings = { SHUTDOWN_GRACE = 10000; };

@@ -11,7 +11,7 @@ use serde_norway::Value;
 use sluice::config::Settings;
 
 pub const LIST: &str = "packaging/debian-packages.txt";
-pub const ROLES: [&str; 4] = ["build", "runtime", "test", "bench"];
+pub const ROLES: [&str; 5] = ["build", "runtime", "hardware", "test", "bench"];
 
 pub fn read(rel: &str) -> String {
     let path = Path::new(env!("CARGO_MANIFEST_DIR")).join(rel);

@@ -1,0 +1,402 @@
+//! Encoders, black-box (SPEC §15): the start-up probe on this machine
+//! (no GPU: every hardware candidate unavailable with its reason, x264
+//! picked), a missing hardware choice that degrades health while previews
+//! run on x264, and a live fallback: a rendition whose encoder fails
+//! mid-stream moves to x264 while its fMP4 and TS viewers stay connected.
+//!
+//! The failing encoder is a custom candidate registered through the same
+//! candidate list the built-in ones are in ([`sluice::encoders::register`]):
+//! a bin wrapping x264enc that, once this test arms it, posts an encoder
+//! error after a set number of pictures and then gives no more output.
+
+mod common;
+
+use std::path::Path;
+use std::process::Command;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Once};
+use std::time::Duration;
+
+use common::*;
+use gst::prelude::*;
+use serde_json::Value;
+
+/// Name of the failing candidate.
+const FAILING: &str = "x264-fails";
+/// Pictures the failing encoder makes before it fails (0 = it never fails).
+static FAIL_AFTER: AtomicU64 = AtomicU64::new(0);
+/// Name of the candidate that stops giving output without an error.
+const STALLING: &str = "x264-stalls";
+static STALL_AFTER: AtomicU64 = AtomicU64::new(0);
+
+/// A bin around x264enc that, after `after` pictures (0 = never), posts an
+/// encoder error (when `error`) and gives no more output.
+fn failing_x264(after: &'static AtomicU64, error: bool) -> Result<gst::Element, String> {
+    let enc = gst::ElementFactory::make("x264enc")
+        .build()
+        .map_err(|e| e.to_string())?;
+    // Four reference pictures where the fallback x264 has one: the
+    // parameter sets (and an MP4's codec data) change at the switch, as
+    // they do when a hardware encoder hands over to x264.
+    enc.set_property("ref", 4u32);
+    let bin = gst::Bin::new();
+    bin.add(&enc).map_err(|e| e.to_string())?;
+    let sink = gst::GhostPad::with_target(&enc.static_pad("sink").unwrap()).unwrap();
+    let src = gst::GhostPad::with_target(&enc.static_pad("src").unwrap()).unwrap();
+    bin.add_pad(&sink).unwrap();
+    bin.add_pad(&src).unwrap();
+    let made = AtomicU64::new(0);
+    let weak = enc.downgrade();
+    enc.static_pad("src")
+        .unwrap()
+        .add_probe(gst::PadProbeType::BUFFER, move |_, _| {
+            let limit = after.load(Ordering::SeqCst);
+            let n = made.fetch_add(1, Ordering::SeqCst) + 1;
+            if limit == 0 || n <= limit {
+                return gst::PadProbeReturn::Ok;
+            }
+            if error && n == limit + 1 {
+                if let Some(enc) = weak.upgrade() {
+                    gst::element_error!(
+                        enc,
+                        gst::LibraryError::Encode,
+                        ("the test encoder failed on purpose")
+                    );
+                }
+            }
+            gst::PadProbeReturn::Drop
+        });
+    Ok(bin.upcast())
+}
+
+/// The tests take turns: each runs real encodes, and the probe's own
+/// 5 s bound is checked on the first.
+static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+/// Registers the failing candidates once, before anything uses the table.
+fn setup() {
+    static ONCE: Once = Once::new();
+    ONCE.call_once(|| {
+        sluice::encoders::register(sluice::encoders::Candidate::custom(
+            FAILING,
+            "x264enc",
+            Arc::new(|| failing_x264(&FAIL_AFTER, true)),
+        ));
+        sluice::encoders::register(sluice::encoders::Candidate::custom(
+            STALLING,
+            "x264enc",
+            Arc::new(|| failing_x264(&STALL_AFTER, false)),
+        ));
+    });
+}
+
+async fn encoders(ts: &TestServer) -> Vec<Value> {
+    get_json(&ts.url("/api/encoders"))
+        .await
+        .as_array()
+        .expect("an array")
+        .clone()
+}
+
+fn rendition_encoders(status: &Value) -> Vec<String> {
+    status["channels"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .flat_map(|c| c["renditions"].as_array().cloned().unwrap_or_default())
+        .filter_map(|r| r["encoder"].as_str().map(String::from))
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_probe_lists_every_candidate_with_a_reason_and_picks_x264() {
+    let _turn = SERIAL.lock().await;
+    setup();
+    let ts = start().await;
+    assert!(
+        sluice::encoders::table().probe_took() < Duration::from_secs(5),
+        "the probe took {:?}",
+        sluice::encoders::table().probe_took()
+    );
+    let list = encoders(&ts).await;
+    let find = |name: &str, kind: &str| {
+        list.iter()
+            .find(|e| e["name"] == name && e["kind"] == kind)
+            .unwrap_or_else(|| panic!("{name} {kind} missing from {list:?}"))
+            .clone()
+    };
+    for (name, element) in [
+        ("nvenc", "nvh264enc"),
+        ("va", "vah264enc"),
+        ("qsv", "qsvh264enc"),
+        ("vaapi", "vaapih264enc"),
+        ("v4l2", "v4l2h264enc"),
+        ("x264", "x264enc"),
+    ] {
+        let e = find(name, "encoder");
+        assert_eq!(e["element"], element);
+        for field in ["available", "reason", "fix"] {
+            assert!(e.get(field).is_some(), "{name}: no {field}");
+        }
+    }
+    for (name, element) in [
+        ("nvenc", "nvh264dec"),
+        ("va", "vah264dec"),
+        ("qsv", "qsvh264dec"),
+        ("v4l2", "v4l2slh264dec"),
+    ] {
+        assert_eq!(find(name, "decoder")["element"], element);
+    }
+    let x264 = find("x264", "encoder");
+    assert_eq!(x264["available"], true, "{x264}");
+    assert!(x264["reason"].is_null());
+    // This machine has no GPU: each hardware candidate says why, and how
+    // to fix it.
+    if !Path::new("/dev/dri").exists() {
+        for e in list
+            .iter()
+            .filter(|e| !["x264", FAILING, STALLING].contains(&e["name"].as_str().unwrap()))
+        {
+            assert_eq!(e["available"], false, "{e}");
+            let reason = e["reason"].as_str().unwrap();
+            assert!(!reason.is_empty() && !e["fix"].as_str().unwrap().is_empty());
+        }
+        let va = find("va", "encoder");
+        assert!(
+            va["reason"].as_str().unwrap().contains("/dev/dri/renderD"),
+            "{va}"
+        );
+        assert!(va["fix"].as_str().unwrap().contains("/dev/dri"), "{va}");
+        let health = get_json(&ts.url("/health")).await;
+        let enc = &health["services"]["encoders"];
+        assert_eq!(enc["selected"], "x264", "{health}");
+        assert_eq!(enc["status"], "healthy", "{health}");
+    }
+    ts.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_missing_hardware_choice_degrades_health_and_previews_run_on_x264() {
+    let _turn = SERIAL.lock().await;
+    setup();
+    if Path::new("/dev/dri").exists() {
+        eprintln!("skipped: this machine has a render node, so VA may work");
+        return;
+    }
+    let ts = start_with(|s| s.encoder = "va".into()).await;
+    let health = get_json(&ts.url("/health")).await;
+    assert_eq!(health["status"], "degraded", "{health}");
+    assert_eq!(health["services"]["encoders"]["status"], "degraded");
+    assert_eq!(health["services"]["encoders"]["missing"][0], "va");
+    add_stream(&ts, "bars", "test://smpte?size=320x240").await;
+    let resp = client()
+        .get(ts.url("/streams/preview/bars?quality=low&transcode=true&format=mp4"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    let status_during = tokio::spawn({
+        let url = ts.url("/api/streams/transcoding/status");
+        async move {
+            tokio::time::sleep(Duration::from_millis(1500)).await;
+            get_json(&url).await
+        }
+    });
+    let body = read_for(resp, Duration::from_secs(3), 8 << 20).await;
+    let status = status_during.await.unwrap();
+    assert_eq!(rendition_encoders(&status), ["x264enc"], "{status}");
+    let file = ts.dir.path().join("va.mp4");
+    std::fs::write(&file, complete_prefix(&body)).unwrap();
+    let probe = ffprobe(&file);
+    let video = stream_of(&probe, "video").expect("a video stream");
+    assert_eq!(video["codec_name"], "h264");
+    assert_eq!(video["profile"], "Constrained Baseline");
+    ts.stop().await;
+}
+
+/// Video packet times of a file, in seconds, in decode order.
+fn packet_times(path: &Path) -> Vec<f64> {
+    let out = Command::new("ffprobe")
+        .args([
+            "-v",
+            "error",
+            "-select_streams",
+            "v:0",
+            "-show_entries",
+            "packet=pts_time",
+            "-of",
+            "csv=p=0",
+        ])
+        .arg(path)
+        .output()
+        .expect("ffprobe runs");
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| l.trim().trim_end_matches(',').parse::<f64>().ok())
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_failing_encoder_falls_back_to_x264_without_dropping_viewers() {
+    let _turn = SERIAL.lock().await;
+    setup();
+    // The probe's test encode runs before the candidate is armed.
+    tokio::task::spawn_blocking(|| {
+        gst::init().unwrap();
+        sluice::encoders::table();
+    })
+    .await
+    .unwrap();
+    // About 2 s of pictures at 30 fps, then the error.
+    let probed = sluice::encoders::table().probed();
+    assert!(
+        probed.iter().any(|p| p.name == FAILING && p.available),
+        "the probe did not pass the test candidate: {probed:?}"
+    );
+    FAIL_AFTER.store(60, Ordering::SeqCst);
+    let ts = start_with(|s| s.encoder = FAILING.into()).await;
+    add_stream(&ts, "bars", "test://smpte?size=320x240").await;
+    let url = |format: &str| {
+        ts.url(&format!(
+            "/streams/preview/bars?quality=low&transcode=true&format={format}"
+        ))
+    };
+    let read = Duration::from_secs(6);
+    let mut viewers = Vec::new();
+    for format in ["mp4", "ts", "mp4"] {
+        let resp = client().get(url(format)).send().await.unwrap();
+        assert_eq!(resp.status(), 200, "{format}");
+        viewers.push((format, tokio::spawn(read_for(resp, read, 32 << 20))));
+    }
+    let status_url = ts.url("/api/streams/transcoding/status");
+    let before = get_json(&status_url).await;
+    assert_eq!(rendition_encoders(&before), [FAILING], "{before}");
+    // Past the failure (2 s of pictures) and the switch, while every
+    // viewer still reads.
+    tokio::time::sleep(Duration::from_millis(4500)).await;
+    let after = get_json(&status_url).await;
+    assert_eq!(rendition_encoders(&after), ["x264enc"], "{after}");
+    let viewing = after["sessions"].as_array().map_or(0, Vec::len);
+    assert_eq!(viewing, 3, "{after}");
+    let mut outputs = Vec::new();
+    for (i, (format, task)) in viewers.into_iter().enumerate() {
+        let body = task.await.unwrap();
+        let file = ts.dir.path().join(format!("viewer{i}.{format}"));
+        std::fs::write(&file, complete_prefix(&body)).unwrap();
+        outputs.push((format, file));
+    }
+    let samples = scrape(&ts).await;
+    assert_eq!(
+        metric(
+            &samples,
+            "sluice_encoder_fallbacks_total",
+            &[("from", FAILING), ("to", "x264")]
+        ),
+        Some(1.0)
+    );
+    let health = get_json(&ts.url("/health")).await;
+    assert_eq!(
+        health["services"]["encoders"]["failed"][0], FAILING,
+        "{health}"
+    );
+    for (format, file) in &outputs {
+        let (frames, errors) = decode_all(file);
+        // Well past the 60 pictures made before the failure.
+        assert!(frames > 100, "{format}: {frames} frames decoded; {errors}");
+        assert!(
+            !errors.to_lowercase().contains("error"),
+            "{format}: decode errors: {errors}"
+        );
+        let times = packet_times(file);
+        let mut sorted = times.clone();
+        sorted.sort_by(f64::total_cmp);
+        let gap = sorted
+            .windows(2)
+            .map(|w| w[1] - w[0])
+            .fold(0.0f64, f64::max);
+        eprintln!("{format}: {frames} frames decoded, largest gap between pictures {gap:.3} s");
+        assert!(
+            gap < 1.0,
+            "{format}: {gap:.3} s of media lost at the switch"
+        );
+    }
+    ts.stop().await;
+    FAIL_AFTER.store(0, Ordering::SeqCst);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_encoder_that_stops_giving_output_is_replaced_after_2_s() {
+    let _turn = SERIAL.lock().await;
+    setup();
+    tokio::task::spawn_blocking(|| {
+        gst::init().unwrap();
+        sluice::encoders::table();
+    })
+    .await
+    .unwrap();
+    // About 2 s of pictures, then silence: no error, no output.
+    let probed = sluice::encoders::table().probed();
+    assert!(
+        probed.iter().any(|p| p.name == STALLING && p.available),
+        "the probe did not pass the test candidate: {probed:?}"
+    );
+    STALL_AFTER.store(60, Ordering::SeqCst);
+    let ts = start_with(|s| s.encoder = STALLING.into()).await;
+    add_stream(&ts, "bars", "test://smpte?size=320x240").await;
+    let resp = client()
+        .get(ts.url("/streams/preview/bars?quality=low&transcode=true&format=ts"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    let reading = tokio::spawn(read_for(resp, Duration::from_secs(8), 32 << 20));
+    let status_url = ts.url("/api/streams/transcoding/status");
+    tokio::time::sleep(Duration::from_millis(6500)).await;
+    let after = get_json(&status_url).await;
+    assert_eq!(rendition_encoders(&after), ["x264enc"], "{after}");
+    assert_eq!(
+        after["sessions"].as_array().map_or(0, Vec::len),
+        1,
+        "{after}"
+    );
+    let body = reading.await.unwrap();
+    let samples = scrape(&ts).await;
+    assert_eq!(
+        metric(
+            &samples,
+            "sluice_encoder_fallbacks_total",
+            &[("from", STALLING), ("to", "x264")]
+        ),
+        Some(1.0)
+    );
+    let file = ts.dir.path().join("stalled.ts");
+    std::fs::write(&file, complete_prefix(&body)).unwrap();
+    let (frames, errors) = decode_all(&file);
+    assert!(frames > 100, "{frames} frames decoded; {errors}");
+    let mut times = packet_times(&file);
+    times.sort_by(f64::total_cmp);
+    let gap = times.windows(2).map(|w| w[1] - w[0]).fold(0.0f64, f64::max);
+    eprintln!("ts: {frames} frames decoded, largest gap between pictures {gap:.3} s");
+    // The 2 s of silence the watchdog waits for, and the switch.
+    assert!(gap < 3.0, "{gap:.3} s of media lost at the switch");
+    ts.stop().await;
+    STALL_AFTER.store(0, Ordering::SeqCst);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unknown_encoder_stops_start_up_naming_the_variable() {
+    let _turn = SERIAL.lock().await;
+    setup();
+    let dir = tempfile::tempdir().unwrap();
+    let mut s = settings(dir.path());
+    s.encoder = "quantum".into();
+    let err = match sluice::Server::start(s).await {
+        Ok(_) => panic!("a server started with SLUICE_ENCODER=quantum"),
+        Err(e) => e.to_string(),
+    };
+    assert!(
+        err.contains("SLUICE_ENCODER") && err.contains("quantum"),
+        "{err}"
+    );
+    assert!(err.contains("nvenc") && err.contains("x264"), "{err}");
+}
