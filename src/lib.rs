@@ -12,6 +12,7 @@ pub mod config;
 pub mod epg;
 pub mod events;
 pub mod health;
+pub mod hls;
 pub mod http;
 pub mod logging;
 pub mod m3u;
@@ -47,6 +48,8 @@ pub struct AppState {
     pub metrics: metrics::Metrics,
     /// The HDHomeRun tuner identity; `None` when `HDHR_ENABLED=false`.
     pub tuner: Option<tuner::Identity>,
+    /// HLS segment windows and sessions.
+    pub hls: Arc<hls::Hls>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -170,6 +173,7 @@ pub fn build_state(settings: Settings) -> Result<Arc<AppState>, StartError> {
         health,
         metrics: metrics::Metrics::default(),
         tuner,
+        hls: hls::Hls::new(),
     }))
 }
 

@@ -10,6 +10,7 @@ pub mod extract;
 pub mod hangup;
 pub mod head;
 pub mod health;
+pub mod hls;
 pub mod import;
 pub mod limits;
 pub mod log;
@@ -112,6 +113,8 @@ pub fn routes(
         .or(metrics::routes(state.clone()).boxed())
         .unify()
         .or(tuner::routes(state.clone()).boxed())
+        .unify()
+        .or(hls::routes(state.clone()).boxed())
         .unify()
         .boxed();
     // Rate limits come first (a refused request does no work); their
