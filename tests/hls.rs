@@ -604,3 +604,302 @@ async fn ffmpeg_and_hlsdemux_read_the_master_playlist() {
     );
     ts.stop().await;
 }
+
+/// One HLS client: reloads the playlist and fetches each new segment
+/// once, for `dur`; returns the segments it got (msn -> bytes).
+async fn play(ts: &TestServer, base: &str, sid: &str, dur: Duration) -> HashMap<u64, Vec<u8>> {
+    let mut got = HashMap::new();
+    let t0 = Instant::now();
+    while t0.elapsed() < dur {
+        let (code, _, text) = get(ts, &format!("{base}/index.m3u8?sid={sid}")).await;
+        assert_eq!(code, 200, "{text}");
+        let m = checker::media(&text);
+        for s in &m.segments {
+            if let std::collections::hash_map::Entry::Vacant(e) = got.entry(s.msn) {
+                let (code, _, body) = get_bytes(ts, &under(base, &s.uri)).await;
+                assert_eq!(code, 200, "segment {}", s.msn);
+                e.insert(body);
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(800)).await;
+    }
+    got
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ten_clients_share_one_encoder_and_each_segment_is_cut_once() {
+    let _turn = SERIAL.lock().await;
+    let ts = start_with(|s| s.max_sessions_per_client = 20).await;
+    add_stream(&ts, "a", SRC).await;
+    let base = "/streams/hls/a/low";
+    let clients: Vec<_> = (0..10)
+        .map(|i| {
+            let ts = &ts;
+            async move { play(ts, base, &format!("client{i}"), Duration::from_secs(10)).await }
+        })
+        .collect();
+    let watch = async {
+        tokio::time::sleep(Duration::from_secs(6)).await;
+        status(&ts).await
+    };
+    let (got, st) = tokio::join!(futures::future::join_all(clients), watch);
+    assert_eq!(hls_sessions(&st), 10, "{st:#}");
+    assert_eq!(renditions(&st), ["low"], "one encoder: {st:#}");
+    assert_eq!(st["channels"].as_array().unwrap().len(), 1, "one channel");
+    assert_eq!(st["activeSessions"], 1, "one pipeline slot: {st:#}");
+    // Every client got the very same bytes for a segment.
+    let mut all: HashMap<u64, &Vec<u8>> = HashMap::new();
+    for g in &got {
+        for (msn, body) in g {
+            let first = all.entry(*msn).or_insert(body);
+            assert!(*first == body, "segment {msn} differs between clients");
+        }
+    }
+    let last = *all.keys().max().unwrap();
+    let cut = metric(&scrape(&ts).await, "sluice_hls_segments_total", &[]).unwrap() as u64;
+    // Segments 0..=last were cut; one more may have closed since.
+    assert!(
+        (last + 1..=last + 2).contains(&cut),
+        "{cut} segments cut for {} segments served to 10 clients",
+        last + 1
+    );
+    // Clients that stop fetching end after 3 target durations.
+    assert!(
+        eventually(Duration::from_secs(12), || {
+            ts.state().registry.is_empty()
+        })
+        .await,
+        "idle HLS sessions end"
+    );
+    let samples = scrape(&ts).await;
+    assert_eq!(
+        metric(
+            &samples,
+            "sluice_sessions_ended_total",
+            &[("reason", "client_disconnect")]
+        ),
+        Some(10.0)
+    );
+    ts.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_variants_run_two_encoders_on_one_decode_and_the_idle_one_stops() {
+    let _turn = SERIAL.lock().await;
+    let ts = start_with(|s| s.channel_linger_ms = 1000).await;
+    let url = h264_file(&ts);
+    add_stream(&ts, "f", &url).await;
+    for q in ["low", "medium"] {
+        let (code, _, text) = get(&ts, &format!("/streams/hls/f/{q}/index.m3u8?sid=s")).await;
+        assert_eq!(code, 200, "{text}");
+        checker::media(&text);
+    }
+    let st = status(&ts).await;
+    let mut r = renditions(&st);
+    r.sort();
+    assert_eq!(r, ["low", "medium"], "{st:#}");
+    assert_eq!(hls_sessions(&st), 2);
+    let samples = scrape(&ts).await;
+    assert_eq!(
+        metric(&samples, "sluice_decoders", &[("kind", "video")]),
+        Some(1.0)
+    );
+    assert_eq!(
+        metric(&samples, "sluice_upstream_connections", &[]),
+        Some(1.0)
+    );
+    // The running source is H.264 + AAC: the remux variant is offered too.
+    let variants = checker::master(&get(&ts, "/streams/hls/f/master.m3u8").await.2);
+    assert!(
+        variants.iter().any(|v| v.uri.starts_with("source/")),
+        "{variants:?}"
+    );
+    // Only low is fetched: medium ends after 3 target durations and its
+    // rendition stops after the linger.
+    let t0 = Instant::now();
+    let mut stopped = None;
+    while t0.elapsed() < Duration::from_secs(14) {
+        play(&ts, "/streams/hls/f/low", "s", Duration::from_millis(900)).await;
+        let st = status(&ts).await;
+        if renditions(&st) == ["low"] {
+            stopped = Some(t0.elapsed());
+            assert_eq!(hls_sessions(&st), 1, "{st:#}");
+            break;
+        }
+    }
+    let after = stopped.expect("the unwatched variant stopped");
+    assert!(
+        after >= Duration::from_secs(5),
+        "medium stopped too soon: {after:?}"
+    );
+    ts.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn blocking_reload_hints_caching_and_cors() {
+    let _turn = SERIAL.lock().await;
+    let ts =
+        start_with(|s| s.cors_origin = Some(sluice::http::cors::CorsOrigins::parse("*").unwrap()))
+            .await;
+    add_stream(&ts, "a", SRC).await;
+    let base = "/streams/hls/a/low";
+    let m = checker::media(&get(&ts, &format!("{base}/index.m3u8?sid=b")).await.2);
+    let hint = m.preload_hint.clone().expect("a preload hint");
+    let (msn, part) = hint
+        .strip_prefix("part-")
+        .and_then(|h| h.split('?').next())
+        .and_then(|h| h.strip_suffix(".m4s"))
+        .and_then(|h| h.split_once('.'))
+        .map(|(a, b)| (a.parse::<u64>().unwrap(), b.parse::<usize>().unwrap()))
+        .expect("part-M.P.m4s");
+    // The playlist that holds the hinted part: answered once it exists.
+    let t0 = Instant::now();
+    let (code, _, text) = get(
+        &ts,
+        &format!("{base}/index.m3u8?sid=b&_HLS_msn={msn}&_HLS_part={part}"),
+    )
+    .await;
+    let waited = t0.elapsed();
+    assert_eq!(code, 200, "{text}");
+    let next = checker::media(&text);
+    let listed = next
+        .segments
+        .iter()
+        .filter(|s| s.msn == msn)
+        .flat_map(|s| s.parts.clone())
+        .chain(next.open_parts.clone())
+        .any(|(_, uri)| uri.starts_with(&format!("part-{msn}.{part}.m4s")));
+    assert!(
+        listed,
+        "part {msn}.{part} listed after the blocking reload:\n{text}"
+    );
+    assert!(
+        waited < Duration::from_secs(2),
+        "answered as soon as the part was cut: {waited:?}"
+    );
+    // The hinted part after that one, fetched before it exists.
+    let hint = next.preload_hint.clone().unwrap();
+    let r = client()
+        .get(ts.url(&under(base, &hint)))
+        .header("origin", "http://player.test")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert!(
+        r.headers().contains_key("access-control-allow-origin"),
+        "CORS"
+    );
+    assert!(r.headers()["cache-control"]
+        .to_str()
+        .unwrap()
+        .contains("immutable"));
+    assert_eq!(&r.bytes().await.unwrap()[4..8], b"moof");
+    // Too far ahead: 400 JSON.
+    let (code, _, text) = get(
+        &ts,
+        &format!("{base}/index.m3u8?sid=b&_HLS_msn={}", msn + 50),
+    )
+    .await;
+    assert_eq!(code, 400, "{text}");
+    assert_eq!(
+        serde_json::from_str::<Value>(&text).unwrap()["error"],
+        "bad_request"
+    );
+    // Playlists: CORS and no-cache.
+    let r = client()
+        .get(ts.url(&format!("{base}/index.m3u8?sid=b")))
+        .header("origin", "http://player.test")
+        .send()
+        .await
+        .unwrap();
+    assert!(
+        r.headers().contains_key("access-control-allow-origin"),
+        "CORS"
+    );
+    assert_eq!(r.headers()["cache-control"], "no-cache");
+    // A segment that never existed: 404 JSON.
+    let (code, h, text) = get(&ts, &format!("{base}/seg-999999.m4s?sid=b")).await;
+    assert_eq!(code, 404);
+    assert!(h["content-type"]
+        .to_str()
+        .unwrap()
+        .starts_with("application/json"));
+    assert_eq!(
+        serde_json::from_str::<Value>(&text).unwrap()["error"],
+        "segment_not_found"
+    );
+    ts.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ts_segments_start_with_pat_pmt_and_decode() {
+    let _turn = SERIAL.lock().await;
+    let ts = start().await;
+    add_stream(&ts, "a", SRC).await;
+    let base = "/streams/hls/a/low";
+    let (code, _, text) = get(&ts, &format!("{base}/index.m3u8?sid=t&container=ts")).await;
+    assert_eq!(code, 200, "{text}");
+    let m = checker::media(&text);
+    assert!(
+        m.map.is_none() && m.part_target.is_none(),
+        "plain HLS for TS:\n{text}"
+    );
+    let seg = &m.segments[0];
+    assert!(
+        seg.uri.contains(".ts?") && seg.uri.contains("container=ts"),
+        "{}",
+        seg.uri
+    );
+    let (code, h, body) = get_bytes(&ts, &under(base, &seg.uri)).await;
+    assert_eq!(code, 200);
+    assert_eq!(h["content-type"], "video/mp2t");
+    assert_eq!(body[0], 0x47);
+    let pid = |p: &[u8]| u16::from_be_bytes([p[1] & 0x1f, p[2]]);
+    assert_eq!(pid(&body[..188]), 0, "PAT first");
+    assert_eq!(body[188], 0x47);
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("seg.ts");
+    std::fs::write(&file, &body).unwrap();
+    let (frames, errors) = decode_all(&file);
+    assert!(errors.trim().is_empty(), "{errors}");
+    assert!(
+        frames as f64 >= seg.dur * 30.0 - 2.0,
+        "{frames} frames in {} s",
+        seg.dur
+    );
+    ts.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_start_answers_the_playlist_like_a_preview() {
+    let _turn = SERIAL.lock().await;
+    let ts = start_with(|s| s.max_sessions_per_client = 1).await;
+    add_stream(&ts, "a", SRC).await;
+    let (code, _, text) = get(&ts, "/streams/hls/nope/low/index.m3u8").await;
+    assert_eq!(code, 404);
+    assert_eq!(
+        serde_json::from_str::<Value>(&text).unwrap()["error"],
+        "stream_not_found"
+    );
+    let (code, _, text) = get(&ts, "/streams/hls/a/nosuch/index.m3u8").await;
+    assert_eq!(code, 400, "{text}");
+    let (code, _, _) = get(&ts, "/streams/hls/a/low/index.m3u8?sid=one").await;
+    assert_eq!(code, 200);
+    // The client's one session is taken: the second variant is refused
+    // as a second preview would be.
+    let (code, h, text) = get(&ts, "/streams/hls/a/medium/index.m3u8?sid=one").await;
+    assert_eq!(code, 429, "{text}");
+    assert_eq!(
+        serde_json::from_str::<Value>(&text).unwrap()["error"],
+        "too_many_sessions"
+    );
+    assert!(h.contains_key("retry-after"));
+    let r = client()
+        .get(ts.url("/streams/preview/a?quality=medium"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 429);
+    ts.stop().await;
+}
