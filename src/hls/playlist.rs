@@ -184,3 +184,58 @@ mod tests {
         assert!(text.contains("#EXT-X-STREAM-INF:BANDWIDTH=1400000,AVERAGE-BANDWIDTH=1200000,RESOLUTION=640x360,FRAME-RATE=30.000,CODECS=\"avc1.42E01E,mp4a.40.2\"\nlow/index.m3u8?sid=a\n"));
     }
 }
+
+#[cfg(test)]
+mod media_tests {
+    use std::sync::Arc;
+
+    use bytes::Bytes;
+
+    use super::*;
+    use crate::hls::window::{Part, Segment};
+
+    fn seg(msn: u64, discontinuity: bool, init_id: u64) -> Arc<Segment> {
+        let part = Part {
+            data: Bytes::from_static(b"x"),
+            dur: 0.2,
+            independent: true,
+        };
+        Arc::new(Segment {
+            msn,
+            data: Bytes::from_static(b"x"),
+            dur: 2.0,
+            parts: vec![part; 10],
+            discontinuity,
+            pdt_ms: 0,
+            init_id,
+        })
+    }
+
+    #[test]
+    fn discontinuities_and_init_changes_are_tagged_before_their_segment() {
+        let snap = Snapshot {
+            target: 2,
+            part_target: Some(0.25),
+            first_msn: 4,
+            disc_seq: 1,
+            segments: vec![seg(4, false, 0), seg(5, true, 1)],
+            building: Some((6, Vec::new(), false)),
+            init_ids: vec![0, 1],
+            ended: false,
+            parts_listed_from: 5,
+        };
+        let text = media(&snap, Container::Fmp4, &UriQuery("sid=s".into()), true);
+        assert!(text.contains("#EXT-X-MEDIA-SEQUENCE:4\n#EXT-X-DISCONTINUITY-SEQUENCE:1\n"));
+        assert!(text.contains(
+            "#EXT-X-DISCONTINUITY\n#EXT-X-MAP:URI=\"init-1.mp4?sid=s\"\n#EXT-X-PROGRAM-DATE-TIME"
+        ));
+        assert_eq!(
+            text.matches("#EXT-X-PART:").count(),
+            10,
+            "parts of recent segments only"
+        );
+        assert!(text.ends_with("#EXT-X-PRELOAD-HINT:TYPE=PART,URI=\"part-6.0.m4s?sid=s\"\n"));
+        let plain = media(&snap, Container::Fmp4, &UriQuery(String::new()), false);
+        assert!(!plain.contains("PART") && !plain.contains("SERVER-CONTROL"));
+    }
+}
