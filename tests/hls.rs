@@ -903,3 +903,40 @@ async fn a_refused_start_answers_the_playlist_like_a_preview() {
     assert_eq!(r.status(), 429);
     ts.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_catalog_exports_master_playlist_urls() {
+    let ts = start().await;
+    add_stream(&ts, "a", SRC).await;
+    let r = client()
+        .get(ts.url("/playlist.m3u?format=hls"))
+        .header("host", "tv.example:8080")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let text = r.text().await.unwrap();
+    assert!(
+        text.contains("\nhttp://tv.example:8080/streams/hls/a/master.m3u8\n"),
+        "{text}"
+    );
+    let (_, _, text) = get(&ts, "/playlist.m3u?format=hls&quality=low").await;
+    let url = text
+        .lines()
+        .find(|l| l.contains("/streams/hls/a/"))
+        .expect("the stream is exported");
+    assert!(
+        url.ends_with("/streams/hls/a/master.m3u8?quality=low"),
+        "{url}"
+    );
+    let master = client()
+        .get(url)
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert_eq!(checker::master(&master).len(), 1);
+    ts.stop().await;
+}
