@@ -95,6 +95,8 @@ struct Building {
     discontinuity: bool,
     pdt_ms: u64,
     init_id: u64,
+    /// When its first chunk arrived.
+    opened: std::time::Instant,
 }
 
 #[derive(Default)]
@@ -268,6 +270,14 @@ impl Window {
         st.building.as_ref().map_or(st.next_msn, |b| b.msn)
     }
 
+    /// How long ago the segment being built started, once its first part
+    /// (an independent one, where a player may start) is listed.
+    pub fn edge_age(&self) -> Option<std::time::Duration> {
+        let st = self.state.lock();
+        let b = st.building.as_ref().filter(|b| !b.parts.is_empty())?;
+        Some(b.opened.elapsed())
+    }
+
     pub fn ended(&self) -> bool {
         self.state.lock().ended.is_some()
     }
@@ -298,6 +308,7 @@ impl Window {
             discontinuity: disc,
             pdt_ms,
             init_id,
+            opened: std::time::Instant::now(),
         });
     }
 

@@ -31,6 +31,10 @@ use crate::AppState;
 
 const PLAYLIST_TYPE: &str = "application/vnd.apple.mpegurl";
 const COOKIE: &str = "sluice_hls";
+/// A new client's first playlist waits (at most [`FRESH_EDGE_WAIT`]) for a
+/// segment that started no longer ago than this.
+const FRESH_EDGE: Duration = Duration::from_millis(1000);
+const FRESH_EDGE_WAIT: Duration = Duration::from_millis(2500);
 /// Container overhead over the profile's bitrates, for BANDWIDTH before
 /// any segment was measured.
 const OVERHEAD: f64 = 1.1;
@@ -464,6 +468,18 @@ async fn start_session(
     );
     let max = deadline.saturating_duration_since(tokio::time::Instant::now());
     if wait(&window, max, || window.target().is_some()).await {
+        if started.rendition.mode() == Mode::Transcode {
+            // A player starts at an independent part: the newest segment
+            // start. Asking the encoder for a keyframe (at most once a
+            // second) puts one at the live edge, so a new client starts
+            // near live rather than up to a keyframe interval behind.
+            started.output.request_keyframe_now();
+            let max = deadline
+                .saturating_duration_since(tokio::time::Instant::now())
+                .min(FRESH_EDGE_WAIT);
+            let fresh = || window.edge_age().is_some_and(|a| a <= FRESH_EDGE);
+            wait(&window, max, fresh).await;
+        }
         return Ok(window);
     }
     let ended = window.ended();
