@@ -940,3 +940,142 @@ async fn the_catalog_exports_master_playlist_urls() {
     assert_eq!(checker::master(&master).len(), 1);
     ts.stop().await;
 }
+
+/// A live MPEG-TS upstream on a fixed port (an `ffmpeg -re` per
+/// connection) that can be cut and brought back.
+struct DroppingUpstream {
+    port: u16,
+    task: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl DroppingUpstream {
+    async fn start() -> DroppingUpstream {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let mut u = DroppingUpstream { port, task: None };
+        u.resume().await;
+        u
+    }
+
+    async fn resume(&mut self) {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let listener = loop {
+            match tokio::net::TcpListener::bind(("127.0.0.1", self.port)).await {
+                Ok(l) => break l,
+                Err(e) => {
+                    assert!(Instant::now() < deadline, "port {}: {e}", self.port);
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            }
+        };
+        self.task = Some(tokio::spawn(async move {
+            // Aborting this task drops the set: every connection is cut.
+            let mut conns = tokio::task::JoinSet::new();
+            while let Ok((mut sock, _)) = listener.accept().await {
+                conns.spawn(async move {
+                    use tokio::io::AsyncWriteExt;
+                    let _ = read_request_head(&mut sock).await;
+                    let head =
+                        "HTTP/1.1 200 OK\r\nContent-Type: video/mp2t\r\nConnection: close\r\n\r\n";
+                    if sock.write_all(head.as_bytes()).await.is_err() {
+                        return;
+                    }
+                    let mut child = tokio::process::Command::new("ffmpeg")
+                        .args(["-v", "error", "-re", "-f", "lavfi", "-i"])
+                        .arg("testsrc2=size=320x240:rate=25")
+                        .args(["-f", "lavfi", "-i", "sine=frequency=440:sample_rate=48000"])
+                        .args([
+                            "-c:v",
+                            "libx264",
+                            "-preset",
+                            "ultrafast",
+                            "-tune",
+                            "zerolatency",
+                        ])
+                        .args([
+                            "-g", "25", "-pix_fmt", "yuv420p", "-c:a", "aac", "-b:a", "64k",
+                        ])
+                        .args(["-f", "mpegts", "pipe:1"])
+                        .stdin(std::process::Stdio::null())
+                        .stdout(std::process::Stdio::piped())
+                        .stderr(std::process::Stdio::null())
+                        .kill_on_drop(true)
+                        .spawn()
+                        .expect("ffmpeg runs");
+                    let mut out = child.stdout.take().unwrap();
+                    let _ = tokio::io::copy(&mut out, &mut sock).await;
+                });
+                while conns.try_join_next().is_some() {}
+            }
+        }));
+    }
+
+    async fn stop(&mut self) {
+        if let Some(t) = self.task.take() {
+            t.abort();
+            let _ = t.await;
+        }
+    }
+}
+
+impl Drop for DroppingUpstream {
+    fn drop(&mut self) {
+        if let Some(t) = self.task.take() {
+            t.abort();
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_source_reconnect_is_a_discontinuity() {
+    let _turn = SERIAL.lock().await;
+    let ts = start_with(|s| s.reconnect_timeout_ms = 20_000).await;
+    let mut up = DroppingUpstream::start().await;
+    add_stream(
+        &ts,
+        "drop",
+        &format!("http://127.0.0.1:{}/live.ts", up.port),
+    )
+    .await;
+    let index = "/streams/hls/drop/low/index.m3u8?sid=d";
+    let (code, _, text) = get(&ts, index).await;
+    assert_eq!(code, 200, "{text}");
+    let mut prev = checker::media(&text);
+    assert!(prev.segments.iter().all(|s| !s.discontinuity));
+    let reload = |prev: &checker::Media| {
+        let ts = &ts;
+        let prev_copy = prev.clone();
+        async move {
+            let (code, _, text) = get(ts, index).await;
+            assert_eq!(code, 200, "{text}");
+            let next = checker::media(&text);
+            checker::reload(&prev_copy, &next);
+            next
+        }
+    };
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    prev = reload(&prev).await;
+    up.stop().await;
+    // The client keeps reloading through the outage (its session stays).
+    for _ in 0..3 {
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        prev = reload(&prev).await;
+    }
+    up.resume().await;
+    let t0 = Instant::now();
+    let mut found = None;
+    while t0.elapsed() < Duration::from_secs(20) && found.is_none() {
+        tokio::time::sleep(Duration::from_millis(800)).await;
+        prev = reload(&prev).await;
+        found = prev.segments.iter().find(|s| s.discontinuity).cloned();
+    }
+    let disc = found.expect("a segment after the reconnect is marked EXT-X-DISCONTINUITY");
+    // Segments before it stay as they were; it plays on from there.
+    assert!(disc.msn > 0);
+    let seg = get_bytes(&ts, &under("/streams/hls/drop/low", &disc.uri)).await;
+    assert_eq!(seg.0, 200);
+    ts.stop().await;
+}
