@@ -2,8 +2,8 @@
 //! low-latency additions by a checker of this test's own, read by ffmpeg
 //! (`-c copy`, then decoded by ffprobe) and GStreamer's `hlsdemux`; ten
 //! clients share one encoder and each segment is cut once; two variants run
-//! two encoders on one decode and the idle one stops; blocking reload,
-//! expired segments, caching and CORS headers.
+//! two encoders on one decode and the idle one stops; a source reconnect is
+//! a discontinuity; blocking reload, expired segments, caching and CORS.
 //!
 //! The tests measure media against real time, so they take turns.
 
