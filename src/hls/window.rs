@@ -367,6 +367,13 @@ impl Window {
         }
         let dur = end.saturating_sub(b.start) as f64 / ts as f64;
         let data = concat(b.parts.iter().map(|p| p.data.clone()).collect());
+        // The parts become views of the segment: its bytes are held once.
+        let mut at = 0;
+        for p in b.parts.iter_mut() {
+            let len = p.data.len();
+            p.data = data.slice(at..at + len);
+            at += len;
+        }
         if st.target.is_none() {
             let secs = (dur - 0.001).ceil().max(1.0) as u32;
             st.target = Some(secs.max(self.target_hint));
@@ -595,6 +602,10 @@ mod tests {
             assert!(s.parts[0].independent && !s.parts[1].independent);
             let sum: usize = s.parts.iter().map(|p| p.data.len()).sum();
             assert_eq!(sum, s.data.len(), "a segment is its parts");
+            assert_eq!(
+                s.parts[1].data.as_ptr(),
+                s.data[s.parts[0].data.len()..].as_ptr()
+            );
             assert!(boxes::is_moof(&s.data[..s.data.len().min(moof(0).len())]));
             assert!(!s.discontinuity);
         }
