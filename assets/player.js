@@ -2,10 +2,44 @@
 // page can read the served mode/quality headers and show the server's JSON
 // refusals; the fMP4 body then feeds a MediaSource. Aborting that fetch
 // closes the connection, which ends the server's session at once.
+// A browser that plays HLS itself but has no MediaSource to feed (iPhone
+// Safari) gets the HLS playlist instead: fMP4 through MediaSource is kept
+// wherever it works (desktop Chromium also answers canPlayType for HLS
+// now), because aborting its fetch ends the session at once, while an
+// HLS session ends only some seconds after its last request. The HLS URL
+// of the picked channel is offered for copying either way.
 
 import { $, state, setMsg, readError, markSelected } from './util.js';
 
 const video = $('video');
+const HLS_TYPE = 'application/vnd.apple.mpegurl';
+
+/** Whether this browser plays HLS in a <video> by itself. */
+export function nativeHls() {
+  return video.canPlayType(HLS_TYPE) !== '';
+}
+
+/** The master playlist URL of `streamId` (absolute, for copying). */
+export function hlsUrl(streamId, quality) {
+  const q = quality ? `?quality=${encodeURIComponent(quality)}` : '';
+  return `${location.origin}/streams/hls/${encodeURIComponent(streamId)}/master.m3u8${q}`;
+}
+
+function showHlsUrl(streamId, quality) {
+  $('hls-url').value = hlsUrl(streamId, quality);
+  $('hls-copy').disabled = false;
+}
+
+$('hls-copy').addEventListener('click', async () => {
+  const input = $('hls-url');
+  try {
+    await navigator.clipboard.writeText(input.value);
+    setMsg($('player-msg'), 'HLS URL copied.');
+  } catch (_) {
+    input.select();
+    setMsg($('player-msg'), 'Press Ctrl+C (⌘C) to copy the selected HLS URL.');
+  }
+});
 let current = null; // the running preview: {ctrl, streamId, quality, objectUrl}
 
 /** Ends the running preview at once: aborting the fetch closes the connection,
@@ -65,7 +99,12 @@ export async function startPreview(streamId, retried = false) {
   current = session;
   $('stop-btn').disabled = false;
   setMsg($('player-msg'), 'Starting…');
-  const url = `/streams/preview/${encodeURIComponent(streamId)}?format=mp4` + (quality ? `&quality=${encodeURIComponent(quality)}` : '');
+  showHlsUrl(streamId, quality);
+  const hls = !window.MediaSource && nativeHls();
+  const sid = Math.random().toString(36).slice(2) + Date.now().toString(36);
+  const url = hls
+    ? `/streams/hls/${encodeURIComponent(streamId)}/${encodeURIComponent(quality || state.defaultProfile)}/index.m3u8?sid=${sid}`
+    : `/streams/preview/${encodeURIComponent(streamId)}?format=mp4` + (quality ? `&quality=${encodeURIComponent(quality)}` : '');
   try {
     const resp = await fetch(url, { signal: ctrl.signal, cache: 'no-store' });
     if (current !== session) return;
@@ -82,6 +121,15 @@ export async function startPreview(streamId, retried = false) {
       }
       stopPreview(describeRefusal(err), 'error');
       $('retry-btn').hidden = false;
+      return;
+    }
+    if (hls) {
+      // The playlist answered (the rendition runs): the element takes over.
+      $('served-mode').textContent = 'hls';
+      $('served-quality').textContent = quality || state.defaultProfile;
+      setMsg($('player-msg'), 'Buffering…');
+      video.src = url;
+      await playVideo(session);
       return;
     }
     $('served-mode').textContent = resp.headers.get('X-Sluice-Mode') || '?';

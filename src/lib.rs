@@ -14,6 +14,7 @@ pub mod encoders;
 pub mod epg;
 pub mod events;
 pub mod health;
+pub mod hls;
 pub mod http;
 pub mod logging;
 pub mod m3u;
@@ -58,6 +59,8 @@ pub struct AppState {
     pub snapshots: Arc<snapshot::Snapshots>,
     /// The HDHomeRun tuner identity; `None` when `HDHR_ENABLED=false`.
     pub tuner: Option<tuner::Identity>,
+    /// HLS segment windows and sessions.
+    pub hls: Arc<hls::Hls>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -218,6 +221,7 @@ pub fn build_state(settings: Settings) -> Result<Arc<AppState>, StartError> {
         metrics: metrics::Metrics::default(),
         snapshots,
         tuner,
+        hls: hls::Hls::new(),
     }))
 }
 

@@ -193,6 +193,7 @@ fn register_channels(r: &mut Registry, state: &AppState) {
         "Times a slow viewer's queue overflowed and it skipped to the next keyframe",
         skips,
     );
+    register_hls(r, state);
     let fallbacks = Family::<FallbackLabels, Counter>::default();
     for ((from, to), n) in crate::encoders::table().fallbacks() {
         fallbacks
@@ -305,6 +306,30 @@ fn register_snapshots(r: &mut Registry, state: &AppState) {
         "Most snapshot captures that ran at once (bounded by MAX_CONCURRENT_SNAPSHOTS)",
         gauge(s.peak.load(Relaxed)),
     );
+}
+
+/// HLS: segments and parts cut (once per rendition output, whatever the
+/// number of clients) and clients now.
+fn register_hls(r: &mut Registry, state: &AppState) {
+    use std::sync::atomic::Ordering::Relaxed;
+    let counter = |v: u64| {
+        let c: Counter = Counter::default();
+        c.inc_by(v);
+        c
+    };
+    r.register(
+        "hls_segments",
+        "HLS segments cut from rendition outputs (once each, shared by every client)",
+        counter(state.hls.segments_cut.load(Relaxed)),
+    );
+    r.register(
+        "hls_parts",
+        "LL-HLS parts cut from rendition outputs",
+        counter(state.hls.parts_cut.load(Relaxed)),
+    );
+    let g: Gauge = Gauge::default();
+    g.set(state.hls.session_count() as i64);
+    r.register("hls_sessions", "HLS clients (sessions) now", g);
 }
 
 /// A registry of the values that live elsewhere, as they are right now.

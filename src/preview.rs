@@ -20,7 +20,7 @@ use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::channels::fanout::{Join, Viewer};
+use crate::channels::fanout::{Fanout, Join, Viewer};
 use crate::channels::{Channel, ChannelUse, Rendition, RenditionKey};
 use crate::media::ingest::SourcePlan;
 use crate::media::source::SourceUri;
@@ -94,6 +94,38 @@ pub async fn start(
     state: &Arc<AppState>,
     req: PreviewRequest,
 ) -> Result<PreviewStart, PreviewError> {
+    start_viewer(state, req, false).await.map(|(s, _)| s)
+}
+
+/// An HLS client's start: a passive viewer (counted, fed nothing) of the
+/// rendition's `req.format` output, and that output's fan-out, whose
+/// segments it is served.
+pub struct HlsStart {
+    pub start: PreviewStart,
+    pub rendition: Arc<Rendition>,
+    pub output: Arc<Fanout>,
+}
+
+/// Starts an HLS client of the rendition `req` resolves to, through the
+/// same admission as a preview (so a refusal is the same error). Its
+/// session shows `format: "hls"`.
+pub async fn start_hls(
+    state: &Arc<AppState>,
+    req: PreviewRequest,
+) -> Result<HlsStart, PreviewError> {
+    let (start, (rendition, output)) = start_viewer(state, req, true).await?;
+    Ok(HlsStart {
+        start,
+        rendition,
+        output,
+    })
+}
+
+async fn start_viewer(
+    state: &Arc<AppState>,
+    req: PreviewRequest,
+    passive: bool,
+) -> Result<(PreviewStart, (Arc<Rendition>, Arc<Fanout>)), PreviewError> {
     let t0 = std::time::Instant::now();
     let wanted = resolve(state, &req)?;
     // Admission: every refusal comes before any upstream connection opens.
@@ -107,8 +139,10 @@ pub async fn start(
     let ch = used.channel().clone();
     let rendition = rendition(state, &req, &wanted, &ch, deadline).await?;
     let joined = std::time::Instant::now();
-    let viewer = subscribe(&req, &wanted, &ch, rendition.clone(), deadline).await?;
+    let (viewer, output) =
+        subscribe(&req, &wanted, &ch, rendition.clone(), deadline, passive).await?;
     drop(used);
+    let session_format = if passive { Format::Hls } else { req.format };
 
     let mode = rendition.mode();
     let quality = rendition.key.quality.clone();
@@ -119,7 +153,7 @@ pub async fn start(
         stream_id: wanted.stream.id.clone(),
         stream_name: wanted.stream.name.clone(),
         quality: quality.clone(),
-        format: req.format,
+        format: session_format,
         mode,
         client_ip: req.client_ip.to_string(),
         start_ms: epoch_ms(),
@@ -131,12 +165,12 @@ pub async fn start(
         drop(client_slot);
         drop(viewer_slot);
     }));
-    tracing::info!(session_id = %session_id, stream_id = %wanted.stream.id, quality = %quality, mode = mode.as_str(), format = req.format.as_str(), client_ip = %req.client_ip, ttfb_ms = t0.elapsed().as_millis() as u64, "session started");
+    tracing::info!(session_id = %session_id, stream_id = %wanted.stream.id, quality = %quality, mode = mode.as_str(), format = session_format.as_str(), client_ip = %req.client_ip, ttfb_ms = t0.elapsed().as_millis() as u64, "session started");
     state.registry.emit(SessionEvent::SessionStarted {
         session_id: session_id.clone(),
         stream_id: wanted.stream.id.clone(),
         quality: quality.clone(),
-        format: req.format,
+        format: session_format,
         mode,
         client_ip: req.client_ip.to_string(),
     });
@@ -149,13 +183,16 @@ pub async fn start(
         }
     });
     drop(entry);
-    Ok(PreviewStart {
-        session_id,
-        mode,
-        quality,
-        format: req.format,
-        body: viewer,
-    })
+    Ok((
+        PreviewStart {
+            session_id,
+            mode,
+            quality,
+            format: session_format,
+            body: viewer,
+        },
+        (rendition, output),
+    ))
 }
 
 /// What a request asks for, checked against the catalog, the profiles and
@@ -446,7 +483,8 @@ async fn subscribe(
     ch: &Arc<Channel>,
     rendition: Arc<Rendition>,
     deadline: tokio::time::Instant,
-) -> Result<Viewer, PreviewError> {
+    passive: bool,
+) -> Result<(Viewer, Arc<Fanout>), PreviewError> {
     let timeout_ms = req.timeout.as_millis() as u64;
     let pin = Pin(ch.clone(), rendition.clone());
     let output = match tokio::time::timeout_at(deadline, ch.output(&rendition, req.format)).await {
@@ -456,6 +494,10 @@ async fn subscribe(
         }
         Err(_) => return Err(PreviewError::StartTimeout(timeout_ms)),
     };
+    if passive {
+        drop(pin);
+        return Ok((output.subscribe_passive(), output));
+    }
     // A remux has no encoder to ask for a keyframe: its viewers start
     // from the source's cached GOP.
     let viewer = output.subscribe(match rendition.mode() {
@@ -464,7 +506,7 @@ async fn subscribe(
     });
     drop(pin);
     match tokio::time::timeout_at(deadline, viewer.header_ready()).await {
-        Ok(Ok(())) => Ok(viewer),
+        Ok(Ok(())) => Ok((viewer, output)),
         Ok(Err(EndReason::Shutdown)) => Err(PreviewError::ShuttingDown),
         Ok(Err(r)) => Err(PreviewError::SourceFailed(ch.error().unwrap_or_else(
             || format!("the channel ended before any media: {}", r.as_str()),

@@ -13,6 +13,7 @@
 
 mod contenders;
 mod hls;
+mod hls_out;
 mod load;
 mod mp4;
 mod procfs;
@@ -216,8 +217,8 @@ fn bench_binary() -> PathBuf {
 }
 
 /// Every figure, in the order they run.
-pub const FIGURES: [&str; 6] = [
-    "startup", "load", "teardown", "capacity", "sharing", "status",
+pub const FIGURES: [&str; 7] = [
+    "startup", "load", "teardown", "capacity", "sharing", "status", "hls",
 ];
 
 fn run(cfg: Config, out: &Path) -> Result<(), String> {
@@ -281,6 +282,9 @@ fn run(cfg: Config, out: &Path) -> Result<(), String> {
         }
         if only("status") {
             results.status = load::status_latency(&bench).await?;
+        }
+        if only("hls") {
+            results.hls = hls_out::run(&bench).await?;
         }
         results.elapsed = started.elapsed();
         let text = report::render(&bench, &machine, &results);

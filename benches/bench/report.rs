@@ -20,6 +20,7 @@ pub struct Results {
     pub capacity: Vec<CapacityRow>,
     pub status: Vec<StatusRow>,
     pub sharing: Option<crate::sharing::Sharing>,
+    pub hls: Vec<crate::hls_out::HlsOutRow>,
     pub elapsed: Duration,
 }
 
@@ -275,6 +276,10 @@ pub fn render(b: &Bench, m: &Machine, r: &Results) -> String {
     figures_detail(&mut o, b, r);
     if let Some(s) = &r.sharing {
         crate::sharing_report::render(&mut o, s, &r.capacity);
+    }
+    if !r.hls.is_empty() {
+        crate::hls_out::render(&mut o, &r.hls);
+        let _ = writeln!(o);
     }
     losses(&mut o, &verdicts);
     o.push_str(CHANGES);

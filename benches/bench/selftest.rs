@@ -237,6 +237,18 @@ pub fn check_report(r: &Results, text: &str) {
         .all(|s| !s.idle.is_empty() && !s.loaded.is_empty()));
     assert!(!r.capacity.is_empty() && !r.status.is_empty());
     crate::sharing_report::check(r.sharing.as_ref().expect("sharing measured"), text);
+    for row in &r.hls {
+        assert!(
+            row.errors.is_empty(),
+            "hls {}: {:?}",
+            row.profile,
+            row.errors
+        );
+        assert!(row.first.iter().all(|(s, f)| s.is_some() && f.is_some()));
+        assert!(row.cpu.0.is_some_and(|c| c > 0.0) && row.cpu.1.is_some_and(|c| c > 0.0));
+    }
+    assert!(!r.hls.is_empty(), "hls measured");
+    assert!(text.contains("## HLS output"));
     for v in verdicts(r) {
         // Capacity ratios may be 0 or ∞ (one side kept up with none).
         if !v.figure.contains("capacity") {

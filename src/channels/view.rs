@@ -56,6 +56,11 @@ impl Channel {
         [st.decoders[0].is_some(), st.decoders[1].is_some()]
     }
 
+    /// Times the source dropped and was reconnected so far.
+    pub fn reconnects(&self) -> u64 {
+        self.running.get().map_or(0, |r| r.reconnects())
+    }
+
     /// Whether an upstream connection is open.
     pub fn connected(&self) -> bool {
         self.running.get().is_some_and(|r| !r.is_torn_down())

@@ -320,13 +320,24 @@ fn export(
 ) -> Result<warp::reply::Response, ApiError> {
     let format = match q.get("format").map(|s| s.trim()) {
         None | Some("") => Format::Ts,
-        Some(f) => Format::parse(f)
-            .ok_or_else(|| ApiError::bad_request(format!("format must be ts or mp4, not '{f}'")))?,
+        // Master playlist URLs (SPEC §12).
+        Some("hls") => Format::Hls,
+        Some(f) => Format::parse(f).ok_or_else(|| {
+            ApiError::bad_request(format!("format must be ts, mp4 or hls, not '{f}'"))
+        })?,
     };
-    let mut query = format!("format={}", format.as_str());
+    let mut query = match format {
+        Format::Hls => String::new(),
+        f => format!("format={}", f.as_str()),
+    };
     match q.get("quality").map(|s| s.trim()) {
         None | Some("") => {}
-        Some(p) if state.profiles.get(p).is_some() => query.push_str(&format!("&quality={p}")),
+        Some(p) if state.profiles.get(p).is_some() => {
+            if !query.is_empty() {
+                query.push('&');
+            }
+            query.push_str(&format!("quality={p}"));
+        }
         Some(p) => {
             return Err(ApiError::bad_request(format!(
                 "quality '{p}' is not a profile (available: {})",
@@ -357,7 +368,13 @@ fn export(
         .collect();
     let urls: Vec<String> = streams
         .iter()
-        .map(|s| format!("{scheme}://{host}/streams/preview/{}?{query}", s.id))
+        .map(|s| match format {
+            Format::Hls if query.is_empty() => {
+                format!("{scheme}://{host}/streams/hls/{}/master.m3u8", s.id)
+            }
+            Format::Hls => format!("{scheme}://{host}/streams/hls/{}/master.m3u8?{query}", s.id),
+            _ => format!("{scheme}://{host}/streams/preview/{}?{query}", s.id),
+        })
         .collect();
     let text = m3u::export(streams.iter().zip(&urls).map(|(s, url)| m3u::ExportEntry {
         name: &s.name,

@@ -11,6 +11,7 @@ pub mod extract;
 pub mod hangup;
 pub mod head;
 pub mod health;
+pub mod hls;
 pub mod import;
 pub mod limits;
 pub mod log;
@@ -121,6 +122,8 @@ pub fn routes(
         .or(snapshot::routes(state.clone()).boxed())
         .unify()
         .or(encoders::routes(state.clone()).boxed())
+        .unify()
+        .or(hls::routes(state.clone()).boxed())
         .unify()
         .boxed();
     // Rate limits come first (a refused request does no work); their

@@ -4,7 +4,8 @@
 //! limiter takes each route's class from it, and the request deadlines
 //! which routes stream.
 //!
-//! Templates use `:name` for one path segment (always the last one).
+//! Templates use `:name` for one path segment (always the last one), or
+//! end with `*` for one or more remaining segments (HLS files).
 //! Literal routes come before templated ones of the same shape.
 //!
 //! This module describes routes; handlers live in the sibling modules.
@@ -95,6 +96,11 @@ pub const CHANNEL: Route = route(
 pub const PREVIEW: Route = route("/streams/preview/:id", Preview, Streaming);
 // Cached and cheap to poll: a channel grid draws from the API bucket.
 pub const SNAPSHOT: Route = route("/streams/snapshot/:id.jpg", Api, Request);
+// HLS (SPEC §12): players fetch playlists, parts and segments several times
+// a second, so these draw on no bucket; starting a client is admitted like
+// a preview, and each wait is bounded by the handler (start timeout, three
+// target durations). `*` is `:id/master.m3u8` or `:id/:quality/<file>`.
+pub const HLS: Route = route("/streams/hls/*", Unlimited, Streaming);
 
 // HDHomeRun tuner emulation (SPEC §14): media servers poll these.
 pub const HDHR_DISCOVER: Route = route("/discover.json", Api, Request);
@@ -128,6 +134,7 @@ pub const ROUTES: &[Route] = &[
     CHANNEL,
     PREVIEW,
     SNAPSHOT,
+    HLS,
     EPG_XML,
     EPG_STATUS,
     EPG_NOW,
@@ -151,6 +158,11 @@ impl Route {
     pub fn matches(&self, path: &str) -> bool {
         let tpl: Vec<&str> = self.template.trim_start_matches('/').split('/').collect();
         let segs: Vec<&str> = path.trim_start_matches('/').split('/').collect();
+        if let Some((&"*", lit)) = tpl.split_last() {
+            return segs.len() > lit.len()
+                && lit.iter().zip(&segs).all(|(t, s)| t == s)
+                && segs[lit.len()..].iter().all(|s| !s.is_empty());
+        }
         tpl.len() == segs.len()
             && tpl.iter().zip(&segs).all(|(t, s)| {
                 if t.starts_with(':') {
@@ -167,6 +179,22 @@ impl Route {
         self.segments()
             .fold(warp::any().boxed(), |f, seg| f.and(warp::path(seg)).boxed())
             .and(warp::path::end())
+            .boxed()
+    }
+
+    /// The warp filter for a route ending in `*`: it extracts the
+    /// remaining segments.
+    pub fn with_tail(&'static self) -> BoxedFilter<(Vec<String>,)> {
+        let segs: Vec<&'static str> = self.segments().collect();
+        let (last, literal) = segs.split_last().expect("a route with a tail");
+        debug_assert!(*last == "*", "{}", self.template);
+        literal
+            .iter()
+            .fold(warp::any().boxed(), |f, seg| {
+                f.and(warp::path(*seg)).boxed()
+            })
+            .and(warp::path::tail())
+            .map(|t: warp::path::Tail| t.as_str().split('/').map(str::to_string).collect())
             .boxed()
     }
 
@@ -237,6 +265,10 @@ mod tests {
         assert_eq!(find("/"), Some(&INDEX));
         assert_eq!(find("/streams/preview/"), None);
         assert_eq!(find("/metrics/stream"), None);
+        assert_eq!(find("/streams/hls/a/master.m3u8"), Some(&HLS));
+        assert_eq!(find("/streams/hls/a/low/seg-3.m4s"), Some(&HLS));
+        assert_eq!(find("/streams/hls/"), None);
+        assert_eq!(find("/streams/hls/a//x"), None);
     }
 
     /// The status `filter` answers `path` with (404 when it does not match).

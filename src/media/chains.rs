@@ -166,7 +166,8 @@ pub fn output(
     on_eos: impl Fn() + Send + Sync + 'static,
 ) -> Result<Branch, MediaError> {
     let mux = match format {
-        Format::Mp4 => {
+        // HLS segments are cut from fMP4.
+        Format::Mp4 | Format::Hls => {
             let m = make("mp4mux")?;
             m.set_property("fragment-duration", FRAGMENT_DURATION_MS);
             m.set_property("streamable", true);

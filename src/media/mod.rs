@@ -48,6 +48,9 @@ pub enum Format {
     Mp4,
     /// MPEG-TS: VLC, Plex, mpegts.js.
     Ts,
+    /// An HLS client: a viewer served the segments cut from the
+    /// rendition's fMP4 (or TS) output; never a container output itself.
+    Hls,
 }
 
 impl Format {
@@ -63,6 +66,7 @@ impl Format {
         match self {
             Format::Mp4 => "video/mp4",
             Format::Ts => "video/mp2t",
+            Format::Hls => "application/vnd.apple.mpegurl",
         }
     }
 
@@ -70,6 +74,7 @@ impl Format {
         match self {
             Format::Mp4 => "mp4",
             Format::Ts => "ts",
+            Format::Hls => "hls",
         }
     }
 }

@@ -24,6 +24,7 @@ mod channels;
 #[path = "../common/mod.rs"]
 mod common;
 mod driver;
+mod hlsjs;
 
 use std::time::{Duration, Instant};
 
@@ -442,6 +443,55 @@ async fn catalog_tools_show_the_servers_answers() {
     let b = Browser::open().await;
     let outcome = tools_story(&ts, &b, &playlist).await;
     let outcome = b.finish(outcome).await;
+    ts.stop().await;
+    if let Err(why) = outcome {
+        panic!("{why}");
+    }
+}
+
+/// hls.js plays the master playlist (one variant) for 20 s in each mode,
+/// without a fatal error. Low-latency: a live latency of at most 2.5 s.
+/// Plain: hls.js holds back three target durations by default (RFC 8216's
+/// minimum for players) and never catches up at 1x, so its latency is that
+/// hold-back plus what the server adds; sluice lists a segment as soon as it
+/// is cut, so it adds less than one target duration.
+async fn hls_story(ts: &common::TestServer, b: &Browser, page: &str) -> Check {
+    let src = ts.url("/streams/hls/demo-smpte/master.m3u8?quality=low");
+    let mut ll = hlsjs::play_20s(b, page, &src, true).await?;
+    let ll_latency = hlsjs::median(&mut ll.latencies);
+    if ll_latency > 2.5 {
+        return Err(format!(
+            "low-latency hls.js runs {ll_latency:.2} s behind live: {:?}",
+            ll.latencies
+        ));
+    }
+    let mut plain = hlsjs::play_20s(b, page, &src, false).await?;
+    let latency = hlsjs::median(&mut plain.latencies);
+    if latency > plain.hold + plain.target {
+        return Err(format!(
+            "plain hls.js runs {latency:.2} s behind live, holding back {:.2} s (target duration {} s): {:?}",
+            plain.hold, plain.target, plain.latencies
+        ));
+    }
+    eprintln!(
+        "hls.js live latency: low-latency {ll_latency:.2} s; plain {latency:.2} s (hold-back {:.2} s, start-up {:.2} s, target duration {} s)",
+        plain.hold, plain.startup, plain.target
+    );
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hls_js_plays_the_master_playlist() {
+    let js = tokio::task::spawn_blocking(hlsjs::hls_js).await.unwrap();
+    let (page, server) = hlsjs::page_server(std::fs::read(js).unwrap()).await;
+    let ts = common::start_with(|s| {
+        s.cors_origin = Some(sluice::http::cors::CorsOrigins::parse("*").unwrap())
+    })
+    .await;
+    let b = Browser::open().await;
+    let outcome = hls_story(&ts, &b, &page).await;
+    let outcome = b.finish(outcome).await;
+    server.abort();
     ts.stop().await;
     if let Err(why) = outcome {
         panic!("{why}");

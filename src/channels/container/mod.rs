@@ -47,7 +47,8 @@ enum Inner {
 impl Splitter {
     pub fn new(format: Format) -> Self {
         let inner = match format {
-            Format::Mp4 => Inner::Mp4(Mp4::default()),
+            // HLS segments are cut from fMP4.
+            Format::Mp4 | Format::Hls => Inner::Mp4(Mp4::default()),
             Format::Ts => Inner::Ts(Ts::default()),
         };
         Splitter { inner }
@@ -100,7 +101,7 @@ fn be64(b: &[u8], at: usize) -> Option<u64> {
 /// a new continuity counter each time, which changes nothing for a viewer.
 pub fn same_header(format: Format, a: &[u8], b: &[u8]) -> bool {
     match format {
-        Format::Mp4 => a == b,
+        Format::Mp4 | Format::Hls => a == b,
         Format::Ts => {
             a.len() == b.len()
                 && a.iter().zip(b).enumerate().all(|(i, (x, y))| {

@@ -23,6 +23,7 @@ use parking_lot::Mutex;
 use tokio::time::Instant;
 
 use crate::media::EndReason;
+pub use state::Tap;
 use state::{Inner, Slot};
 use viewer::ViewerShared;
 pub use viewer::{Viewer, ViewerEnded, ViewerHandle};
@@ -82,11 +83,15 @@ impl Fanout {
         inner.gop_bytes = 0;
         let mut wake = Vec::new();
         // Viewers whose header already went out keep it.
-        let pending = |s: &&mut Slot| !s.started && (!s.has_header || s.header.is_some());
+        let pending =
+            |s: &&mut Slot| !s.passive && !s.started && (!s.has_header || s.header.is_some());
         for slot in inner.viewers.values_mut().filter(pending) {
             slot.header = Some(header.clone());
             slot.has_header = true;
             slot.take_wakers(&mut wake);
+        }
+        for t in &inner.taps {
+            t.header(&header);
         }
         inner.header = Some(header);
         drop(inner);
@@ -106,8 +111,11 @@ impl Fanout {
                 return;
             }
             inner.cache(&chunk, now);
+            for t in &inner.taps {
+                t.chunk(&chunk);
+            }
             for (id, slot) in inner.viewers.iter_mut() {
-                if !slot.has_header {
+                if !slot.has_header || slot.passive {
                     continue;
                 }
                 if slot.started && !slot.skipping && slot.overflows(now, len, self.cfg.buffer) {
@@ -150,7 +158,7 @@ impl Fanout {
     /// yields an io::Error after the queued data so the client sees a cut).
     pub fn finish(&self, reason: EndReason) {
         let mut wake = Vec::new();
-        {
+        let passive: Vec<Slot> = {
             let mut inner = self.inner.lock();
             if inner.finished.is_some() {
                 return;
@@ -158,6 +166,18 @@ impl Fanout {
             inner.finished = Some(reason);
             inner.gop = Vec::new();
             inner.gop_bytes = 0;
+            for t in std::mem::take(&mut inner.taps) {
+                t.finish(reason);
+            }
+            // Passive viewers have no body to deliver an end through.
+            let ids: Vec<u64> = (inner.viewers.iter())
+                .filter(|(_, s)| s.passive)
+                .map(|(id, _)| *id)
+                .collect();
+            let passive = ids
+                .into_iter()
+                .filter_map(|id| inner.remove(id, reason))
+                .collect();
             for slot in inner.viewers.values_mut() {
                 slot.finish = Some(reason);
                 if !slot.started {
@@ -165,8 +185,78 @@ impl Fanout {
                 }
                 slot.take_wakers(&mut wake);
             }
-        }
+            passive
+        };
         wake.into_iter().for_each(Waker::wake);
+        self.ended(passive);
+    }
+
+    /// Adds an internal consumer: it is handed the current header and the
+    /// cached GOP at once (so it can start at the latest keyframe), then
+    /// every header change, chunk and the end. False if the fan-out has
+    /// finished (the tap is told so).
+    pub fn add_tap(&self, tap: Arc<dyn Tap>) -> bool {
+        let mut inner = self.inner.lock();
+        if let Some(reason) = inner.finished {
+            drop(inner);
+            tap.finish(reason);
+            return false;
+        }
+        if let Some(h) = &inner.header {
+            tap.header(h);
+            for (i, (data, _)) in inner.gop.iter().enumerate() {
+                tap.chunk(&Chunk {
+                    data: data.clone(),
+                    keyframe: i == 0,
+                });
+            }
+        }
+        inner.taps.push(tap);
+        true
+    }
+
+    /// Asks the rendition for a keyframe now (at most once a second).
+    pub fn request_keyframe_now(&self) {
+        let due = self.inner.lock().take_request_turn(Instant::now());
+        if due {
+            self.request_keyframe();
+        }
+    }
+
+    /// A viewer that is counted (status, limits, linger) but fed nothing:
+    /// its media is served some other way (HLS segments). Dropping it, or
+    /// ending its handle, ends it; it ends with the fan-out too.
+    pub fn subscribe_passive(self: &Arc<Self>) -> Viewer {
+        let shared = {
+            let mut inner = self.inner.lock();
+            let id = inner.next_id;
+            inner.next_id += 1;
+            let shared = ViewerShared::new(id, Arc::downgrade(self), Instant::now());
+            let finished = inner.finished;
+            let slot = Slot {
+                shared: shared.clone(),
+                join: Join::Gop,
+                passive: true,
+                has_header: false,
+                header: None,
+                started: true,
+                skipping: false,
+                queue: VecDeque::new(),
+                queued_bytes: 0,
+                behind_since: None,
+                finish: finished,
+                waker: None,
+                ready_waker: None,
+            };
+            if let Some(reason) = finished {
+                let _ = shared.reason.set(reason);
+            } else {
+                inner.viewers.insert(id, slot);
+            }
+            shared
+        };
+        self.notify_count();
+        Viewer::new(self.clone(), shared)
     }
 
     pub fn subscribe(self: &Arc<Self>, join: Join) -> Viewer {
@@ -182,6 +272,7 @@ impl Fanout {
             let mut slot = Slot {
                 shared: shared.clone(),
                 join,
+                passive: false,
                 has_header: header.is_some(),
                 header,
                 started: false,

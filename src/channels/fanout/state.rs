@@ -32,12 +32,27 @@ pub(super) struct Inner {
     pub(super) next_id: u64,
     pub(super) finished: Option<EndReason>,
     pub(super) last_keyframe_request: Option<Instant>,
+    /// Internal consumers of every chunk (HLS segmenters), called under
+    /// the lock, in order.
+    pub(super) taps: Vec<Arc<dyn Tap>>,
+}
+
+/// An internal consumer of a fan-out's output: it sees the header, every
+/// chunk and the end, under the fan-out's lock (so nothing is missed or
+/// reordered). It must not block nor call back into the fan-out.
+pub trait Tap: Send + Sync {
+    fn header(&self, header: &Bytes);
+    fn chunk(&self, chunk: &Chunk);
+    fn finish(&self, reason: EndReason);
 }
 
 /// A viewer's place in the fan-out: its queue and where it stands.
 pub(super) struct Slot {
     pub(super) shared: Arc<ViewerShared>,
     pub(super) join: Join,
+    /// Counted as a viewer, fed nothing: an HLS client, whose media is
+    /// the rendition's segments.
+    pub(super) passive: bool,
     /// The container header, delivered before any media.
     pub(super) header: Option<Bytes>,
     /// The header was assigned (pending or delivered).

@@ -202,6 +202,11 @@ impl ViewerHandle {
         self.shared.bytes_sent.load(Ordering::Relaxed)
     }
 
+    /// Counts bytes sent to it some other way (HLS segments and playlists).
+    pub fn add_sent(&self, n: u64) {
+        self.shared.bytes_sent.fetch_add(n, Ordering::Relaxed);
+    }
+
     pub fn skips(&self) -> u64 {
         self.shared.skips.load(Ordering::Relaxed)
     }

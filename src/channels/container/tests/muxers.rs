@@ -38,7 +38,7 @@ const AUDIO: &str =
 
 fn mux(format: Format) -> &'static str {
     match format {
-        Format::Mp4 => "mp4mux name=mux fragment-duration=250 streamable=true",
+        Format::Mp4 | Format::Hls => "mp4mux name=mux fragment-duration=250 streamable=true",
         Format::Ts => "mpegtsmux name=mux alignment=7",
     }
 }
