@@ -141,6 +141,8 @@
             "EPG_FILLER_HOURS"
             "SLUICE_ENCODER"
             "ENCODER_RETRY"
+            "SNAPSHOT_TTL"
+            "MAX_CONCURRENT_SNAPSHOTS"
           ];
           # SPEC §3 variables with an option of their own.
           ownOptions = {
