@@ -11,6 +11,7 @@
 //!                                                            +-> ffmpeg subprocess (pipe) -> fMP4 reader
 //! ```
 
+mod admission;
 mod contenders;
 mod hls;
 mod load;
@@ -148,10 +149,15 @@ impl Bench {
 
     /// A new channel of the live HLS server, in sluice's catalog too.
     pub async fn fresh_hls(&self) -> Result<(String, Source), String> {
+        self.fresh_hls_on(&self.sluice).await
+    }
+
+    /// A new channel of the live HLS server, in `server`'s catalog.
+    pub async fn fresh_hls_on(&self, server: &Sluice) -> Result<(String, Source), String> {
         let n = self.seq.fetch_add(1, Ordering::Relaxed);
         let id = format!("hls-{n}");
         let source = Source::Hls(self.hls.url(&id));
-        self.sluice.add_stream(&id, &source).await?;
+        server.add_stream(&id, &source).await?;
         Ok((id, source))
     }
 
@@ -216,8 +222,14 @@ fn bench_binary() -> PathBuf {
 }
 
 /// Every figure, in the order they run.
-pub const FIGURES: [&str; 6] = [
-    "startup", "load", "teardown", "capacity", "sharing", "status",
+pub const FIGURES: [&str; 7] = [
+    "startup",
+    "load",
+    "teardown",
+    "capacity",
+    "sharing",
+    "status",
+    "admission",
 ];
 
 fn run(cfg: Config, out: &Path) -> Result<(), String> {
@@ -282,11 +294,14 @@ fn run(cfg: Config, out: &Path) -> Result<(), String> {
         if only("status") {
             results.status = load::status_latency(&bench).await?;
         }
+        if only("admission") {
+            results.admission = admission::run(&bench).await?;
+        }
         results.elapsed = started.elapsed();
         let text = report::render(&bench, &machine, &results);
         std::fs::write(out, &text).map_err(|e| format!("{}: {e}", out.display()))?;
         if !bench.cfg.full {
-            selftest::check_report(&results, &text);
+            selftest::check_report(&results, &bench.cfg.profiles, &text);
         }
         eprintln!(
             "bench: wrote {} in {:.0} s",

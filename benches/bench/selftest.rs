@@ -189,6 +189,7 @@ fn windows() {
 /// Checks of the harness's own parts; panics on the first that fails.
 pub fn units() {
     stats::self_test();
+    crate::admission::self_test();
     procfs_readings();
     mp4_reader();
     windows();
@@ -196,7 +197,7 @@ pub fn units() {
 
 /// After the brief run: every figure measured, for both contenders, and
 /// the report shows them.
-pub fn check_report(r: &Results, text: &str) {
+pub fn check_report(r: &Results, profiles: &[String], text: &str) {
     for row in &r.startup {
         for (a, f) in &row.pairs {
             for s in [a, f] {
@@ -237,6 +238,7 @@ pub fn check_report(r: &Results, text: &str) {
         .all(|s| !s.idle.is_empty() && !s.loaded.is_empty()));
     assert!(!r.capacity.is_empty() && !r.status.is_empty());
     crate::sharing_report::check(r.sharing.as_ref().expect("sharing measured"), text);
+    crate::admission::check(&r.admission, profiles, text);
     for v in verdicts(r) {
         // Capacity ratios may be 0 or ∞ (one side kept up with none).
         if !v.figure.contains("capacity") {
@@ -253,7 +255,7 @@ pub fn check_report(r: &Results, text: &str) {
         "## Summary",
         "## Method",
         "## Teardown",
-        "## Capacity",
+        "## Capacity, distinct channels",
         "## Where sluice loses",
     ] {
         assert!(text.contains(heading), "report lacks {heading}");
