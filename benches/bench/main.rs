@@ -15,6 +15,7 @@ mod admission;
 mod contenders;
 mod hls;
 mod load;
+mod merge;
 mod mp4;
 mod procfs;
 mod report;
@@ -83,6 +84,13 @@ impl Config {
             figures: FIGURES.map(String::from).to_vec(),
             sharing: sharing::SharingConfig::full(),
         }
+    }
+
+    /// Whether the run leaves out a figure or a profile of the full run:
+    /// it then rewrites only its parts of an existing report.
+    fn is_partial(&self) -> bool {
+        let full = Config::full();
+        self.figures != full.figures || self.profiles != full.profiles
     }
 
     fn smoke() -> Config {
@@ -298,7 +306,23 @@ fn run(cfg: Config, out: &Path) -> Result<(), String> {
             results.admission = admission::run(&bench).await?;
         }
         results.elapsed = started.elapsed();
-        let text = report::render(&bench, &machine, &results);
+        let mut text = report::render(&bench, &machine, &results);
+        if bench.cfg.full && bench.cfg.is_partial() {
+            if let Ok(old) = std::fs::read_to_string(out) {
+                let mut lines: Vec<String> = report::verdicts(&results)
+                    .into_iter()
+                    .map(|v| v.figure)
+                    .collect();
+                lines.push(admission::FIGURE.into());
+                let ran = merge::Ran {
+                    figures: &bench.cfg.figures,
+                    profiles: &bench.cfg.profiles,
+                    order: &Config::full().profiles,
+                    lines: &lines,
+                };
+                text = merge::merge(&old, &text, &ran);
+            }
+        }
         std::fs::write(out, &text).map_err(|e| format!("{}: {e}", out.display()))?;
         if !bench.cfg.full {
             selftest::check_report(&results, &bench.cfg.profiles, &text);
@@ -313,8 +337,9 @@ fn run(cfg: Config, out: &Path) -> Result<(), String> {
 }
 
 /// `BENCH_FIGURES=startup,load` measures only those figures, and
-/// `BENCH_PROFILES=low` only those profiles; `BENCH_OUT=FILE` writes the
-/// report there instead of BENCHMARKS.md.
+/// `BENCH_PROFILES=low` only those profiles; such a run rewrites only those
+/// parts of an existing report and keeps the rest. `BENCH_OUT=FILE` writes
+/// the report there instead of BENCHMARKS.md.
 fn full_config() -> Result<(Config, PathBuf), String> {
     let mut cfg = Config::full();
     let list = |var: &str| {

@@ -190,6 +190,7 @@ fn windows() {
 pub fn units() {
     stats::self_test();
     crate::admission::self_test();
+    crate::merge::self_test();
     procfs_readings();
     mp4_reader();
     windows();
