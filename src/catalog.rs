@@ -8,7 +8,6 @@
 //! [`crate::media::source::SourceUri`].
 
 use std::collections::BTreeMap;
-use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::SystemTime;
@@ -801,20 +800,9 @@ fn unique_id(streams: &[Stream], base: &str) -> String {
         .expect("an unused id exists")
 }
 
-/// Atomic, durable write: temp file in the same dir, fsync, rename, fsync dir.
-fn persist(path: &Path, streams: &[Stream]) -> std::io::Result<()> {
-    let dir = path.parent().unwrap_or(Path::new("."));
-    let tmp = dir.join(format!(".{CATALOG_FILE}.tmp-{}", std::process::id()));
-    let bytes = serde_json::to_vec_pretty(streams).map_err(std::io::Error::other)?;
-    {
-        let mut f = std::fs::File::create(&tmp)?;
-        f.write_all(&bytes)?;
-        f.write_all(b"\n")?;
-        f.sync_all()?;
-    }
-    std::fs::rename(&tmp, path)?;
-    std::fs::File::open(dir)?.sync_all()?;
-    Ok(())
+/// Atomic, durable write (see [`crate::durable`]).
+fn persist(path: &Path, records: &[Stream]) -> std::io::Result<()> {
+    crate::durable::write_json(path, &records)
 }
 
 /// Whether the data dir accepts writes (health/readiness).

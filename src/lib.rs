@@ -10,6 +10,7 @@ pub mod admission;
 pub mod catalog;
 pub mod channels;
 pub mod config;
+pub mod durable;
 pub mod encoders;
 pub mod epg;
 pub mod events;

@@ -82,8 +82,9 @@ pub async fn run(state: &Arc<AppState>, mut serving: tokio::task::JoinHandle<()>
 }
 
 /// Drains every channel: EOS through every output first, forced NULL at
-/// the EOS deadline; returns when every viewer has ended and every channel
-/// is gone, or at `deadline`.
+/// the EOS deadline; then waits for snapshot captures in flight. Returns
+/// when every viewer has ended, every channel is gone and no capture
+/// runs, or at `deadline`.
 pub async fn drain(state: &Arc<AppState>, deadline: Instant) {
     let now = Instant::now();
     let total = deadline.saturating_duration_since(now);
@@ -103,6 +104,7 @@ pub async fn drain(state: &Arc<AppState>, deadline: Instant) {
         state.channels.drain(eos_deadline.max(Instant::now())).await;
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+    state.snapshots.drain(deadline).await;
     let left = state.registry.len();
     if left > 0 {
         tracing::warn!(

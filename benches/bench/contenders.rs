@@ -106,6 +106,12 @@ impl Sluice {
     /// of the measurements (pool, queue, per-client, rate limits, memory
     /// thresholds); everything else at its defaults.
     pub fn start(bin: &Path, profiles: &Path) -> Result<Sluice, String> {
+        Sluice::start_with(bin, profiles, &[])
+    }
+
+    /// [`Sluice::start`] with `env` set over those limits (the admission
+    /// figure runs a server with `MAX_CONCURRENT_TRANSCODES=auto`).
+    pub fn start_with(bin: &Path, profiles: &Path, env: &[(&str, &str)]) -> Result<Sluice, String> {
         let data = tempfile::tempdir().map_err(|e| e.to_string())?;
         let mut child = std::process::Command::new(bin)
             .args(["--host", "127.0.0.1", "--port", "0", "--data-dir"])
@@ -126,6 +132,7 @@ impl Sluice {
             .env("RATE_LIMIT_PREVIEW", "off")
             .env("RATE_LIMIT_ADMIN", "off")
             .env("RATE_LIMIT_API", "off")
+            .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::piped())

@@ -1,7 +1,9 @@
 //! Figures 2, 4 and 5, all on the live HLS source:
 //! - the ramp: one viewer's CPU per media second (after a warm-up, between
 //!   two fragment arrivals), then memory with 1, 2 and 3 viewers;
-//! - capacity: the most concurrent viewers that all keep real time;
+//! - capacity: the most distinct channels, one viewer each, that all keep
+//!   real time (sluice: a channel, a decode and an encode per viewer;
+//!   ffmpeg: a process per viewer);
 //! - status-route latency while 3 transcodes run, against idle.
 
 use std::time::{Duration, Instant};
@@ -154,15 +156,53 @@ pub struct Step {
 #[derive(Debug, Clone)]
 pub struct CapacityRow {
     pub profile: String,
-    /// (sluice, ffmpeg): the most viewers that kept up, and the steps tried.
+    /// (sluice, ffmpeg): the most distinct channels (one viewer each) that
+    /// kept up, and the steps tried.
     pub result: [(usize, Vec<Step>); 2],
 }
 
+/// How a capacity step spreads its viewers over channels.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Spread {
+    /// Every viewer on one fresh channel (sluice shares its rendition).
+    OneChannel,
+    /// Every viewer on a fresh channel of its own.
+    Distinct,
+}
+
+impl CapacityRow {
+    /// Contender `i`'s count (0 sluice, 1 ffmpeg), and whether it is exact:
+    /// one more viewer was seen to fall behind (otherwise the search
+    /// stopped short of it).
+    pub fn count(&self, i: usize) -> (usize, bool) {
+        let (best, steps) = &self.result[i];
+        (*best, steps.iter().any(|s| !s.ok && s.n == best + 1))
+    }
+}
+
+/// `n` viewers of one fresh channel, started together.
 pub async fn step(b: &Bench, who: Who, profile: &Profile, n: usize) -> Result<Step, String> {
-    let (id, source) = b.fresh_hls().await?;
+    step_spread(b, who, profile, n, Spread::OneChannel).await
+}
+
+/// `n` viewers started together, spread over channels as `spread` says.
+pub async fn step_spread(
+    b: &Bench,
+    who: Who,
+    profile: &Profile,
+    n: usize,
+    spread: Spread,
+) -> Result<Step, String> {
+    let mut channels = vec![b.fresh_hls().await?];
+    if spread == Spread::Distinct {
+        for _ in 1..n {
+            channels.push(b.fresh_hls().await?);
+        }
+    }
     let mut sessions = Vec::new();
-    for _ in 0..n {
-        sessions.push(b.start(who, profile, &id, &source, false)?);
+    for i in 0..n {
+        let (id, source) = &channels[i % channels.len()];
+        sessions.push(b.start(who, profile, id, source, false)?);
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     let mut note = None;
@@ -210,8 +250,9 @@ pub async fn step(b: &Bench, who: Who, profile: &Profile, n: usize) -> Result<St
     })
 }
 
-/// Searches from an estimate (the cores over the measured CPU per media
-/// second) up while all keep up, down while they do not.
+/// Searches over distinct channels from an estimate (the cores over the
+/// measured CPU per media second) up while all keep up, down while they do
+/// not.
 async fn search(
     b: &Bench,
     who: Who,
@@ -229,9 +270,9 @@ async fn search(
         if steps.iter().any(|s| s.n == n) {
             break;
         }
-        let s = step(b, who, profile, n).await?;
+        let s = step_spread(b, who, profile, n, Spread::Distinct).await?;
         eprintln!(
-            "bench: capacity {} {who:?} n={n}: {} (slowest {:.2}x, {:.1} fps)",
+            "bench: capacity {} {who:?} {n} distinct channels: {} (slowest {:.2}x, {:.1} fps)",
             profile.name,
             if s.ok { "keeps up" } else { "falls behind" },
             s.min_speed,

@@ -11,10 +11,12 @@
 //!                                                            +-> ffmpeg subprocess (pipe) -> fMP4 reader
 //! ```
 
+mod admission;
 mod contenders;
 mod hls;
 mod hls_out;
 mod load;
+mod merge;
 mod mp4;
 mod procfs;
 mod report;
@@ -85,6 +87,13 @@ impl Config {
         }
     }
 
+    /// Whether the run leaves out a figure or a profile of the full run:
+    /// it then rewrites only its parts of an existing report.
+    fn is_partial(&self) -> bool {
+        let full = Config::full();
+        self.figures != full.figures || self.profiles != full.profiles
+    }
+
     fn smoke() -> Config {
         Config {
             full: false,
@@ -149,10 +158,15 @@ impl Bench {
 
     /// A new channel of the live HLS server, in sluice's catalog too.
     pub async fn fresh_hls(&self) -> Result<(String, Source), String> {
+        self.fresh_hls_on(&self.sluice).await
+    }
+
+    /// A new channel of the live HLS server, in `server`'s catalog.
+    pub async fn fresh_hls_on(&self, server: &Sluice) -> Result<(String, Source), String> {
         let n = self.seq.fetch_add(1, Ordering::Relaxed);
         let id = format!("hls-{n}");
         let source = Source::Hls(self.hls.url(&id));
-        self.sluice.add_stream(&id, &source).await?;
+        server.add_stream(&id, &source).await?;
         Ok((id, source))
     }
 
@@ -217,8 +231,15 @@ fn bench_binary() -> PathBuf {
 }
 
 /// Every figure, in the order they run.
-pub const FIGURES: [&str; 7] = [
-    "startup", "load", "teardown", "capacity", "sharing", "status", "hls",
+pub const FIGURES: [&str; 8] = [
+    "startup",
+    "load",
+    "teardown",
+    "capacity",
+    "sharing",
+    "status",
+    "admission",
+    "hls",
 ];
 
 fn run(cfg: Config, out: &Path) -> Result<(), String> {
@@ -283,14 +304,33 @@ fn run(cfg: Config, out: &Path) -> Result<(), String> {
         if only("status") {
             results.status = load::status_latency(&bench).await?;
         }
+        if only("admission") {
+            results.admission = admission::run(&bench).await?;
+        }
         if only("hls") {
             results.hls = hls_out::run(&bench).await?;
         }
         results.elapsed = started.elapsed();
-        let text = report::render(&bench, &machine, &results);
+        let mut text = report::render(&bench, &machine, &results);
+        if bench.cfg.full && bench.cfg.is_partial() {
+            if let Ok(old) = std::fs::read_to_string(out) {
+                let mut lines: Vec<String> = report::verdicts(&results)
+                    .into_iter()
+                    .map(|v| v.figure)
+                    .collect();
+                lines.push(admission::FIGURE.into());
+                let ran = merge::Ran {
+                    figures: &bench.cfg.figures,
+                    profiles: &bench.cfg.profiles,
+                    order: &Config::full().profiles,
+                    lines: &lines,
+                };
+                text = merge::merge(&old, &text, &ran);
+            }
+        }
         std::fs::write(out, &text).map_err(|e| format!("{}: {e}", out.display()))?;
         if !bench.cfg.full {
-            selftest::check_report(&results, &text);
+            selftest::check_report(&results, &bench.cfg.profiles, &text);
         }
         eprintln!(
             "bench: wrote {} in {:.0} s",
@@ -302,8 +342,9 @@ fn run(cfg: Config, out: &Path) -> Result<(), String> {
 }
 
 /// `BENCH_FIGURES=startup,load` measures only those figures, and
-/// `BENCH_PROFILES=low` only those profiles; `BENCH_OUT=FILE` writes the
-/// report there instead of BENCHMARKS.md.
+/// `BENCH_PROFILES=low` only those profiles; such a run rewrites only those
+/// parts of an existing report and keeps the rest. `BENCH_OUT=FILE` writes
+/// the report there instead of BENCHMARKS.md.
 fn full_config() -> Result<(Config, PathBuf), String> {
     let mut cfg = Config::full();
     let list = |var: &str| {

@@ -21,6 +21,7 @@ pub struct Results {
     pub status: Vec<StatusRow>,
     pub sharing: Option<crate::sharing::Sharing>,
     pub hls: Vec<crate::hls_out::HlsOutRow>,
+    pub admission: Vec<crate::admission::AdmissionRow>,
     pub elapsed: Duration,
 }
 
@@ -106,6 +107,9 @@ fn teardown_ratio(row: &TeardownRow, q: f64) -> Option<f64> {
     }
 }
 
+/// The capacity figure's summary line.
+pub const CAPACITY: &str = "capacity, distinct channels (viewers at real time, higher is better)";
+
 /// Every figure's ratio, for the summary and the "where sluice loses" list.
 pub fn verdicts(r: &Results) -> Vec<Verdict> {
     let mut v = Vec::new();
@@ -164,7 +168,7 @@ pub fn verdicts(r: &Results) -> Vec<Verdict> {
     for row in &r.capacity {
         let (s, f) = (row.result[0].0 as f64, row.result[1].0 as f64);
         push(
-            "capacity (viewers at real time, higher is better)".into(),
+            CAPACITY.into(),
             &row.profile,
             (f > 0.0)
                 .then(|| s / f)
@@ -281,7 +285,14 @@ pub fn render(b: &Bench, m: &Machine, r: &Results) -> String {
         crate::hls_out::render(&mut o, &r.hls);
         let _ = writeln!(o);
     }
-    losses(&mut o, &verdicts);
+    if ran(b, "admission") {
+        crate::admission::render(&mut o, b, &r.admission, &r.capacity);
+    }
+    losses(
+        &mut o,
+        &verdicts,
+        &crate::admission::losses(&r.admission, &r.capacity),
+    );
     o.push_str(CHANGES);
     o
 }
@@ -340,14 +351,37 @@ fn method(o: &mut String, b: &Bench) {
          fragment arrivals, divided by the video media time those fragments carried, from {} s after the first \
          fragment over {} s. *Memory* = server RSS minus its idle RSS (sluice) against the sum of the children's RSS \
          (ffmpeg), read {} s after each added viewer's first fragment; PSS, which splits shared library pages among \
-         processes, is shown too. *Capacity* = the most viewers started together that all deliver ≥ {:.2}× real time \
-         in media time and frame rate over a {} s window. *Teardown* = client hang-up until the status route no longer \
+         processes, is shown too. *Capacity* = the most distinct channels, one viewer each, started together that \
+         all deliver ≥ {:.2}× real time in media time and frame rate over a {} s window. *Teardown* = client hang-up until the status route no longer \
          lists the session (its pipeline reached NULL and its slot was freed), against SIGTERM until ffmpeg exited.\n",
         b.cfg.warm_s, b.cfg.window_s, b.cfg.settle_s, KEEPS_UP, b.cfg.window_s
     );
 }
 
+type Section = fn(&mut String, &Bench, &Results);
+
+/// The sections of the figures this run measured, in order.
 fn figures_detail(o: &mut String, b: &Bench, r: &Results) {
+    let sections: [(&str, Section); 5] = [
+        ("startup", startup_detail),
+        ("load", load_detail),
+        ("teardown", teardown_detail),
+        ("capacity", capacity_detail),
+        ("status", status_detail),
+    ];
+    for (figure, section) in sections {
+        if ran(b, figure) {
+            section(o, b, r);
+        }
+    }
+}
+
+/// Whether this run measured `figure`.
+pub fn ran(b: &Bench, figure: &str) -> bool {
+    b.cfg.figures.iter().any(|f| f == figure)
+}
+
+fn startup_detail(o: &mut String, b: &Bench, r: &Results) {
     let _ = writeln!(o, "## Time to first byte and first fragment\n");
     let _ = writeln!(o, "Medians of {} pairs per row.\n", b.cfg.startup_pairs);
     let rows: Vec<Vec<String>> = r
@@ -412,7 +446,9 @@ fn figures_detail(o: &mut String, b: &Bench, r: &Results) {
         &["source", "profile", "sluice", "ffmpeg", "failed trials"],
         &rows,
     );
+}
 
+fn load_detail(o: &mut String, _b: &Bench, r: &Results) {
     let _ = writeln!(o, "## CPU per media second (one viewer, live HLS)\n");
     let rows: Vec<Vec<String>> = r
         .load
@@ -484,7 +520,9 @@ fn figures_detail(o: &mut String, b: &Bench, r: &Results) {
         ],
         &rows,
     );
+}
 
+fn teardown_detail(o: &mut String, _b: &Bench, r: &Results) {
     let _ = writeln!(o, "## Teardown\n");
     let rows: Vec<Vec<String>> = r
         .teardown
@@ -518,8 +556,17 @@ fn figures_detail(o: &mut String, b: &Bench, r: &Results) {
         ],
         &rows,
     );
+}
 
-    let _ = writeln!(o, "## Capacity (live HLS)\n");
+fn capacity_detail(o: &mut String, b: &Bench, r: &Results) {
+    let _ = writeln!(o, "## Capacity, distinct channels (live HLS)\n");
+    let _ = writeln!(
+        o,
+        "N distinct fresh channels with one viewer each, started together: sluice runs N channels, N decodes and \
+         N encodes; ffmpeg runs N processes. A step keeps up when every viewer delivers ≥ {KEEPS_UP:.2}× real time \
+         in media time and frame rate over {} s. (Viewers of one channel are a figure of their own below.)\n",
+        b.cfg.window_s
+    );
     let rows: Vec<Vec<String>> = r
         .capacity
         .iter()
@@ -543,13 +590,9 @@ fn figures_detail(o: &mut String, b: &Bench, r: &Results) {
             };
             // A count is exact when one more viewer was seen to fall behind
             // (or even one did); otherwise the search stopped short of it.
-            let count = |i: usize| {
-                let (best, steps) = &row.result[i];
-                if steps.iter().any(|s| !s.ok && s.n == best + 1) {
-                    best.to_string()
-                } else {
-                    format!("≥ {best}")
-                }
+            let count = |i: usize| match row.count(i) {
+                (best, true) => best.to_string(),
+                (best, false) => format!("≥ {best}"),
             };
             vec![row.profile.clone(), count(0), count(1), steps(0), steps(1)]
         })
@@ -558,14 +601,16 @@ fn figures_detail(o: &mut String, b: &Bench, r: &Results) {
         o,
         &[
             "profile",
-            "sluice viewers",
-            "ffmpeg viewers",
+            "sluice channels",
+            "ffmpeg processes",
             "sluice steps (slowest viewer)",
             "ffmpeg steps (slowest viewer)",
         ],
         &rows,
     );
+}
 
+fn status_detail(o: &mut String, b: &Bench, r: &Results) {
     let _ = writeln!(o, "## Status route latency (sluice)\n");
     let _ = writeln!(
         o,
@@ -605,10 +650,12 @@ fn figures_detail(o: &mut String, b: &Bench, r: &Results) {
     );
 }
 
-fn losses(o: &mut String, verdicts: &[Verdict]) {
+/// The losses section: every ratio that favours ffmpeg, and each profile
+/// where `auto` admission let a viewer fall behind or left capacity unused.
+fn losses(o: &mut String, verdicts: &[Verdict], admission: &[(String, String)]) {
     let _ = writeln!(o, "## Where sluice loses\n");
     let lost: Vec<&Verdict> = verdicts.iter().filter(|v| v.sluice_loses()).collect();
-    if lost.is_empty() {
+    if lost.is_empty() && admission.is_empty() {
         let _ = writeln!(o, "Nowhere in this run: every ratio favours sluice.\n");
     }
     for v in lost {
@@ -620,6 +667,9 @@ fn losses(o: &mut String, verdicts: &[Verdict]) {
             ratio(v.ratio),
             why(&v.figure)
         );
+    }
+    for (profile, what) in admission {
+        let _ = writeln!(o, "- **{}**, {profile}: {what}", crate::admission::FIGURE);
     }
     o.push('\n');
 }

@@ -189,6 +189,8 @@ fn windows() {
 /// Checks of the harness's own parts; panics on the first that fails.
 pub fn units() {
     stats::self_test();
+    crate::admission::self_test();
+    crate::merge::self_test();
     procfs_readings();
     mp4_reader();
     windows();
@@ -196,7 +198,7 @@ pub fn units() {
 
 /// After the brief run: every figure measured, for both contenders, and
 /// the report shows them.
-pub fn check_report(r: &Results, text: &str) {
+pub fn check_report(r: &Results, profiles: &[String], text: &str) {
     for row in &r.startup {
         for (a, f) in &row.pairs {
             for s in [a, f] {
@@ -249,6 +251,7 @@ pub fn check_report(r: &Results, text: &str) {
     }
     assert!(!r.hls.is_empty(), "hls measured");
     assert!(text.contains("## HLS output"));
+    crate::admission::check(&r.admission, profiles, text);
     for v in verdicts(r) {
         // Capacity ratios may be 0 or ∞ (one side kept up with none).
         if !v.figure.contains("capacity") {
@@ -265,7 +268,7 @@ pub fn check_report(r: &Results, text: &str) {
         "## Summary",
         "## Method",
         "## Teardown",
-        "## Capacity",
+        "## Capacity, distinct channels",
         "## Where sluice loses",
     ] {
         assert!(text.contains(heading), "report lacks {heading}");

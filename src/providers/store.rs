@@ -6,7 +6,6 @@
 //! Holds the explicit providers and the limits set on implicit ones (by
 //! their hashed id; never a credential).
 
-use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::SystemTime;
@@ -109,18 +108,7 @@ impl Store {
     }
 }
 
-/// Atomic, durable write: temp file in the same dir, fsync, rename, fsync dir.
+/// Atomic, durable write (see [`crate::durable`]).
 fn persist(path: &Path, records: &[Provider]) -> std::io::Result<()> {
-    let dir = path.parent().unwrap_or(Path::new("."));
-    let tmp = dir.join(format!(".{PROVIDERS_FILE}.tmp-{}", std::process::id()));
-    let bytes = serde_json::to_vec_pretty(records).map_err(std::io::Error::other)?;
-    {
-        let mut f = std::fs::File::create(&tmp)?;
-        f.write_all(&bytes)?;
-        f.write_all(b"\n")?;
-        f.sync_all()?;
-    }
-    std::fs::rename(&tmp, path)?;
-    std::fs::File::open(dir)?.sync_all()?;
-    Ok(())
+    crate::durable::write_json(path, &records)
 }

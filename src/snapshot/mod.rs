@@ -182,6 +182,25 @@ impl Snapshots {
         self.max
     }
 
+    /// At shutdown: captures still waiting for a slot give up, and the
+    /// ones taking a picture are waited for (each closes its pipeline to
+    /// NULL before it ends) until `deadline`.
+    pub async fn drain(&self, deadline: tokio::time::Instant) {
+        self.slots.close();
+        while self.stats.running.load(Ordering::Acquire) > 0
+            && tokio::time::Instant::now() < deadline
+        {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let left = self.stats.running.load(Ordering::Acquire);
+        if left > 0 {
+            tracing::warn!(
+                captures = left,
+                "snapshot captures still running at the shutdown deadline"
+            );
+        }
+    }
+
     /// A snapshot of `stream_id` at `width`, waiting at most `timeout`.
     pub async fn get(
         state: &Arc<AppState>,
