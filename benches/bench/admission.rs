@@ -18,8 +18,10 @@ use crate::report::table;
 use crate::viewer::{wait_for, Window};
 use crate::Bench;
 
-/// Seconds each admitted viewer plays before the next channel is asked for.
-pub const PLAY_S: f64 = 3.0;
+/// Seconds each admitted viewer plays before the next channel is asked
+/// for: longer than an admitted encoder's warm-up, so each request is
+/// judged on measured costs, as channels that start over minutes are.
+pub const PLAY_S: f64 = 10.0;
 
 /// The most channels asked for per profile.
 pub fn bound(b: &Bench) -> usize {
