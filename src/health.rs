@@ -23,6 +23,32 @@ pub enum Status {
     Unhealthy,
 }
 
+/// `services.encoders`: degraded while a profile asks for an encoder that
+/// is not available (its renditions run on x264) or one it would use
+/// failed lately. A missing x264enc makes the GStreamer service unhealthy
+/// already; here everything short of the asked-for encoders is degraded.
+#[derive(Debug, Clone, Serialize)]
+pub struct EncodersHealth {
+    pub status: Status,
+    #[serde(flatten)]
+    pub report: crate::encoders::EncodersReport,
+}
+
+impl EncodersHealth {
+    pub fn of(report: crate::encoders::EncodersReport) -> EncodersHealth {
+        let ok =
+            !report.available.is_empty() && report.missing.is_empty() && report.failed.is_empty();
+        EncodersHealth {
+            status: if ok {
+                Status::Healthy
+            } else {
+                Status::Degraded
+            },
+            report,
+        }
+    }
+}
+
 /// Results of the checks that touch the system, refreshed in the background.
 #[derive(Debug, Clone)]
 pub struct Checks {
@@ -192,7 +218,7 @@ pub struct Services {
     pub cpu: CpuHealth,
     pub catalog: CatalogHealth,
     pub disk: DiskHealth,
-    pub encoders: crate::encoders::EncodersHealth,
+    pub encoders: EncodersHealth,
 }
 
 #[derive(Debug, Serialize)]
@@ -239,7 +265,7 @@ pub fn report(state: &AppState) -> HealthReport {
         Some(_) => Status::Healthy,
         None => Status::Degraded,
     };
-    let encoders = crate::encoders::table().health(&state.profiles);
+    let encoders = EncodersHealth::of(crate::encoders::table().report(&state.profiles));
     let all = [
         encoders.status,
         gst_status,

@@ -187,7 +187,7 @@ pub fn build_state(settings: Settings) -> Result<Arc<AppState>, StartError> {
         },
     );
     channels.spawn_watchdog();
-    admission::spawn_sampler(headroom.clone(), channels.clone(), pool.clone());
+    channels::spawn_sampler(headroom.clone(), channels.clone(), pool.clone());
     let memory = memory::MemoryMonitor::new(settings.memory_warning, settings.memory_critical);
     memory.spawn_sampler();
     channels

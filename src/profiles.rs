@@ -8,6 +8,11 @@ use std::path::Path;
 
 use serde::{Deserialize, Serialize};
 
+/// `SLUICE_ENCODER` default: the first working hardware encoder, else x264.
+pub const AUTO_ENCODER: &str = "auto";
+/// Encoder names `SLUICE_ENCODER` and a profile's `encoder` accept.
+pub const ENCODER_NAMES: &[&str] = &["auto", "x264", "nvenc", "va", "qsv", "vaapi", "v4l2"];
+
 /// The shipped profiles file, used when the configured file is absent.
 pub const BUILTIN_PROFILES: &str = include_str!("../pipelines/profiles.toml");
 
@@ -136,7 +141,7 @@ impl Profile {
 
     /// The encoder this profile asks for (`auto` when it names none).
     pub fn encoder_choice(&self) -> &str {
-        self.encoder.as_deref().unwrap_or(crate::encoders::AUTO)
+        self.encoder.as_deref().unwrap_or(AUTO_ENCODER)
     }
 
     /// Keyframe interval in frames for an output rate.
@@ -185,7 +190,7 @@ impl Profile {
             if !valid_name(e) {
                 return Err(format!(
                     "encoder '{e}' is not an encoder name ({})",
-                    crate::encoders::NAMES.join(", ")
+                    ENCODER_NAMES.join(", ")
                 ));
             }
         }

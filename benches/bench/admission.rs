@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 
 use crate::contenders::{Session, Sluice};
 use crate::load::{CapacityRow, KEEPS_UP};
-use crate::report::table;
+use crate::markdown::table;
 use crate::viewer::{wait_for, Window};
 use crate::Bench;
 

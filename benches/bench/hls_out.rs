@@ -283,7 +283,7 @@ pub fn render(o: &mut String, rows: &[HlsOutRow]) {
             ]
         })
         .collect();
-    crate::report::table(
+    crate::markdown::table(
         o,
         &[
             "profile",

@@ -16,6 +16,7 @@ mod contenders;
 mod hls;
 mod hls_out;
 mod load;
+mod markdown;
 mod merge;
 mod mp4;
 mod procfs;

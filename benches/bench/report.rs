@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use crate::contenders::{ffmpeg_args, Source};
 use crate::load::{CapacityRow, LoadRow, StatusRow, KEEPS_UP, RAMP_MAX};
+use crate::markdown::{table, Verdict};
 use crate::procfs::Machine;
 use crate::startup::{Start, StartRow};
 use crate::stats::{median, mib, ms, num, paired_ratio, quantile, ratio};
@@ -23,24 +24,6 @@ pub struct Results {
     pub hls: Vec<crate::hls_out::HlsOutRow>,
     pub admission: Vec<crate::admission::AdmissionRow>,
     pub elapsed: Duration,
-}
-
-/// One summary line: a figure, its ratio per profile, lower-is-better.
-pub struct Verdict {
-    pub figure: String,
-    pub profile: String,
-    pub ratio: Option<f64>,
-    pub lower_is_better: bool,
-}
-
-impl Verdict {
-    pub fn sluice_loses(&self) -> bool {
-        match self.ratio {
-            Some(r) if self.lower_is_better => r > 1.0,
-            Some(r) => r < 1.0,
-            None => false,
-        }
-    }
 }
 
 fn start_ratio(row: &StartRow, pick: fn(&Start) -> Option<f64>) -> Option<f64> {
@@ -180,15 +163,6 @@ pub fn verdicts(r: &Results) -> Vec<Verdict> {
         v.extend(crate::sharing_report::verdicts(s, &r.capacity));
     }
     v
-}
-
-pub fn table(out: &mut String, head: &[&str], rows: &[Vec<String>]) {
-    let _ = writeln!(out, "| {} |", head.join(" | "));
-    let _ = writeln!(out, "|{}", "---|".repeat(head.len()));
-    for r in rows {
-        let _ = writeln!(out, "| {} |", r.join(" | "));
-    }
-    out.push('\n');
 }
 
 /// Which encoder sluice's transcodes used in this run: the first working

@@ -4,7 +4,7 @@
 use std::fmt::Write;
 
 use crate::load::{CapacityRow, KEEPS_UP};
-use crate::report::{table, Verdict};
+use crate::markdown::{table, Verdict};
 use crate::sharing::{keeps_up, Run, Sharing};
 use crate::stats::{median, mib, ms, num, paired_ratio, quantile, ratio};
 

@@ -46,7 +46,10 @@ pub const REFERENCE_PIXELS: u64 = 1920 * 1080;
 /// How far one measurement moves an estimate toward what it saw.
 const LEARN_RATE: f64 = 0.5;
 /// The window costs are learned over (the encoders' speed window).
-const LEARN_WINDOW: Duration = crate::channels::SPEED_WINDOW;
+/// The window an encoder's `speed`, `fps` and `encodeSpeed` are measured
+/// over, and costs are learned from.
+pub const SPEED_WINDOW: Duration = Duration::from_secs(5);
+pub const LEARN_WINDOW: Duration = SPEED_WINDOW;
 
 /// Why a new encoder was refused.
 #[derive(Debug, Clone, Serialize, PartialEq)]
@@ -427,61 +430,6 @@ fn used_cores(cpu: &VecDeque<CpuSample>, window: Duration) -> Option<f64> {
 fn host_idle_cores(cpu: &VecDeque<CpuSample>, window: Duration) -> Option<f64> {
     let (a, b) = span(cpu, window)?;
     Some(((b.2? - a.2?) / b.0.duration_since(a.0).as_secs_f64()).max(0.0))
-}
-
-/// Samples CPU and the running encoders every [`SAMPLE_INTERVAL`] (and
-/// each rendition's speed window, which status shows in every mode); with
-/// a headroom gate, offers waiting requests the slot the headroom now allows.
-pub fn spawn_sampler(
-    headroom: Arc<Headroom>,
-    channels: Arc<crate::channels::Channels>,
-    pool: Arc<crate::pool::Pool>,
-) {
-    let (h, c, p) = (
-        Arc::downgrade(&headroom),
-        Arc::downgrade(&channels),
-        Arc::downgrade(&pool),
-    );
-    tokio::spawn(async move {
-        let mut tick = tokio::time::interval(SAMPLE_INTERVAL);
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        loop {
-            tick.tick().await;
-            let (Some(headroom), Some(channels), Some(pool)) =
-                (h.upgrade(), c.upgrade(), p.upgrade())
-            else {
-                break;
-            };
-            let now = Instant::now();
-            if let Some(process) = cpu::process_cpu_seconds() {
-                headroom.record_cpu(now, process, cpu::host_idle_seconds());
-            }
-            let mut encoders = Vec::new();
-            for ch in channels.all() {
-                for r in ch.renditions() {
-                    r.sample();
-                    if r.mode() != crate::media::Mode::Transcode {
-                        continue;
-                    }
-                    let pace = r.pace();
-                    encoders.push(Encoder {
-                        stream_id: ch.stream_id.clone(),
-                        quality: r.key.quality.clone(),
-                        source_pixels: r.counters.source_pixels(),
-                        speed: pace.map_or(0.0, |p| p.speed),
-                        encode_speed: pace.and_then(|p| p.encode_speed),
-                        frame_share: pace.and_then(|p| p.frame_share),
-                        settled: pace.is_some_and(|p| {
-                            p.span + SAMPLE_INTERVAL / 2 >= LEARN_WINDOW
-                                && r.started_at.elapsed() >= LEARN_WINDOW + SAMPLE_INTERVAL
-                        }),
-                    });
-                }
-            }
-            headroom.record_encoders(encoders);
-            pool.offer();
-        }
-    });
 }
 
 #[cfg(test)]

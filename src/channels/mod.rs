@@ -17,6 +17,7 @@ pub mod fanout;
 pub mod frame;
 mod linger;
 mod rendition;
+mod sampler;
 mod view;
 
 use std::collections::HashMap;
@@ -28,6 +29,7 @@ use parking_lot::Mutex;
 
 pub use channel::{Channel, ChannelUse, PictureSource};
 pub use rendition::{Pace, Rendition, RenditionKey, RenditionView, SPEED_WINDOW};
+pub use sampler::spawn_sampler;
 pub use view::{ChannelView, UpstreamView};
 
 use crate::events::{Events, SessionEvent};

@@ -26,8 +26,7 @@ use crate::profiles::Profile;
 /// Told the total viewer count of a rendition when it changes.
 pub type ViewerCountHook = Arc<dyn Fn(usize) + Send + Sync>;
 
-/// The window `speed`, `fps` and `encodeSpeed` are measured over.
-pub const SPEED_WINDOW: Duration = Duration::from_secs(5);
+pub use crate::admission::SPEED_WINDOW;
 /// The shortest stretch a windowed figure is given for (before it, the
 /// figures count from the rendition's start).
 const MIN_SPAN: Duration = Duration::from_secs(1);

@@ -20,14 +20,11 @@ use std::time::{Duration, Instant};
 use parking_lot::{Mutex, RwLock};
 use serde::Serialize;
 
-/// `SLUICE_ENCODER` default: the first working hardware encoder, else x264.
-pub const AUTO: &str = "auto";
+pub use crate::profiles::{AUTO_ENCODER as AUTO, ENCODER_NAMES as NAMES};
 /// The software encoder every rendition ends on.
 pub const X264: &str = "x264";
 /// Default `ENCODER_RETRY` (ms): how long a failed encoder is left alone.
 pub const DEFAULT_ENCODER_RETRY_MS: u64 = 600_000;
-/// Encoder names `SLUICE_ENCODER` and a profile's `encoder` accept.
-pub const NAMES: &[&str] = &["auto", "x264", "nvenc", "va", "qsv", "vaapi", "v4l2"];
 
 /// Which hardware API a candidate uses: decides where the probe looks for
 /// a device and what it suggests when there is none.
@@ -404,12 +401,11 @@ pub fn configure(
     Ok(())
 }
 
-/// `services.encoders` in `/health`: degraded while a profile asks for an
-/// encoder that is not available (its renditions run on x264).
+/// What `services.encoders` in `/health` is judged on: the encoders
+/// profiles ask for, which are available, which failed lately.
 #[derive(Debug, Clone, Serialize)]
 #[serde(rename_all = "camelCase")]
-pub struct EncodersHealth {
-    pub status: crate::health::Status,
+pub struct EncodersReport {
     /// The encoder `auto` picks now.
     pub selected: Option<String>,
     pub available: Vec<String>,
@@ -420,8 +416,8 @@ pub struct EncodersHealth {
 }
 
 impl Encoders {
-    /// The health of the encoders `profiles` ask for.
-    pub fn health(&self, profiles: &crate::profiles::Profiles) -> EncodersHealth {
+    /// The state of the encoders `profiles` ask for.
+    pub fn report(&self, profiles: &crate::profiles::Profiles) -> EncodersReport {
         let mut missing: Vec<String> = profiles
             .all()
             .iter()
@@ -452,15 +448,7 @@ impl Encoders {
             .filter(|(n, until)| now < **until && wanted(n))
             .map(|(n, _)| n.clone())
             .collect();
-        // A missing x264enc makes the GStreamer service unhealthy already;
-        // here everything short of the asked-for encoders is degraded.
-        let status = if !available.is_empty() && missing.is_empty() && failed.is_empty() {
-            crate::health::Status::Healthy
-        } else {
-            crate::health::Status::Degraded
-        };
-        EncodersHealth {
-            status,
+        EncodersReport {
             selected: self.auto_pick(),
             available,
             missing,
