@@ -52,8 +52,11 @@ pub struct Pace {
     /// it could go (pictures a full queue dropped count against it). `None`
     /// for a remux, or before a picture was encoded in the window.
     pub encode_speed: Option<f64>,
-    /// Pictures made over pictures meant (1.0: none dropped), when the
-    /// frame rate is known.
+    /// Pictures made over pictures meant (1.0: none dropped) for the media
+    /// time the window carried, when the frame rate is known. Counted
+    /// against media time, not wall time: a source that arrives in bursts
+    /// (an HLS source delivers a segment at a time) fills some windows with
+    /// fewer seconds of media without a picture being dropped.
     pub frame_share: Option<f64>,
     /// The stretch measured; a full window is [`SPEED_WINDOW`].
     pub span: Duration,
@@ -199,7 +202,9 @@ impl Rendition {
             speed: media / 1e9 / secs,
             fps: frames / secs,
             encode_speed,
-            frame_share: rate.map(|r| frames / secs / r),
+            frame_share: rate
+                .filter(|_| media > 0.0)
+                .map(|r| frames / (media / 1e9) / r),
             span,
         })
     }
@@ -708,7 +713,10 @@ mod tests {
         // 17 pictures in 0.68 s of work: 25 a second, under the 30 meant.
         let encode = p.encode_speed.unwrap();
         assert!((encode - 25.0 / 30.0).abs() < 0.01, "{p:?}");
-        assert!((p.frame_share.unwrap() - 17.0 / secs / 30.0).abs() < 0.01);
+        // Media time carried: from the last picture before the window
+        // (99 x 33 ms) to the last in it; about half the pictures meant.
+        let media_s = (t0 + 16 * 66 - 99 * 33) as f64 / 1000.0;
+        assert!((p.frame_share.unwrap() - 17.0 / media_s / 30.0).abs() < 0.01);
         // Status shows the window, not the average since the start.
         let v = r.view(None);
         assert_eq!(v.encode_speed, Some((encode * 100.0).round() / 100.0));
