@@ -192,66 +192,6 @@ async fn serve(mut sock: TcpStream, content: Content, segments_404: Arc<AtomicBo
     let _ = sock.shutdown().await;
 }
 
-/// ffmpeg writing a live HLS playlist (1 s segments, rolling window,
-/// old segments deleted) into `dir`; killed on drop.
-struct HlsWriter(std::process::Child);
-
-impl HlsWriter {
-    fn start(dir: &Path) -> HlsWriter {
-        let child = std::process::Command::new("ffmpeg")
-            .args(["-v", "error", "-re", "-f", "lavfi", "-i"])
-            .arg("testsrc2=size=320x240:rate=25")
-            .args(["-f", "lavfi", "-i", "sine=frequency=440:sample_rate=48000"])
-            .args([
-                "-c:v",
-                "libx264",
-                "-preset",
-                "ultrafast",
-                "-g",
-                "25",
-                "-pix_fmt",
-                "yuv420p",
-                "-c:a",
-                "aac",
-                "-b:a",
-                "64k",
-                "-f",
-                "hls",
-                "-hls_time",
-                "1",
-                "-hls_list_size",
-                "5",
-                "-hls_flags",
-                "delete_segments",
-            ])
-            .arg(dir.join("index.m3u8"))
-            .stdin(std::process::Stdio::null())
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .expect("ffmpeg runs (apt install ffmpeg)");
-        HlsWriter(child)
-    }
-
-    /// Waits until the playlist lists a few segments.
-    async fn ready(&self, dir: &Path) {
-        let ok = eventually(Duration::from_secs(30), || {
-            std::fs::read_to_string(dir.join("index.m3u8"))
-                .map(|p| p.matches("#EXTINF").count() >= 3)
-                .unwrap_or(false)
-        })
-        .await;
-        assert!(ok, "ffmpeg did not write a live HLS playlist");
-    }
-}
-
-impl Drop for HlsWriter {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 async fn server(reconnect_ms: u64) -> TestServer {
     start_with(|s| {
         s.rate_limit_preview = sluice::http::ratelimit::Rate::parse("off").unwrap();
@@ -401,7 +341,7 @@ async fn a_live_ts_source_that_drops_for_3_s_is_reconnected_into_one_stream() {
 async fn a_live_hls_source_survives_its_server_stopping_for_3_s() {
     let ts = server(20_000).await;
     let dir = tempfile::tempdir().unwrap();
-    let writer = HlsWriter::start(dir.path());
+    let writer = HlsWriter::start(dir.path(), "320x240");
     writer.ready(dir.path()).await;
     let mut up = Upstream::start(Content::Dir(dir.path().to_path_buf())).await;
     add_stream(&ts, "hls", &up.url("/index.m3u8")).await;
@@ -433,7 +373,7 @@ async fn a_live_hls_source_survives_its_server_stopping_for_3_s() {
 async fn hls_segments_that_404_for_a_while_recover() {
     let ts = server(20_000).await;
     let dir = tempfile::tempdir().unwrap();
-    let writer = HlsWriter::start(dir.path());
+    let writer = HlsWriter::start(dir.path(), "320x240");
     writer.ready(dir.path()).await;
     let up = Upstream::start(Content::Dir(dir.path().to_path_buf())).await;
     add_stream(&ts, "hls404", &up.url("/index.m3u8")).await;

@@ -5,7 +5,7 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -158,64 +158,6 @@ async fn live_ts(mut sock: TcpStream) {
         if sock.write_all(&buf[..n]).await.is_err() {
             break;
         }
-    }
-}
-
-/// ffmpeg writing a live HLS playlist (1 s segments, a keyframe each
-/// second, rolling window) into `dir`; killed on drop.
-struct HlsWriter(std::process::Child);
-
-impl HlsWriter {
-    async fn start(dir: &Path) -> HlsWriter {
-        std::fs::create_dir_all(dir).unwrap();
-        let child = std::process::Command::new("ffmpeg")
-            .args(["-v", "error", "-re", "-f", "lavfi", "-i"])
-            .arg("testsrc2=size=640x360:rate=25")
-            .args(["-f", "lavfi", "-i", "sine=frequency=440:sample_rate=48000"])
-            .args([
-                "-c:v",
-                "libx264",
-                "-preset",
-                "ultrafast",
-                "-g",
-                "25",
-                "-pix_fmt",
-                "yuv420p",
-                "-c:a",
-                "aac",
-                "-b:a",
-                "64k",
-                "-f",
-                "hls",
-                "-hls_time",
-                "1",
-                "-hls_list_size",
-                "5",
-                "-hls_flags",
-                "delete_segments",
-            ])
-            .arg(dir.join("index.m3u8"))
-            .stdin(std::process::Stdio::null())
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .expect("ffmpeg runs (apt install ffmpeg)");
-        let w = HlsWriter(child);
-        let ok = eventually(Duration::from_secs(30), || {
-            std::fs::read_to_string(dir.join("index.m3u8"))
-                .map(|p| p.matches("#EXTINF").count() >= 3)
-                .unwrap_or(false)
-        })
-        .await;
-        assert!(ok, "ffmpeg did not write a live HLS playlist");
-        w
-    }
-}
-
-impl Drop for HlsWriter {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
     }
 }
 
@@ -375,7 +317,8 @@ async fn a_running_transcoded_channel_gives_a_decoded_frame() {
 async fn an_idle_live_hls_channel_answers_fast_and_cheaply_and_closes_its_upstream() {
     let dir = tempfile::tempdir().unwrap();
     let hls = dir.path().join("hls");
-    let _writer = HlsWriter::start(&hls).await;
+    let writer = HlsWriter::start(&hls, "640x360");
+    writer.ready(&hls).await;
     let up = Upstream::start(Some(hls.clone())).await;
     // Every request takes a new picture.
     let ts = server(|s| s.snapshot_ttl_ms = 1).await;

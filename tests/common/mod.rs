@@ -470,3 +470,65 @@ pub fn metric(
             _ => None,
         })
 }
+
+/// ffmpeg writing a live HLS playlist of a `size` test pattern with a tone
+/// (1 s segments, a keyframe each second, a rolling window of 5, old
+/// segments deleted) into `dir`; killed on drop.
+pub struct HlsWriter(std::process::Child);
+
+impl HlsWriter {
+    pub fn start(dir: &Path, size: &str) -> HlsWriter {
+        std::fs::create_dir_all(dir).unwrap();
+        let child = Command::new("ffmpeg")
+            .args(["-v", "error", "-re", "-f", "lavfi", "-i"])
+            .arg(format!("testsrc2=size={size}:rate=25"))
+            .args(["-f", "lavfi", "-i", "sine=frequency=440:sample_rate=48000"])
+            .args([
+                "-c:v",
+                "libx264",
+                "-preset",
+                "ultrafast",
+                "-g",
+                "25",
+                "-pix_fmt",
+                "yuv420p",
+                "-c:a",
+                "aac",
+                "-b:a",
+                "64k",
+                "-f",
+                "hls",
+                "-hls_time",
+                "1",
+                "-hls_list_size",
+                "5",
+                "-hls_flags",
+                "delete_segments",
+            ])
+            .arg(dir.join("index.m3u8"))
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("ffmpeg runs (apt install ffmpeg)");
+        HlsWriter(child)
+    }
+
+    /// Waits until the playlist lists a few segments.
+    pub async fn ready(&self, dir: &Path) {
+        let ok = eventually(Duration::from_secs(30), || {
+            std::fs::read_to_string(dir.join("index.m3u8"))
+                .map(|p| p.matches("#EXTINF").count() >= 3)
+                .unwrap_or(false)
+        })
+        .await;
+        assert!(ok, "ffmpeg did not write a live HLS playlist");
+    }
+}
+
+impl Drop for HlsWriter {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
