@@ -476,6 +476,16 @@ fn register_headroom(r: &mut Registry, state: &AppState, pool: &crate::pool::Poo
         gauge(h.cores),
     );
     r.register(
+        "headroom_used_cores",
+        "CPU cores this process used over the last 2 s",
+        gauge(h.used_cores),
+    );
+    r.register(
+        "headroom_steady_used_cores",
+        "CPU cores this process would use with every rendition at real time",
+        gauge(h.steady_used_cores),
+    );
+    r.register(
         "headroom_free_cores",
         "CPU cores left for new encoders, as admission measures them",
         gauge(h.free_cores),

@@ -200,6 +200,13 @@ async fn auto_admits_medium_channels_until_a_viewer_would_fall_behind() {
         assert!(metric(&m, "sluice_encoder_cost_cores", &[("quality", "medium")])
             .is_some_and(|c| c > 0.0));
         assert!(metric(&m, "sluice_headroom_cores", &[]).is_some_and(|c| c > 0.0));
+        // At real time the process never uses more than it measurably does.
+        let (used, steady) = (
+            v["headroom"]["usedCores"].as_f64().unwrap(),
+            v["headroom"]["steadyUsedCores"].as_f64().unwrap(),
+        );
+        assert!(steady > 0.0 && steady <= used + 0.01, "{}", v["headroom"]);
+        assert!(metric(&m, "sluice_headroom_steady_used_cores", &[]).is_some());
         assert!(m
             .iter()
             .any(|s| s.metric == "sluice_admission_last_refusal_timestamp_seconds"));

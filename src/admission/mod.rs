@@ -27,8 +27,14 @@ pub use estimate::builtin_cost;
 /// real time for another to start: the margin that absorbs a busy moment.
 pub const MIN_ENCODE_SPEED: f64 = 1.05;
 /// The share of the cores kept free after a new encoder's cost: at full
-/// CPU every live encoder loses pictures to the smallest hiccup.
-pub const CPU_RESERVE: f64 = 0.1;
+/// CPU every live encoder loses pictures to the smallest hiccup. Small:
+/// [`MIN_ENCODE_SPEED`] is the margin that measures the machine itself.
+pub const CPU_RESERVE: f64 = 0.05;
+/// A rendition whose speed window reads at least this many times real
+/// time is catching up on a source's backlog (a live HLS source starts a
+/// few segments behind its edge), not just seeing a segment arrive early:
+/// the CPU it takes now is more than it will keep taking.
+pub const CATCHING_UP: f64 = 1.15;
 /// A running encoder that makes fewer of its pictures than this share
 /// (a full queue dropped the rest) is behind, whatever its speed. One that
 /// keeps up makes them all; the bar sits above the 0.95 at which a viewer
@@ -101,6 +107,9 @@ pub struct HeadroomView {
     pub cores: f64,
     /// Cores the process used over the last [`CPU_WINDOW`].
     pub used_cores: f64,
+    /// The same at real time: less what renditions catching up on their
+    /// source's backlog take beyond it for now.
+    pub steady_used_cores: f64,
     /// Cores left for new work: what the process may still use, at most
     /// what the host left idle, less what just-admitted encoders will take.
     pub free_cores: f64,
@@ -188,12 +197,15 @@ impl Headroom {
         g.pending
             .retain(|(at, _)| now.duration_since(*at) < WARM_UP);
         g.encoders = encoders;
-        // Learn only from encoders that settled and keep up: one that drops
-        // pictures, or gets too little CPU, would make the cost look low.
+        // Learn only from encoders that settled at real time: one that
+        // drops pictures, or gets too little CPU, would make the cost look
+        // low; one still catching up on its source's backlog works in
+        // bursts the speed window does not weigh exactly.
         if g.encoders.is_empty()
             || !g.pending.is_empty()
             || g.encoders.iter().any(|e| {
                 !e.settled
+                    || e.speed >= CATCHING_UP
                     || e.encode_speed.is_none_or(|s| s < 1.0)
                     || e.frame_share.is_some_and(|f| f < MIN_FRAME_SHARE)
             })
@@ -206,7 +218,7 @@ impl Headroom {
         let predicted: f64 = g
             .encoders
             .iter()
-            .map(|e| cost_of(&g.estimates, &e.quality, e.source_pixels) * e.speed.min(1.5))
+            .map(|e| cost_of(&g.estimates, &e.quality, e.source_pixels) * e.speed)
             .sum();
         if predicted <= 0.0 {
             return;
@@ -351,14 +363,20 @@ impl Headroom {
     /// a new encoder starves every running one), less what just-admitted
     /// encoders will take.
     ///
+    /// The process's use is taken at real time ([`pace_factor`]):
+    /// a rendition catching up on its source's backlog takes the idle
+    /// cores for a while and gives them back at the live edge.
+    ///
     /// Of the encoders admitted lately, at most the `running` newest still
     /// hold a slot: an older one that already ended costs nothing.
     fn free(&self, g: &Inner, running: usize) -> f64 {
         let used = used_cores(&g.cpu, CPU_WINDOW).unwrap_or(0.0);
+        let steady = used * pace_factor(g);
         let warming: f64 = g.pending.iter().rev().take(running).map(|(_, c)| c).sum();
-        let mut free = self.cores - used;
+        let mut free = self.cores - steady;
         if let Some(idle) = host_idle_cores(&g.cpu, CPU_WINDOW) {
-            free = free.min(idle);
+            // What the catch-up takes now comes back to the idle cores.
+            free = free.min(idle + (used - steady));
         }
         free - warming
     }
@@ -375,6 +393,9 @@ impl Headroom {
             mode,
             cores: round2(self.cores),
             used_cores: round2(used_cores(&g.cpu, CPU_WINDOW).unwrap_or(0.0)),
+            steady_used_cores: round2(
+                used_cores(&g.cpu, CPU_WINDOW).unwrap_or(0.0) * pace_factor(&g),
+            ),
             free_cores: round2(self.free(&g, running).max(0.0)),
             host_idle_cores: host_idle_cores(&g.cpu, CPU_WINDOW).map(round2),
             slowest_encode_speed: g
@@ -400,6 +421,25 @@ impl Headroom {
             last_refusal: g.last_refusal.clone(),
             refusals: g.refusals.clone(),
         }
+    }
+}
+
+/// How much of the process's CPU its renditions will keep using once every
+/// one goes at real time: their costs at real time over their costs at the
+/// speed they go now, counting only those catching up ([`CATCHING_UP`]);
+/// 1.0 when none is.
+fn pace_factor(g: &Inner) -> f64 {
+    let (mut real_time, mut now) = (0.0, 0.0);
+    for e in &g.encoders {
+        let cost = cost_of(&g.estimates, &e.quality, e.source_pixels);
+        let speed = if e.speed >= CATCHING_UP { e.speed } else { 1.0 };
+        real_time += cost;
+        now += cost * speed;
+    }
+    if now > 0.0 {
+        real_time / now
+    } else {
+        1.0
     }
 }
 

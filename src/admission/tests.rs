@@ -40,7 +40,7 @@ fn just_admitted_encoders_count_at_their_estimate_until_measured() {
     let h = headroom(2.0, 0.85);
     used(&h, 0.0, 3);
     assert_eq!(h.admit("medium", None, 0), Ok(()));
-    // 2.0 - 0.85 leaves 1.15: one more fits (0.2 stays free), a third
+    // 2.0 - 0.85 leaves 1.15: one more fits (0.1 stays free), a third
     // does not.
     assert_eq!(h.admit("medium", None, 1), Ok(()));
     let refusal = h.admit("medium", None, 2).unwrap_err();
@@ -65,7 +65,7 @@ fn measured_cpu_and_source_size_decide() {
     let mut running = encoder("medium", 3.0);
     running.settled = false;
     h.record_encoders(vec![running]);
-    // 0.8 free, of which 0.2 stay free: a 1080p source's 0.8 does not
+    // 0.8 free, of which 0.1 stay free: a 1080p source's 0.8 does not
     // fit, a 720p one (0.36) does.
     assert_eq!(h.admit("medium", None, 1).unwrap_err().reason, "no_cpu");
     assert_eq!(h.admit("medium", Some(1280 * 720), 1), Ok(()));
@@ -73,7 +73,7 @@ fn measured_cpu_and_source_size_decide() {
 
 #[test]
 fn what_the_host_leaves_idle_bounds_the_free_cores() {
-    let h = headroom(2.0, 0.5);
+    let h = headroom(2.0, 0.55);
     let t0 = Instant::now();
     // The process uses 0.2 cores, but other processes leave 0.6 idle.
     for s in 0..=3u64 {
@@ -90,7 +90,7 @@ fn what_the_host_leaves_idle_bounds_the_free_cores() {
     let v = h.view("auto".into(), 1);
     assert_eq!(v.host_idle_cores, Some(0.6));
     assert!((v.free_cores - 0.6).abs() < 0.01, "{v:?}");
-    // 0.6 free less the 0.2 kept free: a 0.5 encoder does not fit.
+    // 0.6 free less the 0.1 kept free: a 0.55 encoder does not fit.
     assert_eq!(h.admit("medium", None, 1).unwrap_err().reason, "no_cpu");
     assert_eq!(h.admit("low", None, 1), Ok(()));
 }
@@ -145,6 +145,59 @@ fn costs_are_learned_from_what_running_encoders_use() {
         h.record_encoders(set);
     }
     assert_eq!(h.view("auto".into(), 1).estimates["medium"].samples, 30);
+}
+
+#[test]
+fn cpu_taken_by_a_catch_up_is_not_counted_as_lasting() {
+    let h = headroom(2.0, 0.3);
+    let t0 = Instant::now();
+    // Three encoders use 1.9 cores and the host has 0.1 left: two at real
+    // time, one racing through its source's backlog at 3x.
+    for s in 0..=3u64 {
+        h.record_cpu(
+            t0 + Duration::from_secs(s),
+            1.9 * s as f64,
+            Some(0.1 * s as f64),
+        );
+    }
+    let mut racing = encoder("medium", 3.0);
+    racing.speed = 3.0;
+    racing.settled = false;
+    h.record_encoders(vec![encoder("medium", 2.0), encoder("medium", 2.0), racing]);
+    // At real time the three keep 1.9 * 3 / 5 = 1.14 cores; 0.86 come free.
+    let v = h.view("auto".into(), 3);
+    assert!((v.steady_used_cores - 1.14).abs() < 0.01, "{v:?}");
+    assert!((v.free_cores - 0.86).abs() < 0.01, "{v:?}");
+    assert_eq!(h.admit("medium", None, 3), Ok(()));
+    // Speeds around real time (a segment arriving early) change nothing.
+    let h = headroom(2.0, 0.3);
+    for s in 0..=3u64 {
+        h.record_cpu(t0 + Duration::from_secs(s), 1.9 * s as f64, None);
+    }
+    let mut early = encoder("medium", 2.0);
+    early.speed = 1.1;
+    h.record_encoders(vec![encoder("medium", 2.0), early]);
+    let v = h.view("auto".into(), 2);
+    assert_eq!(v.steady_used_cores, 1.9);
+    assert_eq!(h.admit("medium", None, 2).unwrap_err().reason, "no_cpu");
+}
+
+#[test]
+fn nothing_is_learned_while_an_encoder_catches_up() {
+    let h = headroom(2.0, 1.0);
+    used(&h, 0.8, 6);
+    let mut racing = encoder("medium", 4.0);
+    racing.speed = 2.0;
+    h.record_encoders(vec![encoder("medium", 4.0), racing]);
+    assert_eq!(h.view("auto".into(), 2).estimates["medium"].samples, 0);
+    // At real time the two are learned from as they go.
+    let mut steady = encoder("medium", 4.0);
+    steady.speed = 1.1;
+    for _ in 0..30 {
+        h.record_encoders(vec![encoder("medium", 4.0), steady.clone()]);
+    }
+    let e = &h.view("auto".into(), 2).estimates["medium"];
+    assert!((e.cores_per_stream - 0.8 / 2.1).abs() < 0.02, "{e:?}");
 }
 
 #[test]
