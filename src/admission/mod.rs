@@ -13,15 +13,18 @@
 
 pub mod cpu;
 mod estimate;
+mod view;
+mod window;
 
 use std::collections::{BTreeMap, VecDeque};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use parking_lot::Mutex;
-use serde::Serialize;
 
 pub use estimate::builtin_cost;
+pub use view::{Encoder, Estimate, HeadroomView, Refusal};
+use window::{host_idle_cores, used_cores, CpuSample};
 
 /// Every running encoder must be able to go at least this many times
 /// real time for another to start: the margin that absorbs a busy moment.
@@ -51,82 +54,11 @@ pub const WARM_UP: Duration = Duration::from_secs(8);
 pub const REFERENCE_PIXELS: u64 = 1920 * 1080;
 /// How far one measurement moves an estimate toward what it saw.
 const LEARN_RATE: f64 = 0.5;
-/// The window costs are learned over (the encoders' speed window).
 /// The window an encoder's `speed`, `fps` and `encodeSpeed` are measured
-/// over, and costs are learned from.
+/// over.
 pub const SPEED_WINDOW: Duration = Duration::from_secs(5);
+/// The window costs are learned over: the encoders' speed window.
 pub const LEARN_WINDOW: Duration = SPEED_WINDOW;
-
-/// Why a new encoder was refused.
-#[derive(Debug, Clone, Serialize, PartialEq)]
-#[serde(rename_all = "camelCase")]
-pub struct Refusal {
-    /// `encoder_behind` or `no_cpu`.
-    pub reason: &'static str,
-    pub message: String,
-    /// Unix ms.
-    pub at: u64,
-}
-
-/// A running encoder as the sampler saw it.
-#[derive(Debug, Clone, Serialize)]
-#[serde(rename_all = "camelCase")]
-pub struct Encoder {
-    pub stream_id: String,
-    pub quality: String,
-    pub source_pixels: Option<u64>,
-    /// Media time ÷ wall time over the window (1.0 = real time).
-    pub speed: f64,
-    /// How many times real time it could go.
-    pub encode_speed: Option<f64>,
-    /// Pictures made over pictures meant (1.0: none dropped).
-    pub frame_share: Option<f64>,
-    /// Whether its window is full (it has run [`LEARN_WINDOW`] or more).
-    #[serde(skip)]
-    pub settled: bool,
-}
-
-/// A profile's estimated cost.
-#[derive(Debug, Clone, Serialize)]
-#[serde(rename_all = "camelCase")]
-pub struct Estimate {
-    /// CPU cores one encoder of a 1080p source keeps busy at real time
-    /// (CPU seconds per media second).
-    pub cores_per_stream: f64,
-    /// Measurements it has learned from (0: the built-in estimate).
-    pub samples: u64,
-}
-
-/// Headroom as status and metrics show it.
-#[derive(Debug, Clone, Serialize)]
-#[serde(rename_all = "camelCase")]
-pub struct HeadroomView {
-    /// `auto` or the hard cap.
-    pub mode: String,
-    /// Cores this process may use (affinity and cgroup `cpu.max`).
-    pub cores: f64,
-    /// Cores the process used over the last [`CPU_WINDOW`].
-    pub used_cores: f64,
-    /// The same at real time: less what renditions catching up on their
-    /// source's backlog take beyond it for now.
-    pub steady_used_cores: f64,
-    /// Cores left for new work: what the process may still use, at most
-    /// what the host left idle, less what just-admitted encoders will take.
-    pub free_cores: f64,
-    /// Cores the whole host left idle over the last [`CPU_WINDOW`] (other
-    /// processes included).
-    pub host_idle_cores: Option<f64>,
-    /// The slowest running encoder's encode speed.
-    pub slowest_encode_speed: Option<f64>,
-    /// Whether an encoder of the default profile could start now.
-    pub can_admit: bool,
-    pub estimates: BTreeMap<String, Estimate>,
-    pub last_refusal: Option<Refusal>,
-    pub refusals: BTreeMap<&'static str, u64>,
-}
-
-/// (when, process CPU seconds so far, host idle CPU seconds so far).
-type CpuSample = (Instant, f64, Option<f64>);
 
 #[derive(Default)]
 struct Inner {
@@ -449,27 +381,6 @@ fn cost_of(estimates: &BTreeMap<String, Estimate>, quality: &str, pixels: Option
         .map_or(estimate::FALLBACK_COST, |e| e.cores_per_stream);
     let scale = pixels.map_or(1.0, |p| p as f64 / REFERENCE_PIXELS as f64);
     per_stream * scale.clamp(0.05, 16.0)
-}
-
-/// The sample at least `window` before the newest (or the oldest), and the newest.
-fn span(cpu: &VecDeque<CpuSample>, window: Duration) -> Option<(&CpuSample, &CpuSample)> {
-    let last = cpu.back()?;
-    let first = cpu
-        .iter()
-        .rev()
-        .find(|s| last.0.duration_since(s.0) >= window)
-        .or_else(|| cpu.front())?;
-    (last.0.duration_since(first.0) >= Duration::from_millis(500)).then_some((first, last))
-}
-
-fn used_cores(cpu: &VecDeque<CpuSample>, window: Duration) -> Option<f64> {
-    let (a, b) = span(cpu, window)?;
-    Some(((b.1 - a.1) / b.0.duration_since(a.0).as_secs_f64()).max(0.0))
-}
-
-fn host_idle_cores(cpu: &VecDeque<CpuSample>, window: Duration) -> Option<f64> {
-    let (a, b) = span(cpu, window)?;
-    Some(((b.2? - a.2?) / b.0.duration_since(a.0).as_secs_f64()).max(0.0))
 }
 
 #[cfg(test)]
