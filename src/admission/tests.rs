@@ -10,9 +10,20 @@ fn headroom(cores: f64, medium: f64) -> Arc<Headroom> {
 
 /// CPU use of `cores` over the last `secs` seconds, host idle unknown.
 fn used(h: &Headroom, cores: f64, secs: u64) {
+    used_idle(h, cores, None, secs);
+}
+
+/// CPU use of `cores`, with `idle` cores the host left idle, over the last
+/// `secs` seconds.
+fn used_idle(h: &Headroom, cores: f64, idle: Option<f64>, secs: u64) {
     let t0 = Instant::now();
     for s in 0..=secs {
-        h.record_cpu(t0 + Duration::from_secs(s), cores * s as f64, None);
+        let s_f = s as f64;
+        h.record_cpu(
+            t0 + Duration::from_secs(s),
+            cores * s_f,
+            idle.map(|i| i * s_f),
+        );
     }
 }
 
@@ -74,15 +85,8 @@ fn measured_cpu_and_source_size_decide() {
 #[test]
 fn what_the_host_leaves_idle_bounds_the_free_cores() {
     let h = headroom(2.0, 0.55);
-    let t0 = Instant::now();
     // The process uses 0.2 cores, but other processes leave 0.6 idle.
-    for s in 0..=3u64 {
-        h.record_cpu(
-            t0 + Duration::from_secs(s),
-            0.2 * s as f64,
-            Some(0.6 * s as f64),
-        );
-    }
+    used_idle(&h, 0.2, Some(0.6), 3);
     // (Still warming up, so its cost is not learned from this.)
     let mut running = encoder("medium", 4.0);
     running.settled = false;
@@ -150,16 +154,9 @@ fn costs_are_learned_from_what_running_encoders_use() {
 #[test]
 fn cpu_taken_by_a_catch_up_is_not_counted_as_lasting() {
     let h = headroom(2.0, 0.3);
-    let t0 = Instant::now();
     // Three encoders use 1.9 cores and the host has 0.1 left: two at real
     // time, one racing through its source's backlog at 3x.
-    for s in 0..=3u64 {
-        h.record_cpu(
-            t0 + Duration::from_secs(s),
-            1.9 * s as f64,
-            Some(0.1 * s as f64),
-        );
-    }
+    used_idle(&h, 1.9, Some(0.1), 3);
     let mut racing = encoder("medium", 3.0);
     racing.speed = 3.0;
     racing.settled = false;
@@ -171,9 +168,7 @@ fn cpu_taken_by_a_catch_up_is_not_counted_as_lasting() {
     assert_eq!(h.admit("medium", None, 3), Ok(()));
     // Speeds around real time (a segment arriving early) change nothing.
     let h = headroom(2.0, 0.3);
-    for s in 0..=3u64 {
-        h.record_cpu(t0 + Duration::from_secs(s), 1.9 * s as f64, None);
-    }
+    used(&h, 1.9, 3);
     let mut early = encoder("medium", 2.0);
     early.speed = 1.1;
     h.record_encoders(vec![encoder("medium", 2.0), early]);
