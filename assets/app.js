@@ -8,6 +8,7 @@ import { loadProfiles, loadStreams, loadGuide, renderChannels, openStreamDialog,
 import { startPreview, stopPreview, restartPreview } from './player.js';
 import { connectEvents, closeEvents } from './dashboard.js';
 import { initChannelViews, setView, savedView } from './channelview.js';
+import { initFormat } from './format.js';
 
 $('search').addEventListener('input', renderChannels);
 initChannelViews();
@@ -18,6 +19,8 @@ for (const b of document.querySelectorAll('[data-view]')) {
 $('group').addEventListener('change', renderChannels);
 // A new quality restarts the running preview (the old session ends first).
 $('quality').addEventListener('change', restartPreview);
+// So does a new format (auto, HLS, fMP4).
+initFormat(restartPreview);
 $('stop-btn').addEventListener('click', () => stopPreview('Stopped.'));
 $('retry-btn').addEventListener('click', () => { if (state.selected) startPreview(state.selected); });
 $('add-btn').addEventListener('click', () => openStreamDialog(null));

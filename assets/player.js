@@ -1,23 +1,21 @@
-// sluice web page: the preview player. fetch() opens the preview so the
-// page can read the served mode/quality headers and show the server's JSON
-// refusals; the fMP4 body then feeds a MediaSource. Aborting that fetch
-// closes the connection, which ends the server's session at once.
-// A browser that plays HLS itself but has no MediaSource to feed (iPhone
-// Safari) gets the HLS playlist instead: fMP4 through MediaSource is kept
-// wherever it works (desktop Chromium also answers canPlayType for HLS
-// now), because aborting its fetch ends the session at once, while an
-// HLS session ends only some seconds after its last request. The HLS URL
-// of the picked channel is offered for copying either way.
+// sluice web page: the preview player. Where the browser plays HLS itself
+// (canPlayType) and the format choice is auto, or when HLS is chosen, the
+// <video> element gets the master playlist; if that native playback fails
+// or does not advance within a few seconds, auto falls back to fMP4 and
+// says so. Otherwise fetch() opens the fMP4 preview so the page can read the
+// served mode/quality headers and show the server's JSON refusals; the body
+// then feeds a MediaSource, and aborting that fetch closes the connection,
+// which ends the server's session at once (an HLS session ends some seconds
+// after its last request). The HLS URL of the picked channel is offered for
+// copying either way.
 
 import { $, state, setMsg, readError, markSelected } from './util.js';
+import { chosenFormat, nativeHls } from './format.js';
 
 const video = $('video');
-const HLS_TYPE = 'application/vnd.apple.mpegurl';
-
-/** Whether this browser plays HLS in a <video> by itself. */
-export function nativeHls() {
-  return video.canPlayType(HLS_TYPE) !== '';
-}
+/** Seconds of playing (not paused) native HLS without progress before auto
+ *  mode gives up on it. */
+const HLS_PATIENCE_S = 6;
 
 /** The master playlist URL of `streamId` (absolute, for copying). */
 export function hlsUrl(streamId, quality) {
@@ -40,7 +38,9 @@ $('hls-copy').addEventListener('click', async () => {
     setMsg($('player-msg'), 'Press Ctrl+C (⌘C) to copy the selected HLS URL.');
   }
 });
-let current = null; // the running preview: {ctrl, streamId, quality, objectUrl}
+// The running preview: {ctrl, streamId, quality, objectUrl, format, hls,
+// note, watchdog}; `note` is shown while it plays (why it is not on HLS).
+let current = null;
 
 /** Ends the running preview at once: aborting the fetch closes the connection,
  *  which ends the server's session. */
@@ -50,6 +50,7 @@ export function stopPreview(message, kind) {
   if (s) {
     s.ctrl.abort();
     if (s.objectUrl) URL.revokeObjectURL(s.objectUrl);
+    clearInterval(s.watchdog);
   }
   video.pause();
   video.removeAttribute('src');
@@ -81,8 +82,9 @@ function describeRefusal(err) {
   return `${lead} ${err.message}${retry}`;
 }
 
-/** Plays `streamId` at the picked quality, ending the running preview first. */
-export async function startPreview(streamId, retried = false) {
+/** Plays `streamId` at the picked quality, ending the running preview first.
+ *  `note`, when given, says why fMP4 is played instead of native HLS. */
+export async function startPreview(streamId, retried = false, note = null) {
   stopPreview();
   const quality = $('quality').value;
   const stream = state.streams.find((s) => s.id === streamId);
@@ -95,13 +97,17 @@ export async function startPreview(streamId, retried = false) {
   const box = $('player').getBoundingClientRect();
   if (box.top < 0 || box.top > window.innerHeight / 2) $('player').scrollIntoView({ block: 'start' });
   const ctrl = new AbortController();
-  const session = { ctrl, streamId, quality, objectUrl: null };
+  const format = note ? 'fmp4' : chosenFormat();
+  const hls = format === 'hls' || (format === 'auto' && nativeHls(video));
+  const session = { ctrl, streamId, quality, objectUrl: null, format, hls, note, watchdog: 0 };
   current = session;
   $('stop-btn').disabled = false;
   setMsg($('player-msg'), 'Starting…');
   showHlsUrl(streamId, quality);
-  const hls = !window.MediaSource && nativeHls();
   const sid = Math.random().toString(36).slice(2) + Date.now().toString(36);
+  // For HLS, the rendition's media playlist is asked for first: it starts
+  // the rendition (or answers the server's refusal as JSON); the element
+  // then plays the master playlist, whose URIs carry the same sid.
   const url = hls
     ? `/streams/hls/${encodeURIComponent(streamId)}/${encodeURIComponent(quality || state.defaultProfile)}/index.m3u8?sid=${sid}`
     : `/streams/preview/${encodeURIComponent(streamId)}?format=mp4` + (quality ? `&quality=${encodeURIComponent(quality)}` : '');
@@ -116,7 +122,7 @@ export async function startPreview(streamId, retried = false) {
         // (it frees them within a second): try once more.
         setMsg($('player-msg'), 'Waiting for the previous preview to close…');
         await new Promise((resolve) => setTimeout(resolve, 1500));
-        if (current === session) startPreview(streamId, true);
+        if (current === session) startPreview(streamId, true, note);
         return;
       }
       stopPreview(describeRefusal(err), 'error');
@@ -124,11 +130,18 @@ export async function startPreview(streamId, retried = false) {
       return;
     }
     if (hls) {
-      // The playlist answered (the rendition runs): the element takes over.
+      // The playlist answered (the rendition runs): the element takes over
+      // once the playlist lists three segments.
+      await untilSegments(session, url, await resp.text(), 3);
+      if (current !== session) return;
       $('served-mode').textContent = 'hls';
       $('served-quality').textContent = quality || state.defaultProfile;
       setMsg($('player-msg'), 'Buffering…');
-      video.src = url;
+      // One variant: the rendition the media playlist request started.
+      const variant = quality || state.defaultProfile;
+      const master = `${hlsUrl(streamId, variant)}${variant ? '&' : '?'}sid=${sid}`;
+      video.src = master;
+      watchNativeHls(session);
       await playVideo(session);
       return;
     }
@@ -142,7 +155,7 @@ export async function startPreview(streamId, retried = false) {
     if (quality && served !== quality && served !== '?') {
       setMsg($('player-msg'), `Asked for ${quality}, the server chose ${served} (memory pressure).`, 'warn');
     } else {
-      setMsg($('player-msg'), 'Buffering…');
+      showNote(session, 'Buffering…');
     }
     if (window.MediaSource && resp.body) {
       await playThroughMse(session, resp.body.getReader());
@@ -158,6 +171,64 @@ export async function startPreview(streamId, retried = false) {
     stopPreview(`Playback failed: ${e && e.message ? e.message : e}`, 'error');
     $('retry-btn').hidden = false;
   }
+}
+
+/** Waits (a blocking playlist reload) until the media playlist at `url`,
+ *  whose text is `text`, lists `n` complete segments. Chromium's own HLS
+ *  player gives up on the playlist of a rendition that has just started
+ *  ("Segment queue never had any data"): it plays what is listed, finds
+ *  no new segment on its first reload and quits. Any failure here is left
+ *  to the element to meet. */
+async function untilSegments(session, url, text, n) {
+  const seq = Number((/#EXT-X-MEDIA-SEQUENCE:(\d+)/.exec(text) || [])[1] || 0);
+  const have = (text.match(/^#EXTINF:/gm) || []).length;
+  if (have >= n) return;
+  try {
+    const resp = await fetch(`${url}&_HLS_msn=${seq + n - 1}`, { signal: session.ctrl.signal, cache: 'no-store' });
+    await resp.text();
+  } catch (e) {
+    if (e && e.name === 'AbortError') throw e;
+  }
+}
+
+/** Shows why fMP4 plays instead of HLS, if it does, else `message`. */
+function showNote(session, message) {
+  if (session.note) setMsg($('player-msg'), session.note, 'warn');
+  else setMsg($('player-msg'), message);
+}
+
+/** Native HLS must start advancing within HLS_PATIENCE_S seconds of
+ *  playing: otherwise fMP4 takes over in auto mode, and HLS chosen by hand
+ *  says it has not started. */
+function watchNativeHls(session) {
+  let waited = 0;
+  let last = video.currentTime;
+  session.watchdog = setInterval(() => {
+    if (current !== session) { clearInterval(session.watchdog); return; }
+    if (video.currentTime > last + 0.5) {
+      clearInterval(session.watchdog);
+      session.watchdog = 0;
+      setMsg($('player-msg'), '');
+      return;
+    }
+    // A paused element (a user's pause, autoplay refused) is not a failure.
+    if (!video.paused) waited += 0.5;
+    if (waited < HLS_PATIENCE_S) return;
+    if (session.format === 'auto') {
+      fallBackToFmp4(session, `no picture after ${HLS_PATIENCE_S} s`);
+    } else {
+      clearInterval(session.watchdog);
+      setMsg($('player-msg'), `No picture from HLS after ${HLS_PATIENCE_S} s. Auto or fMP4 under Format may play it.`, 'warn');
+    }
+  }, 500);
+}
+
+/** Ends the native HLS attempt and plays the same channel as fMP4, saying why. */
+function fallBackToFmp4(session, why) {
+  if (current !== session) return;
+  clearInterval(session.watchdog);
+  startPreview(session.streamId, false,
+    `This browser's own HLS playback failed (${why}): playing fMP4 instead. Pick HLS under Format to insist.`);
 }
 
 async function playVideo(session) {
@@ -235,7 +306,7 @@ async function playThroughMse(session, reader) {
       if (!started && end - start > 0.3) {
         started = true;
         playVideo(session);
-        setMsg($('player-msg'), '');
+        showNote(session, '');
       }
       // Fell far behind the live edge (tab in the background): catch up.
       if (started && !video.paused && end - video.currentTime > 10) video.currentTime = end - 1;
@@ -307,7 +378,12 @@ video.addEventListener('resize', () => {
   if (video.videoWidth) $('served-size').textContent = `${video.videoWidth}×${video.videoHeight}`;
 });
 video.addEventListener('error', () => {
-  if (current && video.error) stopPreview(`The browser could not play the stream (${video.error.message || video.error.code}).`, 'error');
+  if (!current || !video.error) return;
+  if (current.hls && current.format === 'auto') {
+    fallBackToFmp4(current, video.error.message || `media error ${video.error.code}`);
+    return;
+  }
+  stopPreview(`The browser could not play the stream (${video.error.message || video.error.code}).`, 'error');
 });
 
 /** The stream playing now, if any. */
@@ -319,3 +395,4 @@ export function playingStreamId() {
 export function restartPreview() {
   if (current) startPreview(current.streamId);
 }
+

@@ -31,6 +31,7 @@ const ASSETS: &[(&str, &str, &str)] = &[
         JS,
     ),
     ("player.js", include_str!("../../assets/player.js"), JS),
+    ("format.js", include_str!("../../assets/format.js"), JS),
     (
         "dashboard.js",
         include_str!("../../assets/dashboard.js"),

@@ -24,6 +24,7 @@ mod channels;
 #[path = "../common/mod.rs"]
 mod common;
 mod driver;
+mod formats;
 mod hlsjs;
 
 use std::time::{Duration, Instant};
@@ -72,9 +73,16 @@ async fn server_sessions(
     }
 }
 
-/// Opens the page and waits for the catalog, the profiles and the live feed.
+/// Opens the page with fMP4 chosen (these stories read the fMP4 preview's
+/// served headers and sessions, whatever this browser says of HLS) and waits
+/// for the catalog, the profiles and the live feed.
 async fn open_page(ts: &common::TestServer, b: &Browser) -> Check {
-    b.goto(&ts.url("/")).await?;
+    open_page_at(ts, b, "/?format=fmp4").await
+}
+
+/// Opens `path` and waits for the catalog, the profiles and the live feed.
+async fn open_page_at(ts: &common::TestServer, b: &Browser, path: &str) -> Check {
+    b.goto(&ts.url(path)).await?;
     b.poll(
         Duration::from_secs(20),
         "channel list, profiles and event feed load",
@@ -451,10 +459,14 @@ async fn catalog_tools_show_the_servers_answers() {
 
 /// hls.js plays the master playlist (one variant) for 20 s in each mode,
 /// without a fatal error. Low-latency: a live latency of at most 2.5 s.
-/// Plain: hls.js holds back three target durations by default (RFC 8216's
-/// minimum for players) and never catches up at 1x, so its latency is that
-/// hold-back plus what the server adds; sluice lists a segment as soon as it
-/// is cut, so it adds less than one target duration.
+/// Plain: hls.js aims at `HOLD-BACK`, or three target durations without
+/// one (RFC 8216's minimum either way): it seeks to `liveSyncPosition` =
+/// edge + playlist age - that hold-back, computed when it picks the first
+/// fragment, and starts playing only once that fragment is fetched and
+/// appended; it never changes the playback rate in plain mode, so the
+/// latency stays that hold-back plus its own start-up time (and any stall).
+/// sluice lists parts and segments as soon as they are cut (the edge is
+/// fresh), so the bound is the hold-back plus one target duration.
 async fn hls_story(ts: &common::TestServer, b: &Browser, page: &str) -> Check {
     let src = ts.url("/streams/hls/demo-smpte/master.m3u8?quality=low");
     let mut ll = hlsjs::play_20s(b, page, &src, true).await?;
