@@ -13,8 +13,8 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use crate::driver::{Browser, Check};
 
-const HLS_JS_VERSION: &str = "1.5.20";
-const HLS_JS_SHA256: &str = "3791f532701590ec10ecb4a2abf6ea63c65ae9ce91de4cc6f6553ba4629605ce";
+const HLS_JS_VERSION: &str = "1.7.4";
+const HLS_JS_SHA256: &str = "e4ab3d5d13f7cca9ef241d098f39686e19fd451831ba07dc9943482fd5ff75c7";
 
 /// `dist/hls.min.js` of the pinned release, fetched on first use.
 pub fn hls_js() -> PathBuf {
