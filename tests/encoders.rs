@@ -214,6 +214,62 @@ async fn a_missing_hardware_choice_degrades_health_and_previews_run_on_x264() {
     ts.stop().await;
 }
 
+/// The boxes of `b` as (type, payload); the payload starts `skip` bytes in.
+fn mp4_boxes(b: &[u8]) -> Vec<([u8; 4], &[u8])> {
+    let mut out = Vec::new();
+    let mut at = 0;
+    while at + 8 <= b.len() {
+        let size = u32::from_be_bytes(b[at..at + 4].try_into().unwrap()) as usize;
+        if size < 8 || at + size > b.len() {
+            break;
+        }
+        out.push((b[at + 4..at + 8].try_into().unwrap(), &b[at + 8..at + size]));
+        at += size;
+    }
+    out
+}
+
+/// The SPS in the `avcC` of each top-level `moov` of an fMP4 stream, in
+/// order, with the number of `moof`s before it and where the box starts
+/// and ends.
+fn moov_sps(stream: &[u8]) -> Vec<(usize, Vec<u8>, std::ops::Range<usize>)> {
+    let child = |b: &[u8], typ: &[u8; 4], skip: usize| -> Option<Vec<u8>> {
+        mp4_boxes(b)
+            .into_iter()
+            .find(|(t, _)| t == typ)
+            .and_then(|(_, p)| p.get(skip..).map(<[u8]>::to_vec))
+    };
+    let mut moofs = 0;
+    let mut found = Vec::new();
+    for (typ, moov) in mp4_boxes(stream) {
+        let payload = moov.as_ptr() as usize - stream.as_ptr() as usize;
+        let span = payload - 8..payload + moov.len();
+        match &typ {
+            b"moof" => moofs += 1,
+            b"moov" => {
+                let avcc = mp4_boxes(moov)
+                    .into_iter()
+                    .filter(|(t, _)| t == b"trak")
+                    .find_map(|(_, trak)| {
+                        let b = child(trak, b"mdia", 0)?;
+                        let b = child(&b, b"minf", 0)?;
+                        let b = child(&b, b"stbl", 0)?;
+                        let b = child(&b, b"stsd", 8)?;
+                        let b = child(&b, b"avc1", 78)?;
+                        child(&b, b"avcC", 0)
+                    })
+                    .expect("a moov with an avcC");
+                // AVCDecoderConfigurationRecord: 5 bytes, the SPS count,
+                // then the first SPS's length and bytes.
+                let len = u16::from_be_bytes([avcc[6], avcc[7]]) as usize;
+                found.push((moofs, avcc[8..8 + len].to_vec(), span));
+            }
+            _ => {}
+        }
+    }
+    found
+}
+
 /// Video packet times of a file, in seconds, in decode order.
 fn packet_times(path: &Path) -> Vec<f64> {
     let out = Command::new("ffprobe")
@@ -299,6 +355,44 @@ async fn a_failing_encoder_falls_back_to_x264_without_dropping_viewers() {
         health["services"]["encoders"]["failed"][0], FAILING,
         "{health}"
     );
+    for (format, file) in outputs.iter().filter(|(f, _)| *f == "mp4") {
+        // A new init segment, once, after the switch: the encoders' SPS
+        // differ, and the viewer's decoder is told.
+        let stream = std::fs::read(file).unwrap();
+        let moovs = moov_sps(&stream);
+        assert_eq!(
+            moovs.len(),
+            2,
+            "{format}: one init segment before, one after the switch"
+        );
+        assert_eq!(moovs[0].0, 0);
+        assert!(moovs[1].0 > 10, "after the first fragments: {}", moovs[1].0);
+        let hex = |b: &[u8]| b.iter().map(|x| format!("{x:02x}")).collect::<String>();
+        eprintln!(
+            "{format}: SPS {} then, after {} fragments, {}",
+            hex(&moovs[0].1),
+            moovs[1].0,
+            hex(&moovs[1].1)
+        );
+        let (old, new) = (&moovs[0].1, &moovs[1].1);
+        assert_ne!(old, new, "the SPS changed with the encoder");
+        // The pictures carry their SPS in-band too: every one before the
+        // new init segment is the old encoder's, every one after it the
+        // new encoder's (no old picture follows it, it comes at a keyframe).
+        let has = |b: &[u8], sps: &[u8]| b.windows(sps.len()).any(|w| w == sps);
+        let (first, second) = (&moovs[0].2, &moovs[1].2);
+        let (before, after) = (&stream[first.end..second.start], &stream[second.end..]);
+        assert!(has(before, old), "{format}: old SPS in-band");
+        assert!(
+            !has(before, new),
+            "{format}: a new picture before the new header"
+        );
+        assert!(has(after, new), "{format}: new SPS in-band");
+        assert!(
+            !has(after, old),
+            "{format}: an old picture after the new header"
+        );
+    }
     for (format, file) in &outputs {
         let (frames, errors) = decode_all(file);
         // Well past the 60 pictures made before the failure.

@@ -9,13 +9,12 @@ use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
 use gst::prelude::*;
 use parking_lot::Mutex;
 use serde::Serialize;
 
-use super::container::{same_header, Chunk, Splitter};
 use super::fanout::{Fanout, FanoutConfig, Join, Viewer};
+use super::publish::Publisher;
 use crate::encoders::bin::EncoderBin;
 use crate::media::chains::{self, Branch, Counters, Encoded};
 use crate::media::pipeline::Heads;
@@ -440,27 +439,15 @@ impl Rendition {
             }));
         }
         let ended = Arc::new(AtomicBool::new(false));
-        let splitter = Mutex::new((Splitter::new(format), None::<Bytes>, Vec::<Chunk>::new()));
-        let f = Arc::downgrade(&fanout);
-        let on_data = move |data: &[u8]| {
-            let Some(fanout) = f.upgrade() else { return };
-            on_output();
-            let mut guard = splitter.lock();
-            let (splitter, header, chunks) = &mut *guard;
-            splitter.push(data, chunks);
-            if let Some(h) = splitter.header() {
-                if !header
-                    .as_ref()
-                    .is_some_and(|old| same_header(format, old, &h))
-                {
-                    *header = Some(h.clone());
-                    fanout.set_header(h);
-                }
-            }
-            for chunk in chunks.drain(..) {
-                fanout.publish(chunk);
+        let publisher = Publisher::new(format, &fanout);
+        let on_data = {
+            let publisher = publisher.clone();
+            move |data: &[u8]| {
+                on_output();
+                publisher.data(data);
             }
         };
+        let on_config = Box::new(move |at, codec_data| publisher.video_config(at, codec_data));
         let (f, e) = (Arc::downgrade(&fanout), ended.clone());
         let eos = move || {
             e.store(true, Ordering::Release);
@@ -472,7 +459,16 @@ impl Rendition {
         let branch = {
             let graph = self.graph.lock();
             let out = |k: usize| graph.encoded[k].as_ref().map(|e| e.out.clone());
-            chains::output(p, out(0).as_ref(), out(1).as_ref(), format, on_data, eos)?
+            let (video, audio) = (out(0), out(1));
+            chains::output(
+                p,
+                video.as_ref(),
+                audio.as_ref(),
+                format,
+                on_data,
+                eos,
+                on_config,
+            )?
         };
         self.outputs.lock().insert(
             format,
