@@ -494,3 +494,81 @@ async fn an_unknown_encoder_stops_start_up_naming_the_variable() {
     );
     assert!(err.contains("nvenc") && err.contains("x264"), "{err}");
 }
+
+/// With a VA device, `vah264dec` feeding sluice's `va` encoder branch keeps
+/// the pictures in VA memory (the encoder takes `memory:VAMemory`), the
+/// stream decodes, and status names neither side `(system memory)`.
+/// Without one (the `va` plugin then registers no elements) it says so and
+/// checks nothing.
+#[test]
+fn va_pictures_stay_in_va_memory_from_vah264dec_to_vah264enc() {
+    use sluice::encoders::memory;
+    gst::init().unwrap();
+    let missing: Vec<&str> = ["vah264dec", "vah264enc", "vapostproc", "vadeinterlace"]
+        .into_iter()
+        .filter(|f| gst::ElementFactory::find(f).is_none())
+        .collect();
+    if !missing.is_empty() {
+        eprintln!("skipped: {missing:?} not registered here (no VA device)");
+        return;
+    }
+    let p = gst::parse::launch(
+        "videotestsrc num-buffers=90 pattern=ball ! video/x-raw,width=1280,height=720,framerate=30/1 \
+         ! x264enc tune=zerolatency key-int-max=30 ! h264parse ! vah264dec ! tee name=raw",
+    )
+    .unwrap()
+    .downcast::<gst::Pipeline>()
+    .unwrap();
+    let raw = p.by_name("raw").unwrap();
+    let profile = sluice::profiles::Profiles::builtin()
+        .get("low")
+        .unwrap()
+        .clone();
+    let counters = Arc::new(sluice::media::chains::Counters::default());
+    let va = sluice::encoders::encoder_candidates()
+        .into_iter()
+        .find(|c| c.name == "va")
+        .unwrap();
+    let encoded = sluice::media::chains::video_encode(
+        &p,
+        &raw,
+        Some("vah264dec"),
+        &profile,
+        false,
+        &counters,
+        &va,
+    )
+    .expect("the VA encoder branch builds");
+    let path = encoded.memory.clone().unwrap();
+    assert!(path.in_gpu(), "{path:?}");
+    let parse = gst::ElementFactory::make("h264parse").build().unwrap();
+    let sink = gst_app::AppSink::builder().sync(false).build();
+    p.add_many([&parse, sink.upcast_ref()]).unwrap();
+    gst::Element::link_many([&encoded.out, &parse, sink.upcast_ref()]).unwrap();
+    p.set_state(gst::State::Playing).unwrap();
+    let mut bytes = Vec::new();
+    while let Some(sample) = sink.try_pull_sample(gst::ClockTime::from_seconds(20)) {
+        let buf = sample.buffer().unwrap();
+        bytes.extend_from_slice(&buf.map_readable().unwrap());
+    }
+    let error = p
+        .bus()
+        .and_then(|b| b.pop_filtered(&[gst::MessageType::Error]));
+    let enc = encoded.encoder.as_ref().and_then(|e| e.upgrade()).unwrap();
+    let caps = enc.static_pad("sink").and_then(|pad| pad.current_caps());
+    p.set_state(gst::State::Null).unwrap();
+    assert!(error.is_none(), "{error:?}");
+    let caps = caps.expect("the encoder negotiated");
+    assert!(memory::gpu_caps(&caps), "the encoder takes {caps}");
+    let (dec, enc) = memory::status_names(Some("vah264dec"), &va, &path, Some(true));
+    assert_eq!(
+        (dec.as_deref(), enc.as_str()),
+        (Some("vah264dec"), "vah264enc")
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("va.h264");
+    std::fs::write(&file, &bytes).unwrap();
+    let (frames, errors) = decode_all(&file);
+    assert!(frames >= 80, "{frames} frames decoded; {errors}");
+    assert!(!errors.to_lowercase().contains("error"), "{errors}");
+}

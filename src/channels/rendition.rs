@@ -16,6 +16,7 @@ use serde::Serialize;
 use super::fanout::{Fanout, FanoutConfig, Join, Viewer};
 use super::publish::Publisher;
 use crate::encoders::bin::EncoderBin;
+use crate::encoders::memory::{self, MemoryPath};
 use crate::media::chains::{self, Branch, Counters, Encoded};
 use crate::media::pipeline::Heads;
 use crate::media::{Format, MediaError, Mode};
@@ -81,9 +82,25 @@ struct Output {
 struct Graph {
     /// Index 0 video, 1 audio.
     encoded: [Option<Encoded>; 2],
-    /// What a replacement video encoder branch is built from: the
-    /// pipeline, the raw video tee, and whether the source is live.
-    rebuild: Option<(gst::glib::WeakRef<gst::Pipeline>, gst::Element, bool)>,
+    /// What a replacement video encoder branch is built from.
+    rebuild: Option<Rebuild>,
+}
+
+#[derive(Clone)]
+struct Rebuild {
+    pipeline: gst::glib::WeakRef<gst::Pipeline>,
+    /// The raw video tee.
+    raw: gst::Element,
+    /// The decoder expected to feed it (None: software, or a test source).
+    decoder: Option<String>,
+    live: bool,
+}
+
+/// The video encoder in use, for keyframe requests and status.
+struct Current {
+    encoder: gst::glib::WeakRef<gst::Element>,
+    candidate: crate::encoders::Candidate,
+    memory: MemoryPath,
 }
 
 /// An encoder that takes fresh input and gives no output for this long
@@ -115,8 +132,8 @@ pub struct Rendition {
     /// Counter samples of the last [`SPEED_WINDOW`], oldest first.
     window: Mutex<VecDeque<Sample>>,
     /// The video encoder now (kept apart from the graph, which is locked
-    /// while an encoder is replaced), and its name in status.
-    current_encoder: Mutex<Option<(gst::glib::WeakRef<gst::Element>, String)>>,
+    /// while an encoder is replaced).
+    current_encoder: Mutex<Option<Current>>,
 }
 
 /// A rendition as status shows it.
@@ -236,8 +253,18 @@ impl Rendition {
                     },
                     Mode::Transcode => match raw(k)? {
                         Some(t) if k == 0 => {
-                            graph.rebuild = Some((p.downgrade(), t.clone(), heads.live));
-                            Some(self.first_video_encoder(p, &t, heads.live)?)
+                            let decoder = heads.raw[0].is_none().then(|| {
+                                crate::encoders::table().expected_decoder(heads.caps[0].as_deref())
+                            });
+                            let rebuild = Rebuild {
+                                pipeline: p.downgrade(),
+                                raw: t.clone(),
+                                decoder: decoder.flatten(),
+                                live: heads.live,
+                            };
+                            let v = self.first_video_encoder(p, &rebuild)?;
+                            graph.rebuild = Some(rebuild);
+                            Some(v)
                         }
                         Some(t) => Some(chains::audio_encode(p, &t, &self.profile, heads.live)?),
                         None => None,
@@ -271,17 +298,21 @@ impl Rendition {
 
     /// The video encoder branch on the first encoder of the profile's
     /// choice that builds (blocking thread).
-    fn first_video_encoder(
-        &self,
-        p: &gst::Pipeline,
-        raw: &gst::Element,
-        live: bool,
-    ) -> Result<Encoded, MediaError> {
+    fn first_video_encoder(&self, p: &gst::Pipeline, b: &Rebuild) -> Result<Encoded, MediaError> {
         let table = crate::encoders::table();
         let mut last = None;
         let mut failed: Option<String> = None;
+        let decoder = b.decoder.as_deref();
         for c in table.order(self.profile.encoder_choice()) {
-            match chains::video_encode(p, raw, &self.profile, live, &self.counters, &c) {
+            match chains::video_encode(
+                p,
+                &b.raw,
+                decoder,
+                &self.profile,
+                b.live,
+                &self.counters,
+                &c,
+            ) {
                 Ok(e) => {
                     // One that could not start (a session cap, a driver
                     // gone since the probe) is left alone like one that
@@ -309,7 +340,14 @@ impl Rendition {
         let (Some(bin), Some(c)) = (&v.bin, &v.candidate) else {
             return;
         };
-        *self.current_encoder.lock() = v.encoder.clone().map(|e| (e, c.display()));
+        *self.current_encoder.lock() = v.encoder.clone().map(|encoder| Current {
+            encoder,
+            candidate: c.clone(),
+            memory: v
+                .memory
+                .clone()
+                .unwrap_or_else(|| memory::plan(None, c, |_| false)),
+        });
         let weak = Arc::downgrade(self);
         let weak_bin = bin.downgrade();
         bin.on_failure(Box::new(move |why| {
@@ -355,10 +393,12 @@ impl Rendition {
     /// tee, and the new encoder starts at a keyframe. Blocking thread.
     fn fall_back(self: &Arc<Self>, failed: &EncoderBin, why: &str) {
         let mut graph = self.graph.lock();
-        let Some((weak_p, raw, live)) = graph.rebuild.clone() else {
+        let Some(rebuild) = graph.rebuild.clone() else {
             return;
         };
-        let Some(p) = weak_p.upgrade() else { return };
+        let Some(p) = rebuild.pipeline.upgrade() else {
+            return;
+        };
         let Some(v) = graph.encoded[0].as_mut() else {
             return;
         };
@@ -385,8 +425,9 @@ impl Rendition {
         table.fell_back(&from, &next.name);
         tracing::warn!(from = %from, to = %next.name, reason = %why, quality = %self.key.quality,
             "encoder failed: the rendition continues on the next encoder");
-        match chains::replace_video_encoder(&p, v, &raw, &self.profile, live, &self.counters, &next)
-        {
+        let (raw, decoder) = (&rebuild.raw, rebuild.decoder.as_deref());
+        let (profile, live, counters) = (&self.profile, rebuild.live, &self.counters);
+        match chains::replace_video_encoder(&p, v, raw, decoder, profile, live, counters, &next) {
             Ok(()) => {
                 let v = graph.encoded[0].as_ref().expect("the video branch");
                 self.arm(v);
@@ -505,7 +546,27 @@ impl Rendition {
     }
 
     fn encoder(&self) -> Option<gst::glib::WeakRef<gst::Element>> {
-        self.current_encoder.lock().as_ref().map(|(e, _)| e.clone())
+        self.current_encoder
+            .lock()
+            .as_ref()
+            .map(|c| c.encoder.clone())
+    }
+
+    /// Status names of the decoder (`decoder`, the channel's) and of the
+    /// encoder: a hardware one says `(system memory)` unless the pictures
+    /// reached the encoder in GPU memory, as negotiated (before that, as
+    /// planned).
+    fn names(&self, decoder: Option<String>) -> (Option<String>, Option<String>) {
+        let current = self.current_encoder.lock();
+        let Some(c) = current.as_ref() else {
+            return (decoder, None);
+        };
+        let in_gpu = (c.encoder.upgrade())
+            .and_then(|e| e.static_pad("sink"))
+            .and_then(|pad| pad.current_caps())
+            .map(|caps| memory::gpu_caps(&caps));
+        let (dec, enc) = memory::status_names(decoder.as_deref(), &c.candidate, &c.memory, in_gpu);
+        (dec, Some(enc))
     }
 
     /// A viewer of `format` (whose output must exist).
@@ -637,25 +698,13 @@ impl Rendition {
                 0.0
             }
         };
+        let transcode = self.key.mode == Mode::Transcode;
+        let (decoder, encoder) = self.names(decoder);
         RenditionView {
             quality: self.key.quality.clone(),
             mode: self.key.mode,
-            encoder: self
-                .current_encoder
-                .lock()
-                .as_ref()
-                .map(|(_, name)| name.clone())
-                .filter(|_| self.key.mode == Mode::Transcode),
-            // Decoded pictures reach the encoder branch in system memory.
-            decoder: decoder
-                .map(|d| {
-                    if crate::encoders::Encoders::is_hardware_decoder(&d) {
-                        format!("{d} (system memory)")
-                    } else {
-                        d
-                    }
-                })
-                .filter(|_| self.key.mode == Mode::Transcode),
+            encoder: encoder.filter(|_| transcode),
+            decoder: decoder.filter(|_| transcode),
             fps: pace.map_or_else(|| rate(frames), |p| round2(p.fps)),
             speed: pace.map_or_else(|| rate(media), |p| round2(p.speed)),
             encode_speed: pace.and_then(|p| p.encode_speed).map(round2),

@@ -145,6 +145,7 @@ pub fn remux(
         tail: None,
         bin: None,
         candidate: None,
+        memory: None,
     })
 }
 
