@@ -495,6 +495,104 @@ async fn an_unknown_encoder_stops_start_up_naming_the_variable() {
     assert!(err.contains("nvenc") && err.contains("x264"), "{err}");
 }
 
+/// The bytes at `path` (relative to the server), or a panic naming it.
+async fn fetch(ts: &TestServer, path: &str) -> Vec<u8> {
+    let resp = client().get(ts.url(path)).send().await.unwrap();
+    assert_eq!(resp.status(), 200, "{path}");
+    resp.bytes().await.unwrap().to_vec()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_hls_client_gets_a_discontinuity_and_a_new_map_after_a_fallback() {
+    let _turn = SERIAL.lock().await;
+    setup();
+    tokio::task::spawn_blocking(|| {
+        gst::init().unwrap();
+        sluice::encoders::table();
+    })
+    .await
+    .unwrap();
+    FAIL_AFTER.store(60, Ordering::SeqCst);
+    let ts = start_with(|s| s.encoder = FAILING.into()).await;
+    add_stream(&ts, "bars", "test://smpte?size=320x240").await;
+    let base = "/streams/hls/bars/low/";
+    // Segment msn -> (its map, bytes), and each map's bytes, as a client
+    // reloading the playlist fetches them.
+    let mut segments: std::collections::BTreeMap<u64, (String, Vec<u8>, bool)> = Default::default();
+    let mut maps: std::collections::BTreeMap<String, Vec<u8>> = Default::default();
+    let t0 = std::time::Instant::now();
+    let done = |segs: &std::collections::BTreeMap<u64, (String, Vec<u8>, bool)>| {
+        let disc = segs.values().position(|s| s.2);
+        disc.is_some_and(|i| segs.len() > i + 1)
+    };
+    while !done(&segments) && t0.elapsed() < Duration::from_secs(20) {
+        let text = String::from_utf8(fetch(&ts, &format!("{base}index.m3u8?sid=h")).await).unwrap();
+        let (mut map, mut disc) = (String::new(), false);
+        let mut msn = text
+            .lines()
+            .find_map(|l| l.strip_prefix("#EXT-X-MEDIA-SEQUENCE:"))
+            .and_then(|v| v.parse::<u64>().ok())
+            .unwrap_or(0);
+        for line in text.lines() {
+            if let Some(uri) = line.strip_prefix("#EXT-X-MAP:URI=\"") {
+                map = uri.trim_end_matches('"').to_string();
+                if !maps.contains_key(&map) {
+                    let bytes = fetch(&ts, &format!("{base}{map}")).await;
+                    maps.insert(map.clone(), bytes);
+                }
+            } else if line == "#EXT-X-DISCONTINUITY" {
+                disc = true;
+            } else if !line.starts_with('#') && !line.is_empty() {
+                if let std::collections::btree_map::Entry::Vacant(e) = segments.entry(msn) {
+                    let bytes = fetch(&ts, &format!("{base}{line}")).await;
+                    e.insert((map.clone(), bytes, disc));
+                }
+                msn += 1;
+                disc = false;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    FAIL_AFTER.store(0, Ordering::SeqCst);
+    assert!(
+        done(&segments),
+        "no discontinuity within 20 s: {:?}",
+        segments.keys()
+    );
+    let msns: Vec<u64> = segments.keys().copied().collect();
+    assert!(
+        msns.windows(2).all(|w| w[1] == w[0] + 1),
+        "no segment lost at the switch: {msns:?}"
+    );
+    let at = segments.values().position(|s| s.2).unwrap();
+    let list: Vec<&(String, Vec<u8>, bool)> = segments.values().collect();
+    let (old_map, new_map) = (&list[at - 1].0, &list[at].0);
+    assert_ne!(old_map, new_map, "a new EXT-X-MAP with the discontinuity");
+    let sps = |map: &str| moov_sps(&maps[map])[0].1.clone();
+    assert_ne!(
+        sps(old_map),
+        sps(new_map),
+        "the new map has the new encoder's SPS"
+    );
+    // Each map with its own segments decodes without an error.
+    for (map, range) in [(old_map, 0..at), (new_map, at..list.len())] {
+        let mut bytes = maps[map].clone();
+        for s in &list[range] {
+            bytes.extend_from_slice(&s.1);
+        }
+        let file = ts
+            .dir
+            .path()
+            .join(format!("{}.mp4", map.split('?').next().unwrap()));
+        std::fs::write(&file, &bytes).unwrap();
+        let (frames, errors) = decode_all(&file);
+        eprintln!("{map}: {frames} frames decoded");
+        assert!(frames > 0, "{map}: nothing decoded; {errors}");
+        assert!(!errors.to_lowercase().contains("error"), "{map}: {errors}");
+    }
+    ts.stop().await;
+}
+
 /// With a VA device, `vah264dec` feeding sluice's `va` encoder branch keeps
 /// the pictures in VA memory (the encoder takes `memory:VAMemory`), the
 /// stream decodes, and status names neither side `(system memory)`.
