@@ -25,6 +25,10 @@ use serde_json::Value;
 const FAILING: &str = "x264-fails";
 /// Pictures the failing encoder makes before it fails (0 = it never fails).
 static FAIL_AFTER: AtomicU64 = AtomicU64::new(0);
+/// Name of a second failing candidate, for the HLS client (a candidate
+/// that failed is left alone for `ENCODER_RETRY` by the tests after it).
+const FAILING_HLS: &str = "x264-fails-hls";
+static FAIL_HLS_AFTER: AtomicU64 = AtomicU64::new(0);
 /// Name of the candidate that stops giving output without an error.
 const STALLING: &str = "x264-stalls";
 static STALL_AFTER: AtomicU64 = AtomicU64::new(0);
@@ -81,6 +85,11 @@ fn setup() {
             FAILING,
             "x264enc",
             Arc::new(|| failing_x264(&FAIL_AFTER, true)),
+        ));
+        sluice::encoders::register(sluice::encoders::Candidate::custom(
+            FAILING_HLS,
+            "x264enc",
+            Arc::new(|| failing_x264(&FAIL_HLS_AFTER, true)),
         ));
         sluice::encoders::register(sluice::encoders::Candidate::custom(
             STALLING,
@@ -153,10 +162,9 @@ async fn the_probe_lists_every_candidate_with_a_reason_and_picks_x264() {
     // This machine has no GPU: each hardware candidate says why, and how
     // to fix it.
     if !Path::new("/dev/dri").exists() {
-        for e in list
-            .iter()
-            .filter(|e| !["x264", FAILING, STALLING].contains(&e["name"].as_str().unwrap()))
-        {
+        for e in list.iter().filter(|e| {
+            !["x264", FAILING, FAILING_HLS, STALLING].contains(&e["name"].as_str().unwrap())
+        }) {
             assert_eq!(e["available"], false, "{e}");
             let reason = e["reason"].as_str().unwrap();
             assert!(!reason.is_empty() && !e["fix"].as_str().unwrap().is_empty());
@@ -512,8 +520,14 @@ async fn an_hls_client_gets_a_discontinuity_and_a_new_map_after_a_fallback() {
     })
     .await
     .unwrap();
-    FAIL_AFTER.store(60, Ordering::SeqCst);
-    let ts = start_with(|s| s.encoder = FAILING.into()).await;
+    let probed = sluice::encoders::table().probed();
+    assert!(
+        probed.iter().any(|p| p.name == FAILING_HLS && p.available),
+        "the probe did not pass the test candidate: {probed:?}"
+    );
+    // About 2 s of pictures at 30 fps, then the error.
+    FAIL_HLS_AFTER.store(60, Ordering::SeqCst);
+    let ts = start_with(|s| s.encoder = FAILING_HLS.into()).await;
     add_stream(&ts, "bars", "test://smpte?size=320x240").await;
     let base = "/streams/hls/bars/low/";
     // Segment msn -> (its map, bytes), and each map's bytes, as a client
@@ -553,7 +567,7 @@ async fn an_hls_client_gets_a_discontinuity_and_a_new_map_after_a_fallback() {
         }
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
-    FAIL_AFTER.store(0, Ordering::SeqCst);
+    FAIL_HLS_AFTER.store(0, Ordering::SeqCst);
     assert!(
         done(&segments),
         "no discontinuity within 20 s: {:?}",
