@@ -131,12 +131,84 @@ pub fn next_raw(tee: &gst::Element) -> Option<oneshot::Receiver<Frame>> {
         let Some(tx) = tx.lock().take() else {
             return gst::PadProbeReturn::Remove;
         };
-        let _ = tx.send(Frame {
-            caps,
-            buffers: vec![buffer.copy_deep().unwrap_or_else(|_| buffer.to_owned())],
-            raw: true,
-        });
+        // A picture in GPU memory (VA surfaces kept for a VA encoder) is
+        // copied out to system memory, where the snapshot encoder reads.
+        let copied = if crate::encoders::memory::gpu_caps(&caps) {
+            to_system_memory(buffer, &caps)
+        } else {
+            buffer
+                .copy_deep()
+                .ok()
+                .or_else(|| Some(buffer.to_owned()))
+                .map(|b| (b, caps))
+        };
+        if let Some((buffer, caps)) = copied {
+            let _ = tx.send(Frame {
+                caps,
+                buffers: vec![buffer],
+                raw: true,
+            });
+        }
         gst::PadProbeReturn::Remove
     });
     Some(rx)
+}
+
+/// A copy of the raw picture `buffer` (of `caps`, in any memory that maps)
+/// in system memory, laid out as plain caps without a memory feature say.
+fn to_system_memory(buffer: &gst::BufferRef, caps: &gst::Caps) -> Option<(gst::Buffer, gst::Caps)> {
+    let info = gst_video::VideoInfo::from_caps(caps).ok()?;
+    let plain = info.to_caps().ok()?;
+    let src = gst_video::VideoFrame::from_buffer_readable(buffer.to_owned(), &info).ok()?;
+    let out = gst::Buffer::with_size(info.size()).ok()?;
+    let mut dest = gst_video::VideoFrame::from_buffer_writable(out, &info).ok()?;
+    src.copy(&mut dest).ok()?;
+    let mut out = dest.into_buffer();
+    if let Some(b) = out.get_mut() {
+        b.set_pts(buffer.pts());
+    }
+    Some((out, plain))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_picture_in_gpu_memory_is_copied_out_with_plain_caps_and_layout() {
+        crate::media::init().unwrap();
+        // 4x2 GRAY8 with rows padded to 8 bytes, as a GPU surface maps.
+        let mut caps: gst::Caps = "video/x-raw, format=GRAY8, width=4, height=2, framerate=30/1"
+            .parse()
+            .unwrap();
+        caps.make_mut()
+            .set_features(0, Some(gst::CapsFeatures::new(["memory:VAMemory"])));
+        let mut buffer =
+            gst::Buffer::from_slice(vec![1u8, 2, 3, 4, 0, 0, 0, 0, 5, 6, 7, 8, 0, 0, 0, 0]);
+        {
+            let b = buffer.get_mut().unwrap();
+            b.set_pts(gst::ClockTime::from_mseconds(40));
+            gst_video::VideoMeta::add_full(
+                b,
+                gst_video::VideoFrameFlags::empty(),
+                gst_video::VideoFormat::Gray8,
+                4,
+                2,
+                &[0],
+                &[8],
+            )
+            .unwrap();
+        }
+        let (out, plain) = to_system_memory(&buffer, &caps).unwrap();
+        assert!(!crate::encoders::memory::gpu_caps(&plain), "{plain}");
+        assert!(plain
+            .to_string()
+            .starts_with("video/x-raw, format=(string)GRAY8"));
+        let info = gst_video::VideoInfo::from_caps(&plain).unwrap();
+        let map = out.map_readable().unwrap();
+        // GRAY8 rows are 4-byte aligned: 4 bytes a row, no padding.
+        assert_eq!(info.stride()[0], 4);
+        assert_eq!(map.as_slice(), [1, 2, 3, 4, 5, 6, 7, 8]);
+        assert_eq!(out.pts(), Some(gst::ClockTime::from_mseconds(40)));
+    }
 }

@@ -16,6 +16,7 @@ pub mod container;
 pub mod fanout;
 pub mod frame;
 mod linger;
+mod publish;
 mod rendition;
 mod sampler;
 mod view;

@@ -9,14 +9,16 @@ use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
 use gst::prelude::*;
 use parking_lot::Mutex;
 use serde::Serialize;
 
-use super::container::{same_header, Chunk, Splitter};
+mod encoder;
+
+use encoder::{Current, Rebuild};
+
 use super::fanout::{Fanout, FanoutConfig, Join, Viewer};
-use crate::encoders::bin::EncoderBin;
+use super::publish::Publisher;
 use crate::media::chains::{self, Branch, Counters, Encoded};
 use crate::media::pipeline::Heads;
 use crate::media::{Format, MediaError, Mode};
@@ -82,16 +84,13 @@ struct Output {
 struct Graph {
     /// Index 0 video, 1 audio.
     encoded: [Option<Encoded>; 2],
-    /// What a replacement video encoder branch is built from: the
-    /// pipeline, the raw video tee, and whether the source is live.
-    rebuild: Option<(gst::glib::WeakRef<gst::Pipeline>, gst::Element, bool)>,
+    /// What a replacement video encoder branch is built from.
+    rebuild: Option<Rebuild>,
 }
 
 /// An encoder that takes fresh input and gives no output for this long
 /// has failed.
 pub const ENCODER_SILENCE: Duration = Duration::from_secs(2);
-/// How often the no-output watchdog looks.
-const WATCHDOG_PERIOD: Duration = Duration::from_millis(250);
 
 pub struct Rendition {
     pub key: RenditionKey,
@@ -116,8 +115,8 @@ pub struct Rendition {
     /// Counter samples of the last [`SPEED_WINDOW`], oldest first.
     window: Mutex<VecDeque<Sample>>,
     /// The video encoder now (kept apart from the graph, which is locked
-    /// while an encoder is replaced), and its name in status.
-    current_encoder: Mutex<Option<(gst::glib::WeakRef<gst::Element>, String)>>,
+    /// while an encoder is replaced).
+    current_encoder: Mutex<Option<Current>>,
 }
 
 /// A rendition as status shows it.
@@ -237,8 +236,18 @@ impl Rendition {
                     },
                     Mode::Transcode => match raw(k)? {
                         Some(t) if k == 0 => {
-                            graph.rebuild = Some((p.downgrade(), t.clone(), heads.live));
-                            Some(self.first_video_encoder(p, &t, heads.live)?)
+                            let decoder = heads.raw[0].is_none().then(|| {
+                                crate::encoders::table().expected_decoder(heads.caps[0].as_deref())
+                            });
+                            let rebuild = Rebuild {
+                                pipeline: p.downgrade(),
+                                raw: t.clone(),
+                                decoder: decoder.flatten(),
+                                live: heads.live,
+                            };
+                            let v = self.first_video_encoder(p, &rebuild)?;
+                            graph.rebuild = Some(rebuild);
+                            Some(v)
                         }
                         Some(t) => Some(chains::audio_encode(p, &t, &self.profile, heads.live)?),
                         None => None,
@@ -268,136 +277,6 @@ impl Rendition {
             self.arm(v);
         }
         built
-    }
-
-    /// The video encoder branch on the first encoder of the profile's
-    /// choice that builds (blocking thread).
-    fn first_video_encoder(
-        &self,
-        p: &gst::Pipeline,
-        raw: &gst::Element,
-        live: bool,
-    ) -> Result<Encoded, MediaError> {
-        let table = crate::encoders::table();
-        let mut last = None;
-        let mut failed: Option<String> = None;
-        for c in table.order(self.profile.encoder_choice()) {
-            match chains::video_encode(p, raw, &self.profile, live, &self.counters, &c) {
-                Ok(e) => {
-                    // One that could not start (a session cap, a driver
-                    // gone since the probe) is left alone like one that
-                    // failed while running.
-                    if let Some(from) = failed {
-                        table.fell_back(&from, &c.name);
-                    }
-                    return Ok(e);
-                }
-                Err(e) => {
-                    tracing::warn!(encoder = %c.name, error = %e, "encoder could not be set up; trying the next");
-                    failed.get_or_insert_with(|| c.name.clone());
-                    last = Some(e);
-                }
-            }
-        }
-        Err(last
-            .unwrap_or_else(|| MediaError::SourceFailed("no H.264 encoder is available".into())))
-    }
-
-    /// Watches the video encoder branch `v`: its failure (an error inside
-    /// it, or no output for [`ENCODER_SILENCE`]) moves the rendition to the
-    /// next encoder.
-    fn arm(self: &Arc<Self>, v: &Encoded) {
-        let (Some(bin), Some(c)) = (&v.bin, &v.candidate) else {
-            return;
-        };
-        *self.current_encoder.lock() = v.encoder.clone().map(|e| (e, c.display()));
-        let weak = Arc::downgrade(self);
-        let weak_bin = bin.downgrade();
-        bin.on_failure(Box::new(move |why| {
-            let (weak, weak_bin) = (weak.clone(), weak_bin.clone());
-            // Off the streaming thread: replacing the branch changes states.
-            let spawned = std::thread::Builder::new()
-                .name("encoder-fallback".into())
-                .spawn(move || {
-                    if let (Some(r), Some(bin)) = (weak.upgrade(), weak_bin.upgrade()) {
-                        r.fall_back(&bin, &why);
-                    }
-                });
-            if spawned.is_err() {
-                tracing::error!("no thread for an encoder fallback");
-            }
-        }));
-        // x264 is the last resort: a slow x264 on a busy machine is left to
-        // the channel's own stall timeout rather than ending the rendition.
-        if c.name == crate::encoders::X264 && c.maker.is_none() {
-            return;
-        }
-        let Ok(rt) = tokio::runtime::Handle::try_current() else {
-            return;
-        };
-        let (weak_bin, activity) = (bin.downgrade(), bin.activity());
-        rt.spawn(async move {
-            loop {
-                tokio::time::sleep(WATCHDOG_PERIOD).await;
-                let Some(bin) = weak_bin.upgrade() else { break };
-                if bin.failed() || bin.parent().is_none() {
-                    break;
-                }
-                if activity.silent_ms() >= ENCODER_SILENCE.as_millis() as u64 {
-                    bin.fail(format!("no output for {} s", ENCODER_SILENCE.as_secs()));
-                    break;
-                }
-            }
-        });
-    }
-
-    /// Replaces the failed encoder branch `failed` by the next encoder
-    /// (finally x264) without ending any viewer: the outputs keep their
-    /// tee, and the new encoder starts at a keyframe. Blocking thread.
-    fn fall_back(self: &Arc<Self>, failed: &EncoderBin, why: &str) {
-        let mut graph = self.graph.lock();
-        let Some((weak_p, raw, live)) = graph.rebuild.clone() else {
-            return;
-        };
-        let Some(p) = weak_p.upgrade() else { return };
-        let Some(v) = graph.encoded[0].as_mut() else {
-            return;
-        };
-        if v.bin.as_ref() != Some(failed) {
-            return;
-        }
-        let from = v
-            .candidate
-            .as_ref()
-            .map(|c| c.name.clone())
-            .unwrap_or_default();
-        let table = crate::encoders::table();
-        let next = table
-            .order(self.profile.encoder_choice())
-            .into_iter()
-            .find(|c| c.name != from);
-        let Some(next) = next else {
-            tracing::error!(encoder = %from, reason = %why, quality = %self.key.quality,
-                "the encoder failed and no other is left: the rendition ends");
-            drop(graph);
-            self.finish(crate::media::EndReason::SourceError);
-            return;
-        };
-        table.fell_back(&from, &next.name);
-        tracing::warn!(from = %from, to = %next.name, reason = %why, quality = %self.key.quality,
-            "encoder failed: the rendition continues on the next encoder");
-        match chains::replace_video_encoder(&p, v, &raw, &self.profile, live, &self.counters, &next)
-        {
-            Ok(()) => {
-                let v = graph.encoded[0].as_ref().expect("the video branch");
-                self.arm(v);
-            }
-            Err(e) => {
-                tracing::error!(to = %next.name, error = %e, "the replacement encoder could not be set up: the rendition ends");
-                drop(graph);
-                self.finish(crate::media::EndReason::SourceError);
-            }
-        }
     }
 
     /// The fan-out of `format`, if that output exists.
@@ -440,27 +319,15 @@ impl Rendition {
             }));
         }
         let ended = Arc::new(AtomicBool::new(false));
-        let splitter = Mutex::new((Splitter::new(format), None::<Bytes>, Vec::<Chunk>::new()));
-        let f = Arc::downgrade(&fanout);
-        let on_data = move |data: &[u8]| {
-            let Some(fanout) = f.upgrade() else { return };
-            on_output();
-            let mut guard = splitter.lock();
-            let (splitter, header, chunks) = &mut *guard;
-            splitter.push(data, chunks);
-            if let Some(h) = splitter.header() {
-                if !header
-                    .as_ref()
-                    .is_some_and(|old| same_header(format, old, &h))
-                {
-                    *header = Some(h.clone());
-                    fanout.set_header(h);
-                }
-            }
-            for chunk in chunks.drain(..) {
-                fanout.publish(chunk);
+        let publisher = Publisher::new(format, &fanout);
+        let on_data = {
+            let publisher = publisher.clone();
+            move |data: &[u8]| {
+                on_output();
+                publisher.data(data);
             }
         };
+        let on_config = Box::new(move |at, codec_data| publisher.video_config(at, codec_data));
         let (f, e) = (Arc::downgrade(&fanout), ended.clone());
         let eos = move || {
             e.store(true, Ordering::Release);
@@ -472,7 +339,16 @@ impl Rendition {
         let branch = {
             let graph = self.graph.lock();
             let out = |k: usize| graph.encoded[k].as_ref().map(|e| e.out.clone());
-            chains::output(p, out(0).as_ref(), out(1).as_ref(), format, on_data, eos)?
+            let (video, audio) = (out(0), out(1));
+            chains::output(
+                p,
+                video.as_ref(),
+                audio.as_ref(),
+                format,
+                on_data,
+                eos,
+                on_config,
+            )?
         };
         self.outputs.lock().insert(
             format,
@@ -506,10 +382,6 @@ impl Rendition {
             )
             .map(|e| e.downgrade())
             .collect()
-    }
-
-    fn encoder(&self) -> Option<gst::glib::WeakRef<gst::Element>> {
-        self.current_encoder.lock().as_ref().map(|(e, _)| e.clone())
     }
 
     /// A viewer of `format` (whose output must exist).
@@ -641,25 +513,13 @@ impl Rendition {
                 0.0
             }
         };
+        let transcode = self.key.mode == Mode::Transcode;
+        let (decoder, encoder) = self.names(decoder);
         RenditionView {
             quality: self.key.quality.clone(),
             mode: self.key.mode,
-            encoder: self
-                .current_encoder
-                .lock()
-                .as_ref()
-                .map(|(_, name)| name.clone())
-                .filter(|_| self.key.mode == Mode::Transcode),
-            // Decoded pictures reach the encoder branch in system memory.
-            decoder: decoder
-                .map(|d| {
-                    if crate::encoders::Encoders::is_hardware_decoder(&d) {
-                        format!("{d} (system memory)")
-                    } else {
-                        d
-                    }
-                })
-                .filter(|_| self.key.mode == Mode::Transcode),
+            encoder: encoder.filter(|_| transcode),
+            decoder: decoder.filter(|_| transcode),
             fps: pace.map_or_else(|| rate(frames), |p| round2(p.fps)),
             speed: pace.map_or_else(|| rate(media), |p| round2(p.speed)),
             encode_speed: pace.and_then(|p| p.encode_speed).map(round2),
@@ -671,70 +531,4 @@ impl Rendition {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn pace_is_measured_over_the_window_and_counts_pictures_against_the_rate() {
-        let profile = crate::profiles::Profiles::builtin()
-            .get("medium")
-            .unwrap()
-            .clone();
-        let config = FanoutConfig {
-            buffer: Duration::from_secs(4),
-            stall: Duration::from_secs(15),
-        };
-        let key = |mode| RenditionKey {
-            mode,
-            quality: "medium".into(),
-        };
-        let r = Rendition::new(key(Mode::Transcode), profile.clone(), None, config);
-        r.counters.set_frame_rate(30.0);
-        // Before the encoder ran long ago: 100 pictures, then a pause.
-        for i in 0..100u64 {
-            r.counters
-                .note_encoded(gst::ClockTime::from_mseconds(i * 33), 10_000_000);
-        }
-        r.sample();
-        assert_eq!(r.pace(), None, "one sample is no window");
-        std::thread::sleep(Duration::from_millis(1100));
-        // In the window: 15 of 33 pictures a second made (a full queue
-        // dropped the rest), each taking 40 ms of the encoder's time.
-        let t0 = 100 * 33;
-        for i in 0..17u64 {
-            r.counters
-                .note_encoded(gst::ClockTime::from_mseconds(t0 + i * 66), 40_000_000);
-        }
-        r.sample();
-        let p = r.pace().expect("a window of over a second");
-        let secs = p.span.as_secs_f64();
-        assert!((1.09..1.5).contains(&secs), "{secs}");
-        assert!((p.fps - 17.0 / secs).abs() < 0.01, "{p:?}");
-        // 17 pictures in 0.68 s of work: 25 a second, under the 30 meant.
-        let encode = p.encode_speed.unwrap();
-        assert!((encode - 25.0 / 30.0).abs() < 0.01, "{p:?}");
-        // Media time carried: from the last picture before the window
-        // (99 x 33 ms) to the last in it; about half the pictures meant.
-        let media_s = (t0 + 16 * 66 - 99 * 33) as f64 / 1000.0;
-        assert!((p.frame_share.unwrap() - 17.0 / media_s / 30.0).abs() < 0.01);
-        // Status shows the window, not the average since the start.
-        let v = r.view(None);
-        assert_eq!(v.encode_speed, Some((encode * 100.0).round() / 100.0));
-        assert!((v.fps - 17.0 / secs).abs() < 0.01, "{}", v.fps);
-
-        // A remux has no encoder to judge.
-        let remux = Rendition::new(key(Mode::Remux), profile, None, config);
-        remux
-            .counters
-            .note_encoded(gst::ClockTime::from_mseconds(0), 0);
-        remux.sample();
-        std::thread::sleep(Duration::from_millis(1050));
-        remux
-            .counters
-            .note_encoded(gst::ClockTime::from_mseconds(1000), 0);
-        remux.sample();
-        let p = remux.pace().unwrap();
-        assert_eq!(p.encode_speed, None);
-        assert!((p.speed - 1.0 / p.span.as_secs_f64()).abs() < 0.01, "{p:?}");
-    }
-}
+mod tests;

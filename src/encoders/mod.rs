@@ -2,7 +2,8 @@
 //! (hardware first, x264 last), what the start-up probe found for each
 //! ([`probe`]), how a profile maps onto each element's own properties
 //! ([`props`]), the bin a rendition's encoder lives in so its failures
-//! stay inside the rendition ([`bin`]), and which encoder a rendition
+//! stay inside the rendition ([`bin`]), where pictures live between
+//! decoder and encoder ([`memory`]), and which encoder a rendition
 //! uses now, next, and which failed recently.
 //!
 //! The table is process-wide: what the machine's hardware can do does not
@@ -10,6 +11,7 @@
 //! pipeline objects.
 
 pub mod bin;
+pub mod memory;
 pub mod probe;
 pub mod props;
 
@@ -100,18 +102,6 @@ impl Candidate {
                 .map_err(|_| format!("element '{}' not found", self.element)),
         }
     }
-
-    /// Its name in status: hardware encoders fed from system memory say
-    /// so; a custom candidate goes by its own name.
-    pub fn display(&self) -> String {
-        if self.maker.is_some() {
-            self.name.clone()
-        } else if self.hardware() {
-            format!("{} (system memory)", self.element)
-        } else {
-            self.element.clone()
-        }
-    }
 }
 
 /// The encoder candidates, in the order `auto` tries them.
@@ -167,6 +157,8 @@ pub struct Encoders {
     fallbacks: Mutex<BTreeMap<(String, String), u64>>,
     /// How long the start-up probe took.
     probe_took: Duration,
+    /// The hardware H.264 decoder preferred over the software one.
+    preferred_decoder: RwLock<Option<String>>,
 }
 
 static TABLE: OnceLock<Encoders> = OnceLock::new();
@@ -201,6 +193,7 @@ pub fn table() -> &'static Encoders {
             retry: RwLock::new(Duration::from_millis(DEFAULT_ENCODER_RETRY_MS)),
             fallbacks: Mutex::new(BTreeMap::new()),
             probe_took: took,
+            preferred_decoder: RwLock::new(None),
         }
     })
 }
@@ -322,6 +315,15 @@ impl Encoders {
             })
     }
 
+    /// The decoder a compressed video stream of `caps` gets: the preferred
+    /// hardware decoder for H.264, else None (a software decoder).
+    pub fn expected_decoder(&self, caps: Option<&gst::CapsRef>) -> Option<String> {
+        let h264 = caps
+            .and_then(|c| c.structure(0))
+            .is_some_and(|s| s.name() == "video/x-h264");
+        self.preferred_decoder.read().clone().filter(|_| h264)
+    }
+
     /// Whether `element` is one of the hardware decoders.
     pub fn is_hardware_decoder(element: &str) -> bool {
         decoder_candidates().iter().any(|c| c.element == element)
@@ -377,6 +379,7 @@ pub fn configure(
             use gst::prelude::*;
             f.set_rank(gst::Rank::PRIMARY + 1);
             tracing::info!(decoder = %dec, "hardware decoding preferred");
+            *t.preferred_decoder.write() = Some(dec);
         }
     }
     let mut warned = Vec::new();
@@ -494,6 +497,7 @@ mod tests {
             retry: RwLock::new(Duration::from_secs(600)),
             fallbacks: Mutex::new(BTreeMap::new()),
             probe_took: Duration::ZERO,
+            preferred_decoder: RwLock::new(None),
         }
     }
 
@@ -531,9 +535,18 @@ mod tests {
     }
 
     #[test]
-    fn statuses_name_the_system_memory_step() {
-        let list = encoder_candidates();
-        assert_eq!(list[1].display(), "vah264enc (system memory)");
-        assert_eq!(list[5].display(), "x264enc");
+    fn only_h264_is_expected_on_the_preferred_hardware_decoder() {
+        gst::init().unwrap();
+        let t = table_with(&[("va", Kind::Encoder), ("va", Kind::Decoder)]);
+        let h264 = gst::Caps::builder("video/x-h264").build();
+        let mpeg2 = gst::Caps::builder("video/mpeg").build();
+        assert_eq!(t.expected_decoder(Some(&h264)), None, "none preferred yet");
+        *t.preferred_decoder.write() = Some("vah264dec".into());
+        assert_eq!(
+            t.expected_decoder(Some(&h264)).as_deref(),
+            Some("vah264dec")
+        );
+        assert_eq!(t.expected_decoder(Some(&mpeg2)), None);
+        assert_eq!(t.expected_decoder(None), None);
     }
 }

@@ -17,7 +17,7 @@ use bytes::{Bytes, BytesMut};
 use parking_lot::Mutex;
 use tokio::sync::watch;
 
-use super::boxes::{self, InitInfo};
+use super::boxes::{self, InitInfo, Track};
 use crate::channels::fanout::{Chunk, Tap};
 use crate::media::EndReason;
 
@@ -116,6 +116,10 @@ struct State {
     max_frag: u64,
     /// Next segment starts a discontinuity (new init, reconnect).
     pending_disc: bool,
+    /// A new init arrived while a segment was being cut: the old init's
+    /// clock. If the next chunk is a keyframe on the same clock, it ends
+    /// that segment as usual; otherwise the segment is dropped.
+    init_changed: Option<Track>,
     reconnects: u64,
     ended: Option<EndReason>,
     /// Wall clock of the end of the latest segment, for the next PDT.
@@ -410,6 +414,19 @@ impl Window {
         let time = boxes::is_moof(&chunk.data)
             .then(|| boxes::moof_time(&chunk.data, clock.id))
             .flatten();
+        if let Some(old) = st.init_changed.take() {
+            // The new init came in the stream right before a keyframe whose
+            // time goes on from the segment's (an encoder change under the
+            // same muxer): that keyframe ends the segment. Fragments of a
+            // restarted stream cannot finish it.
+            let goes_on = match (time, st.building.as_ref()) {
+                (Some(t), Some(b)) => chunk.keyframe && old == clock && t >= b.start,
+                _ => false,
+            };
+            if !goes_on {
+                st.building = None;
+            }
+        }
         match time {
             Some(t) if chunk.keyframe => {
                 if st.building.is_some() {
@@ -475,7 +492,14 @@ impl Tap for Window {
     fn header(&self, header: &Bytes) {
         let mut st = self.state.lock();
         match self.container {
-            Container::Ts => st.ts_header = Some(header.clone()),
+            Container::Ts => {
+                // Changed tables (the fan-out hands on only real changes):
+                // the next segment starts a discontinuity.
+                if st.ts_header.is_some() {
+                    st.pending_disc = true;
+                }
+                st.ts_header = Some(header.clone());
+            }
             Container::Fmp4 => {
                 if st.init.as_ref().is_some_and(|(_, b, _)| b == header) {
                     return;
@@ -484,10 +508,9 @@ impl Tap for Window {
                     return;
                 };
                 let id = st.init.as_ref().map_or(0, |(id, _, _)| id + 1);
-                if let Some((old, b, _)) = st.init.take() {
+                if let Some((old, b, old_info)) = st.init.take() {
                     st.old_inits.push((old, b));
-                    // Fragments of the old stream cannot finish a segment.
-                    st.building = None;
+                    st.init_changed = old_info.clock().filter(|_| st.building.is_some());
                     st.pending_disc = true;
                 }
                 st.init = Some((id, header.clone(), info));
@@ -638,6 +661,41 @@ mod tests {
         let snap = w.snapshot().unwrap();
         assert_eq!(snap.disc_seq, 2);
         assert!(w.init(0).is_none(), "an unused init segment is dropped");
+    }
+
+    #[test]
+    fn a_new_init_right_before_a_keyframe_ends_the_segment_being_cut() {
+        let w = window(Arc::default());
+        w.header(&init(1));
+        let t = feed(&w, 0, 5);
+        // In the stream, right before the keyframe at 6 s: the segment
+        // being cut (4 s to 6 s) is kept and ends there.
+        let t = feed(&w, t, 1);
+        w.header(&init(2));
+        feed(&w, t, 4);
+        let snap = w.snapshot().unwrap();
+        let list: Vec<(u64, bool, u64)> = (snap.segments.iter())
+            .map(|s| (s.msn, s.discontinuity, s.init_id))
+            .collect();
+        assert_eq!(
+            list,
+            [(0, false, 0), (1, false, 0), (2, false, 0), (3, true, 1)]
+        );
+        assert!(snap.segments.iter().all(|s| (s.dur - 2.0).abs() < 1e-9));
+        assert_eq!(snap.init_ids, [0, 1]);
+
+        // A new init whose stream starts over (its time goes back): the
+        // segment being cut cannot be finished and is dropped.
+        let w = window(Arc::default());
+        w.header(&init(1));
+        feed(&w, 0, 5);
+        w.header(&init(2));
+        feed(&w, 0, 3);
+        let snap = w.snapshot().unwrap();
+        let list: Vec<(u64, bool, u64)> = (snap.segments.iter())
+            .map(|s| (s.msn, s.discontinuity, s.init_id))
+            .collect();
+        assert_eq!(list, [(0, false, 0), (1, false, 0), (2, true, 1)]);
     }
 
     #[test]

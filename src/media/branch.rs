@@ -122,6 +122,8 @@ pub struct Encoded {
     pub bin: Option<crate::encoders::bin::EncoderBin>,
     /// The encoder candidate in use (transcoded video).
     pub candidate: Option<crate::encoders::Candidate>,
+    /// Where its pictures live on the way to the encoder (transcoded video).
+    pub memory: Option<crate::encoders::memory::MemoryPath>,
 }
 
 impl Encoded {

@@ -21,9 +21,11 @@
 //! linked, so data only flows into a complete branch; [`Branch::remove`]
 //! releases the tee pad first, so none flows into one being taken down.
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use gst::prelude::*;
+use parking_lot::Mutex;
 
 use super::branch::capsfilter;
 pub use super::branch::{make, queue, tee, Branch, Encoded};
@@ -143,6 +145,7 @@ pub fn remux(
         tail: None,
         bin: None,
         candidate: None,
+        memory: None,
     })
 }
 
@@ -153,10 +156,19 @@ pub fn count_audio(encoded: &Encoded, counters: &Arc<Counters>) {
     }
 }
 
+/// Told that the video reaching a muxer changed configuration (a new
+/// encoder's parameter sets): the number of video keyframes that reached
+/// it before, and the new `codec_data`. On a streaming thread, before the
+/// first buffer of the new configuration reaches the muxer.
+pub type ConfigFn = Box<dyn Fn(u64, bytes::Bytes) + Send + Sync>;
+
 /// One container output of a rendition: its encoded streams, each through
 /// a queue, a parser and the container's stream format, into a muxer and
 /// an appsink whose every buffer goes to `on_data` on the streaming thread
-/// (which must not block), and whose end goes to `on_eos`.
+/// (which must not block), and whose end goes to `on_eos`. The parser puts
+/// SPS and PPS in front of every IDR picture, so a decoder that reads them
+/// in-band follows an encoder change; `on_config` is told of the change for
+/// a decoder that reads them from the header (fMP4's `avcC`).
 pub fn output(
     p: &gst::Pipeline,
     video: Option<&gst::Element>,
@@ -164,6 +176,7 @@ pub fn output(
     format: Format,
     on_data: impl Fn(&[u8]) + Send + Sync + 'static,
     on_eos: impl Fn() + Send + Sync + 'static,
+    on_config: ConfigFn,
 ) -> Result<Branch, MediaError> {
     let mux = match format {
         // HLS segments are cut from fMP4.
@@ -206,6 +219,7 @@ pub fn output(
             .eos(move |_| on_eos())
             .build(),
     );
+    let on_config = Arc::new(on_config);
     let sink: gst::Element = appsink.upcast();
     p.add_many([&mux, &sink])?;
     mux.link(&sink)?;
@@ -218,9 +232,7 @@ pub fn output(
         let q = queue(BRANCH_QUEUE_NS, false)?;
         let parse = make(if is_video { "h264parse" } else { "aacparse" })?;
         let caps = if is_video {
-            if format == Format::Ts {
-                parse.set_property("config-interval", -1i32);
-            }
+            parse.set_property("config-interval", -1i32);
             h264_output_caps(format, None)
         } else {
             aac_output_caps(format)
@@ -236,6 +248,8 @@ pub fn output(
             // parser flags it.
             add_keyframe_gate(&q.static_pad("src").expect("queue src pad"));
             add_keyframe_gate(&parse.static_pad("src").expect("parser src pad"));
+            let pad = filter.static_pad("src").expect("filter src pad");
+            watch_config(&pad, on_config.clone());
         }
         elements.extend([q.clone(), parse, filter]);
         parts.push((tee.clone(), q));
@@ -257,6 +271,56 @@ pub fn output(
         }
     }
     Ok(branch)
+}
+
+/// Counts the video keyframes entering a muxer at `pad` and tells
+/// `on_config` of each `codec_data` that differs from the one before.
+fn watch_config(pad: &gst::Pad, on_config: Arc<ConfigFn>) {
+    let keyframes = AtomicU64::new(0);
+    let last: Mutex<Option<gst::Buffer>> = Mutex::new(None);
+    pad.add_probe(
+        gst::PadProbeType::BUFFER
+            | gst::PadProbeType::BUFFER_LIST
+            | gst::PadProbeType::EVENT_DOWNSTREAM,
+        move |_, info| {
+            let key = |b: &gst::BufferRef| !b.flags().contains(gst::BufferFlags::DELTA_UNIT);
+            match &info.data {
+                Some(gst::PadProbeData::Buffer(b)) if key(b) => {
+                    keyframes.fetch_add(1, Ordering::Relaxed);
+                }
+                Some(gst::PadProbeData::BufferList(l)) => {
+                    let n = l.iter().filter(|b| key(b)).count() as u64;
+                    keyframes.fetch_add(n, Ordering::Relaxed);
+                }
+                Some(gst::PadProbeData::Event(e)) => {
+                    let gst::EventView::Caps(c) = e.view() else {
+                        return gst::PadProbeReturn::Ok;
+                    };
+                    let Some(data) = c
+                        .caps()
+                        .structure(0)
+                        .and_then(|s| s.get::<gst::Buffer>("codec_data").ok())
+                    else {
+                        return gst::PadProbeReturn::Ok;
+                    };
+                    let mut last = last.lock();
+                    let changed = last.as_ref().is_some_and(|old| {
+                        old.map_readable().ok().map(|m| m.to_vec())
+                            != data.map_readable().ok().map(|m| m.to_vec())
+                    });
+                    if changed {
+                        if let Ok(map) = data.map_readable() {
+                            let bytes = bytes::Bytes::copy_from_slice(map.as_slice());
+                            on_config(keyframes.load(Ordering::Relaxed), bytes);
+                        }
+                    }
+                    *last = Some(data);
+                }
+                _ => {}
+            }
+            gst::PadProbeReturn::Ok
+        },
+    );
 }
 
 /// Live test sources (`videotestsrc`, `audiotestsrc`) feeding the raw tees.

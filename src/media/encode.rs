@@ -13,6 +13,7 @@ use super::branch::{capsfilter, make, queue, tee, Branch, Encoded};
 use super::probes::{count_busy, count_output, Counters};
 use super::MediaError;
 use crate::encoders::bin::EncoderBin;
+use crate::encoders::memory::{self, MemoryPath};
 use crate::encoders::{props, Candidate};
 use crate::profiles::{Profile, AUDIO_CHANNELS, AUDIO_RATE};
 
@@ -25,8 +26,10 @@ const LEAKY_QUEUE_NS: u64 = 1_000_000_000;
 /// park a second of them per rendition. A few frames decouple the
 /// decoder's and the encoder's threads; a non-live source simply waits.
 const VIDEO_ENCODER_QUEUE_NS: u64 = 300_000_000;
-/// Raw video from `raw` -> profile-sized constrained-baseline H.264 into a
-/// new tee, made by `candidate`. The queue at its head is leaky for live
+/// Raw video from `raw` (decoded by `decoder`, its factory name when
+/// known) -> profile-sized constrained-baseline H.264 into a new tee, made
+/// by `candidate`; the pictures stay in GPU memory where the pair allows
+/// it (see [`memory`]). The queue at its head is leaky for live
 /// sources, so an encoder that falls behind drops its own frames instead
 /// of holding up the decoder and every other rendition. Everything before
 /// the tee lives in one [`EncoderBin`], which [`replace_video_encoder`]
@@ -34,6 +37,7 @@ const VIDEO_ENCODER_QUEUE_NS: u64 = 300_000_000;
 pub fn video_encode(
     p: &gst::Pipeline,
     raw: &gst::Element,
+    decoder: Option<&str>,
     profile: &Profile,
     live: bool,
     counters: &Arc<Counters>,
@@ -43,7 +47,8 @@ pub fn video_encode(
     p.add(&out)?;
     let tail = Branch::standalone(p, vec![out.clone()])?;
     count_output(&out.static_pad("sink").expect("tee sink pad"), counters);
-    match encoder_branch(p, raw, profile, live, counters, candidate, &out) {
+    let path = memory_path(decoder, candidate);
+    match encoder_branch(p, raw, &path, profile, live, counters, candidate, &out) {
         Ok((branch, bin, enc)) => Ok(Encoded {
             branch,
             out,
@@ -51,6 +56,7 @@ pub fn video_encode(
             tail: Some(tail),
             bin: Some(bin),
             candidate: Some(candidate.clone()),
+            memory: Some(path),
         }),
         Err(e) => {
             tail.remove(p);
@@ -62,10 +68,12 @@ pub fn video_encode(
 /// Replaces `encoded`'s encoder branch by one made by `candidate`, feeding
 /// the same tee (off the async runtime). The old branch is unlinked from
 /// `raw` and taken to NULL first; the new one starts at a keyframe.
+#[allow(clippy::too_many_arguments)]
 pub fn replace_video_encoder(
     p: &gst::Pipeline,
     encoded: &mut Encoded,
     raw: &gst::Element,
+    decoder: Option<&str>,
     profile: &Profile,
     live: bool,
     counters: &Arc<Counters>,
@@ -76,22 +84,42 @@ pub fn replace_video_encoder(
     old.remove(p);
     encoded.bin = None;
     encoded.encoder = None;
-    let (branch, bin, enc) =
-        encoder_branch(p, raw, profile, live, counters, candidate, &encoded.out)?;
+    let path = memory_path(decoder, candidate);
+    let (branch, bin, enc) = encoder_branch(
+        p,
+        raw,
+        &path,
+        profile,
+        live,
+        counters,
+        candidate,
+        &encoded.out,
+    )?;
     encoded.branch = branch;
     encoded.bin = Some(bin);
     encoded.encoder = Some(enc.downgrade());
     encoded.candidate = Some(candidate.clone());
+    encoded.memory = Some(path);
     Ok(())
 }
 
-/// The encoder branch: `raw` -> queue -> deinterlace -> videoscale ->
-/// videorate -> videoconvert -> capsfilter(size, fps, format) -> encoder
-/// -> capsfilter(constrained-baseline), in an [`EncoderBin`] whose output
-/// is linked to `out`. Returns the branch, its bin and the encoder.
+/// The memory path for this pair, with the filters installed here.
+fn memory_path(decoder: Option<&str>, candidate: &Candidate) -> MemoryPath {
+    memory::plan(decoder, candidate, |f| {
+        gst::ElementFactory::find(f).is_some()
+    })
+}
+
+/// The encoder branch: `raw` -> queue -> the path's filters (deinterlace,
+/// drop to the frame rate, scale and convert) -> capsfilter(size, fps,
+/// format, memory) -> encoder -> capsfilter(constrained-baseline), in an
+/// [`EncoderBin`] whose output is linked to `out`. Returns the branch, its
+/// bin and the encoder.
+#[allow(clippy::too_many_arguments)]
 fn encoder_branch(
     p: &gst::Pipeline,
     raw: &gst::Element,
+    path: &MemoryPath,
     profile: &Profile,
     live: bool,
     counters: &Arc<Counters>,
@@ -99,18 +127,25 @@ fn encoder_branch(
     out: &gst::Element,
 ) -> Result<(Branch, EncoderBin, gst::Element), MediaError> {
     let head = queue(VIDEO_ENCODER_QUEUE_NS, live)?;
-    let deint = make("deinterlace")?;
-    let scale = make("videoscale")?;
-    let rate = make("videorate")?;
-    rate.set_property("drop-only", true);
-    let convert = make("videoconvert")?;
+    let filters = path
+        .filters
+        .iter()
+        .map(|f| make(f))
+        .collect::<Result<Vec<_>, _>>()?;
+    for f in &filters {
+        if f.factory().is_some_and(|fa| fa.name() == "videorate") {
+            f.set_property("drop-only", true);
+        }
+    }
+    let first = filters.first().expect("a path has filters").clone();
     let format = candidate.input_format;
-    let size = capsfilter(
+    let feature = path.feature;
+    let size = capsfilter(raw_caps(
         gst::Caps::builder("video/x-raw")
             .field("format", format)
-            .field("pixel-aspect-ratio", gst::Fraction::new(1, 1))
-            .build(),
-    )?;
+            .field("pixel-aspect-ratio", gst::Fraction::new(1, 1)),
+        feature,
+    ))?;
     let enc = candidate.make().map_err(MediaError::SourceFailed)?;
     props::apply(
         &enc,
@@ -124,16 +159,9 @@ fn encoder_branch(
             .field("profile", "constrained-baseline")
             .build(),
     )?;
-    let chain = [
-        head.clone(),
-        deint.clone(),
-        scale,
-        rate,
-        convert,
-        size.clone(),
-        enc.clone(),
-        enc_caps.clone(),
-    ];
+    let mut chain = vec![head.clone()];
+    chain.extend(filters);
+    chain.extend([size.clone(), enc.clone(), enc_caps.clone()]);
     count_busy(
         &head.static_pad("src").expect("queue src pad"),
         &enc_caps.static_pad("src").expect("src pad"),
@@ -155,9 +183,9 @@ fn encoder_branch(
     let factory = candidate.element.clone();
     let fixed = AtomicBool::new(false);
     let weak_counters = Arc::downgrade(counters);
-    deint
+    first
         .static_pad("sink")
-        .expect("deinterlace sink pad")
+        .expect("filter sink pad")
         .add_probe(gst::PadProbeType::EVENT_DOWNSTREAM, move |_, info| {
             let Some(gst::EventView::Caps(ev)) = info.event().map(|e| e.view()) else {
                 return gst::PadProbeReturn::Ok;
@@ -193,6 +221,7 @@ fn encoder_branch(
                     .field("height", oh as i32)
                     .field("framerate", gst::Fraction::new(fn_, fd))
                     .field("pixel-aspect-ratio", gst::Fraction::new(1, 1));
+                // In GPU memory the VA filters choose the colours.
                 // Keep the source's colours. Left open, the output size's
                 // default would be chosen (BT.601 below 720 lines, BT.709
                 // above), and scaling 1080p to 480p would then convert every
@@ -201,13 +230,13 @@ fn encoder_branch(
                 // names no YUV matrix.)
                 if let Some(info) = gst_video::VideoInfo::from_caps(ev.caps())
                     .ok()
-                    .filter(|i| i.format_info().is_yuv())
+                    .filter(|i| i.format_info().is_yuv() && feature.is_none())
                 {
                     caps = caps
                         .field("colorimetry", info.colorimetry().to_string())
                         .field("chroma-site", info.chroma_site().to_string());
                 }
-                size.set_property("caps", caps.build());
+                size.set_property("caps", raw_caps(caps, feature));
             }
             if let (Some(enc), Some((name, value))) = (
                 weak_enc.upgrade(),
@@ -222,6 +251,17 @@ fn encoder_branch(
     let target = props::configured(&enc, &candidate.element).unwrap_or(enc);
     let branch = Branch::attach(p, raw, vec![bin_el.clone()], &bin_el)?;
     Ok((branch, bin, target))
+}
+
+/// Raw video caps from `builder`, in the memory named by `feature` (None:
+/// system memory).
+fn raw_caps(builder: gst::caps::Builder<gst::caps::NoFeature>, feature: Option<&str>) -> gst::Caps {
+    let mut caps = builder.build();
+    if let Some(f) = feature {
+        caps.make_mut()
+            .set_features(0, Some(gst::CapsFeatures::new([f])));
+    }
+    caps
 }
 
 /// Raw audio from `raw` -> AAC-LC 48 kHz stereo into a new tee.
@@ -255,6 +295,7 @@ pub fn audio_encode(
         tail: None,
         bin: None,
         candidate: None,
+        memory: None,
     })
 }
 
@@ -271,3 +312,6 @@ pub fn force_keyframe(encoder: &gst::Element) {
         tracing::debug!(encoder = %encoder.name(), "the encoder took no keyframe request");
     }
 }
+
+#[cfg(test)]
+mod tests;

@@ -1,9 +1,11 @@
 //! fMP4: top-level boxes followed across buffers; the header is everything
 //! before the first `moof`; each `moof` is a chunk, `mdat` bytes pass on.
 
+use std::collections::VecDeque;
+
 use bytes::Bytes;
 
-use super::{be32, be64, emit, Chunk};
+use super::{be32, be64, emit, init, Chunk};
 
 /// The largest box held whole (header boxes, `moof`); a larger one is taken
 /// for garbage. mp4mux's `moov` and `moof` are a few kilobytes.
@@ -27,6 +29,14 @@ pub(super) struct Mp4 {
     moov: Option<Bytes>,
     pub(super) header: Option<Bytes>,
     video: Option<VideoTrack>,
+    /// Video keyframe fragments passed so far.
+    keyframes: u64,
+    /// New video configurations (`avcC` payloads), each for the keyframe
+    /// fragment of this index (counted from 0) and after.
+    configs: VecDeque<(u64, Bytes)>,
+    /// Headers made while pushing, each with the number of chunks that
+    /// were out before it.
+    pub(super) marks: Vec<(usize, Bytes)>,
 }
 
 impl Default for Mp4 {
@@ -40,6 +50,9 @@ impl Default for Mp4 {
             moov: None,
             header: None,
             video: None,
+            keyframes: 0,
+            configs: VecDeque::new(),
+            marks: Vec::new(),
         }
     }
 }
@@ -200,7 +213,13 @@ impl Mp4 {
             b"moof" => {
                 self.in_header = false;
                 let keyframe = match self.video {
-                    Some(v) => starts_on_sync(&b[hdr..], v),
+                    Some(v) => {
+                        let key = starts_on_sync(&b[hdr..], v);
+                        if key {
+                            self.keyframe(v, out.len());
+                        }
+                        key
+                    }
                     None => true,
                 };
                 emit(out, b, keyframe);
@@ -208,7 +227,7 @@ impl Mp4 {
             b"moov" => {
                 self.video = video_track(&b[hdr..]);
                 self.moov = Some(b);
-                self.rebuild_header();
+                self.rebuild_header(out.len());
             }
             b"ftyp" if !self.in_header => {
                 // A new presentation: its header builds up until its `moov`.
@@ -220,15 +239,42 @@ impl Mp4 {
             // reaches a `moof` must not grow the header without end.
             _ if self.pre.len() + b.len() <= MAX_HELD as usize => {
                 self.pre.extend_from_slice(&b);
-                self.rebuild_header();
+                self.rebuild_header(out.len());
             }
             _ => {}
         }
     }
 
-    fn rebuild_header(&mut self) {
+    fn rebuild_header(&mut self, at: usize) {
         if let Some(moov) = &self.moov {
-            self.header = Some(Bytes::from([&self.pre[..], &moov[..]].concat()));
+            let header = Bytes::from([&self.pre[..], &moov[..]].concat());
+            self.marks.push((at, header.clone()));
+            self.header = Some(header);
+        }
+    }
+
+    /// The video configuration changes from keyframe fragment `at` (its
+    /// index among the video keyframe fragments, from 0): from there on
+    /// the header carries `avcc`.
+    pub(super) fn set_video_config(&mut self, at: u64, avcc: Bytes) {
+        self.configs.push_back((at, avcc));
+    }
+
+    /// A video keyframe fragment is about to go out as chunk `at`: a new
+    /// configuration due here goes into the header first.
+    fn keyframe(&mut self, video: VideoTrack, at: usize) {
+        let index = self.keyframes;
+        self.keyframes += 1;
+        let mut due = None;
+        while self.configs.front().is_some_and(|(k, _)| *k <= index) {
+            due = self.configs.pop_front();
+        }
+        let (Some((_, avcc)), Some(moov)) = (due, &self.moov) else {
+            return;
+        };
+        if let Some(moov) = init::with_avcc(moov, video.id, &avcc) {
+            self.moov = Some(Bytes::from(moov));
+            self.rebuild_header(at);
         }
     }
 }

@@ -3,7 +3,7 @@
 
 use bytes::Bytes;
 
-use super::{be16, emit, Chunk};
+use super::{be16, emit, same_tables, Chunk};
 
 const PACKET: usize = 188;
 const SYNC: u8 = 0x47;
@@ -20,6 +20,13 @@ pub(super) struct Ts {
     audio_pid: Option<u16>,
     pat: Option<Bytes>,
     pmt: Option<Bytes>,
+    /// The last inspected packet was a PAT or PMT.
+    table: bool,
+    /// The header last handed on.
+    marked: Option<Bytes>,
+    /// Headers that changed while pushing, each with the number of chunks
+    /// that were out before it.
+    pub(super) marks: Vec<(usize, Bytes)>,
 }
 
 impl Ts {
@@ -51,6 +58,7 @@ impl Ts {
             }
             let packet = Bytes::from(std::mem::take(&mut self.carry));
             let keyframe = self.inspect(&packet, 0);
+            self.mark_change(out.len());
             emit(out, packet, keyframe);
         }
         let (mut run, mut run_key) = (pos, false);
@@ -84,14 +92,37 @@ impl Ts {
                 emit(out, input.slice(run..pos), run_key);
                 (run, run_key) = (pos, true);
             }
+            // A changed table takes effect from the chunk it is in.
+            self.mark_change(out.len());
             pos += PACKET;
         }
         emit(out, input.slice(run..pos), run_key);
         self.carry.extend_from_slice(&input[pos..]);
     }
 
+    /// Whether the packet just inspected changed the PAT or PMT in a way
+    /// that matters to a viewer (not merely its continuity counter).
+    fn table_changed(&self) -> bool {
+        self.table
+            && self
+                .header()
+                .is_some_and(|h| !self.marked.as_ref().is_some_and(|m| same_tables(m, &h)))
+    }
+
+    /// Records a changed header before chunk `at`.
+    fn mark_change(&mut self, at: usize) {
+        if self.table_changed() {
+            if let Some(h) = self.header() {
+                self.marked = Some(h.clone());
+                self.marks.push((at, h));
+            }
+        }
+        self.table = false;
+    }
+
     /// Tracks PAT/PMT; true when the packet at `at` starts a keyframe.
     fn inspect(&mut self, buf: &Bytes, at: usize) -> bool {
+        self.table = false;
         let p = &buf[at..at + PACKET];
         if p[1] & 0x80 != 0 {
             return false; // transport_error_indicator
@@ -119,6 +150,7 @@ impl Ts {
                     (self.pmt, self.video_pid, self.audio_pid) = (None, None, None);
                 }
                 self.pat = Some(buf.slice(at..at + PACKET));
+                self.table = true;
             }
             return false;
         }
@@ -126,6 +158,7 @@ impl Ts {
             if let Some((video, audio)) = section(payload, 0x02).map(pmt_streams) {
                 (self.video_pid, self.audio_pid) = (video, audio);
                 self.pmt = Some(buf.slice(at..at + PACKET));
+                self.table = true;
             }
             return false;
         }

@@ -71,8 +71,12 @@ impl Fanout {
         })
     }
 
-    /// The container header (replaces the previous one; later joiners get it).
-    /// Viewers that have not started get the new one instead; the GOP cache
+    /// The container header (replaces the previous one; later joiners get
+    /// it). A viewer with no media queued whose header has not gone out
+    /// gets the new one instead; any other gets the new one in its stream,
+    /// right before the next keyframe chunk (what it has queued
+    /// stays before it; chunks published in between are not sent to it, as
+    /// they would follow the new header without a keyframe). The GOP cache
     /// is dropped, as its chunks belong to the previous header.
     pub fn set_header(&self, header: Bytes) {
         let mut inner = self.inner.lock();
@@ -82,13 +86,15 @@ impl Fanout {
         inner.gop.clear();
         inner.gop_bytes = 0;
         let mut wake = Vec::new();
-        // Viewers whose header already went out keep it.
-        let pending =
-            |s: &&mut Slot| !s.passive && !s.started && (!s.has_header || s.header.is_some());
-        for slot in inner.viewers.values_mut().filter(pending) {
-            slot.header = Some(header.clone());
-            slot.has_header = true;
-            slot.take_wakers(&mut wake);
+        for slot in inner.viewers.values_mut().filter(|s| !s.passive) {
+            // Media queued, or the header gone out: the old header stays.
+            if slot.started || (slot.has_header && slot.header.is_none()) {
+                slot.next_header = Some(header.clone());
+            } else {
+                slot.header = Some(header.clone());
+                slot.has_header = true;
+                slot.take_wakers(&mut wake);
+            }
         }
         for t in &inner.taps {
             t.header(&header);
@@ -131,9 +137,15 @@ impl Fanout {
                     .is_some_and(|t| now.duration_since(t) > self.cfg.stall)
                 {
                     stalled.push(*id);
-                } else if chunk.keyframe || (slot.started && !slot.skipping) {
+                } else if chunk.keyframe {
+                    if let Some(header) = slot.next_header.take() {
+                        slot.push(header, now);
+                    }
                     slot.started = true;
                     slot.skipping = false;
+                    slot.push(chunk.data.clone(), now);
+                    slot.take_wakers(&mut wake);
+                } else if slot.started && !slot.skipping && slot.next_header.is_none() {
                     slot.push(chunk.data.clone(), now);
                     slot.take_wakers(&mut wake);
                 }
@@ -183,6 +195,7 @@ impl Fanout {
                 if !slot.started {
                     slot.header = None;
                 }
+                slot.next_header = None;
                 slot.take_wakers(&mut wake);
             }
             passive
@@ -239,6 +252,7 @@ impl Fanout {
                 passive: true,
                 has_header: false,
                 header: None,
+                next_header: None,
                 started: true,
                 skipping: false,
                 queue: VecDeque::new(),
@@ -275,6 +289,7 @@ impl Fanout {
                 passive: false,
                 has_header: header.is_some(),
                 header,
+                next_header: None,
                 started: false,
                 skipping: false,
                 queue: VecDeque::new(),

@@ -57,6 +57,9 @@ pub(super) struct Slot {
     pub(super) header: Option<Bytes>,
     /// The header was assigned (pending or delivered).
     pub(super) has_header: bool,
+    /// A header that replaced the one it was given after that one went
+    /// out: queued right before the next keyframe chunk.
+    pub(super) next_header: Option<Bytes>,
     /// A keyframe chunk was queued: media may follow.
     pub(super) started: bool,
     /// The queue overflowed: nothing until the next keyframe chunk.

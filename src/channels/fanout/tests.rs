@@ -473,3 +473,5 @@ async fn sweep_ends_a_viewer_stuck_behind_when_nothing_is_published() {
     assert_eq!(f.viewer_count(), 0);
     assert_eq!(h.lag_ms(), 0);
 }
+
+mod header;

@@ -236,3 +236,142 @@ fn mp4_box_of_size_zero_runs_to_the_end() {
         assert!(!chunks.last().unwrap().keyframe);
     }
 }
+
+/// A `moov` whose video track 1 has a sample description with this
+/// `avcC` payload, and an audio track 2.
+fn moov_with_avcc(avcc: &[u8]) -> Vec<u8> {
+    let avc1 = bx(
+        b"avc1",
+        &[&[0; 78], &bx(b"avcC", &[avcc]), &bx(b"pasp", &[&[0; 8]])],
+    );
+    let stsd = full(b"stsd", 0, 0, &[&u32s(&[1]), &avc1]);
+    let stbl = bx(b"stbl", &[&stsd, &full(b"stts", 0, 0, &[&u32s(&[0])])]);
+    let minf = bx(b"minf", &[&full(b"vmhd", 0, 1, &[&[0; 8]]), &stbl]);
+    let trak = |id: u32, handler: &[u8; 4], minf: &[u8]| {
+        let tkhd = full(b"tkhd", 0, 7, &[&[0; 8], &u32s(&[id]), &[0; 68]]);
+        let hdlr = full(b"hdlr", 0, 0, &[&[0; 4], handler, &[0; 13]]);
+        bx(b"trak", &[&tkhd, &bx(b"mdia", &[&hdlr, minf])])
+    };
+    let mvex = bx(
+        b"mvex",
+        &[
+            &full(b"trex", 0, 0, &[&u32s(&[1, 1, 0, 0, NON_SYNC])]),
+            &full(b"trex", 0, 0, &[&u32s(&[2, 1, 0, 0, 0])]),
+        ],
+    );
+    bx(
+        b"moov",
+        &[
+            &full(b"mvhd", 0, 0, &[&[0; 96]]),
+            &trak(2, b"soun", &bx(b"minf", &[])),
+            &trak(1, b"vide", &minf),
+            &mvex,
+        ],
+    )
+}
+
+fn parts_of(s: &mut Splitter, bytes: &[u8], splits: &[usize]) -> Vec<Part> {
+    let mut out = Vec::new();
+    let mut pos = 0;
+    for size in splits.iter().cycle() {
+        if pos >= bytes.len() {
+            break;
+        }
+        let end = (pos + size).min(bytes.len());
+        s.push_parts(&bytes[pos..end], &mut out);
+        pos = end;
+    }
+    out
+}
+
+#[test]
+fn mp4_a_new_video_config_goes_out_as_a_header_right_before_its_keyframe() {
+    let (old, new) = (
+        b"\x01\x42\xc0\x1eOLD".to_vec(),
+        b"\x01\x4d\x40\x1fNEWER".to_vec(),
+    );
+    let header = [ftyp(), moov_with_avcc(&old)].concat();
+    assert_eq!(video_avcc(&header), Some(&old[..]));
+    let key = || moof(&[traf(1, None, trun_first(SYNC_FLAGS))]);
+    let fragments = [
+        key(),
+        moof(&[traf(2, None, trun_first(SYNC_FLAGS))]),
+        moof(&[traf(1, None, trun_first(NON_SYNC))]),
+        key(),
+        moof(&[traf(1, None, trun_first(NON_SYNC))]),
+        key(),
+    ];
+    let mut bytes = header.clone();
+    for f in &fragments {
+        bytes.extend(f);
+        bytes.extend(mdat(40));
+    }
+    for splits in SPLITS {
+        let mut s = Splitter::new(Format::Mp4);
+        // Known before the muxer's output reaches the splitter: from the
+        // second video keyframe on.
+        s.set_video_config(1, Bytes::from(new.clone()));
+        let parts = parts_of(&mut s, &bytes, splits);
+        let headers: Vec<(usize, &Bytes)> = (parts.iter().enumerate())
+            .filter_map(|(i, p)| match p {
+                Part::Header(h) => Some((i, h)),
+                Part::Chunk(_) => None,
+            })
+            .collect();
+        assert_eq!(headers.len(), 2, "{splits:?}");
+        assert_eq!(headers[0].1[..], header[..]);
+        let (at, changed) = headers[1];
+        assert_eq!(video_avcc(changed), Some(&new[..]), "{splits:?}");
+        assert_eq!(changed.len(), header.len() + new.len() - old.len());
+        assert!(changed.starts_with(&ftyp()));
+        // Right before the second keyframe fragment, which is whole.
+        let keys: Vec<usize> = (parts.iter().enumerate())
+            .filter(|(_, p)| matches!(p, Part::Chunk(c) if c.keyframe))
+            .map(|(i, _)| i)
+            .collect();
+        assert_eq!(keys.len(), 3, "{splits:?}");
+        assert_eq!(at + 1, keys[1], "{splits:?}");
+        let Part::Chunk(c) = &parts[keys[1]] else {
+            unreachable!()
+        };
+        assert_eq!(c.data[..], key()[..]);
+        assert_eq!(s.header().as_deref(), Some(&changed[..]));
+        // The media bytes are untouched.
+        let media: Vec<u8> = (parts.iter())
+            .filter_map(|p| match p {
+                Part::Chunk(c) => Some(c.data.to_vec()),
+                Part::Header(_) => None,
+            })
+            .flatten()
+            .collect();
+        assert_eq!(media, bytes[header.len()..]);
+    }
+}
+
+#[test]
+fn mp4_the_same_or_an_unplaceable_video_config_changes_no_header() {
+    let avcc = b"\x01\x42\xc0\x1eSAME".to_vec();
+    let header = [ftyp(), moov_with_avcc(&avcc)].concat();
+    let key = moof(&[traf(1, None, trun_first(SYNC_FLAGS))]);
+    let bytes = [header.clone(), key.clone(), mdat(10), key, mdat(10)].concat();
+    let mut s = Splitter::new(Format::Mp4);
+    s.set_video_config(1, Bytes::from(avcc));
+    let parts = parts_of(&mut s, &bytes, &[usize::MAX]);
+    assert_eq!(
+        parts
+            .iter()
+            .filter(|p| matches!(p, Part::Header(_)))
+            .count(),
+        1
+    );
+    // A video track without an avcC keeps its header.
+    let plain = av_stream();
+    let mut s = Splitter::new(Format::Mp4);
+    s.set_video_config(1, Bytes::from_static(b"\x01NEW"));
+    let parts = parts_of(&mut s, &plain.bytes, &[usize::MAX]);
+    let headers: Vec<&Part> = parts
+        .iter()
+        .filter(|p| matches!(p, Part::Header(_)))
+        .collect();
+    assert!(matches!(headers[..], [Part::Header(h)] if h[..] == plain.header[..]));
+}

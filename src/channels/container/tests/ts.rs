@@ -163,3 +163,54 @@ fn ts_resyncs_and_drops_garbage() {
     feed(&mut s, &[good.concat(), bad_pat].concat(), &[usize::MAX]);
     assert_eq!(s.header().unwrap()[..], good[..2].concat()[..]);
 }
+
+#[test]
+fn ts_a_changed_pmt_is_a_header_part_and_a_repeated_one_is_not() {
+    let av = [(0x1b, VIDEO), (0x0f, AUDIO)];
+    let changed = [(0x1b, VIDEO), (0x0f, AUDIO), (0x06, 0x102)];
+    let packets = [
+        pat(0),
+        pmt(0, &av),
+        pes(VIDEO, true, true, 0),
+        pat(1),
+        pmt(1, &av), // the same tables again
+        pes(VIDEO, true, true, 1),
+        pes(VIDEO, false, false, 2),
+        pat(2),
+        pmt(2, &changed),
+        pes(VIDEO, true, true, 3),
+    ];
+    let bytes = packets.concat();
+    for splits in SPLITS {
+        let mut s = Splitter::new(Format::Ts);
+        let mut parts = Vec::new();
+        let mut pos = 0;
+        for size in splits.iter().cycle() {
+            if pos >= bytes.len() {
+                break;
+            }
+            let end = (pos + size).min(bytes.len());
+            s.push_parts(&bytes[pos..end], &mut parts);
+            pos = end;
+        }
+        let mut seen = Vec::new();
+        let mut at = 0;
+        for p in &parts {
+            match p {
+                Part::Header(h) => seen.push((at, h.clone())),
+                Part::Chunk(c) => at += c.data.len(),
+            }
+        }
+        assert_eq!(seen.len(), 2, "{splits:?}");
+        assert_eq!(seen[0].1[..], [pat(0), pmt(0, &av)].concat()[..]);
+        assert_eq!(seen[1].1[..], [pat(2), pmt(2, &changed)].concat()[..]);
+        // Each goes out no later than its PMT, and after the keyframe
+        // before it.
+        assert!(seen[0].0 <= 188, "{splits:?}: {}", seen[0].0);
+        assert!(
+            (5 * 188..=8 * 188).contains(&seen[1].0),
+            "{splits:?}: {}",
+            seen[1].0
+        );
+    }
+}
