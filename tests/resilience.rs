@@ -466,6 +466,64 @@ async fn a_primary_that_dies_mid_session_is_replaced_by_the_backup() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_hls_event_that_ended_for_good_ends_the_session_within_the_budget() {
+    // The stall timeout is out of the way: only the reconnect budget may
+    // end the session once the playlist has ended.
+    let ts = start_with(|s| {
+        s.rate_limit_preview = sluice::http::ratelimit::Rate::parse("off").unwrap();
+        s.reconnect_timeout_ms = 3_000;
+        s.stall_timeout_ms = 120_000;
+    })
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut writer = HlsWriter::start_ending(dir.path(), "320x240", 8);
+    writer.ready(dir.path()).await;
+    let up = Upstream::start(Content::Dir(dir.path().to_path_buf())).await;
+    add_stream(&ts, "event", &up.url("/index.m3u8")).await;
+    let resp = client()
+        .get(ts.url("/streams/preview/event?quality=low"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    let reader = tokio::spawn(read_for(resp, Duration::from_secs(60), 64 << 20));
+    writer.finished().await;
+    let ended = Instant::now();
+    let data = reader.await.unwrap();
+    // Each reconnect finds the same ended playlist, replays its window and
+    // ends again: that is one outage, ended when its 3 s budget is spent
+    // (the replays and the backoff take a few seconds more), never a loop.
+    let after = ended.elapsed();
+    assert!(
+        after < Duration::from_secs(20),
+        "the session went on {after:?} after its source ended for good"
+    );
+    assert!(!data.is_empty());
+    let metrics = reqwest::get(ts.url("/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let reconnects: f64 = metrics
+        .lines()
+        .find(|l| l.starts_with("sluice_source_reconnects_total "))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0.0);
+    assert!(
+        reconnects <= 10.0,
+        "{reconnects} reconnects to an ended playlist"
+    );
+    let gone = eventually(Duration::from_secs(5), || {
+        ts.state().registry.all().is_empty()
+    })
+    .await;
+    assert!(gone, "the session outlived its source");
+    ts.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn reconnecting_gives_up_when_its_budget_runs_out() {
     let ts = server(3_000).await;
     let mut up = Upstream::start(Content::LiveTs).await;

@@ -100,7 +100,9 @@ pub(super) fn hold_stream(
     held.add_probe(gst::PadProbeType::BUFFER, move |_, info| {
         if let (Some(sh), Some(b)) = (weak.upgrade(), info.buffer()) {
             if let Some(ts) = b.pts().or(b.dts()) {
-                let end = ts.nseconds() + b.duration().map_or(0, |d| d.nseconds());
+                let end = ts
+                    .nseconds()
+                    .saturating_add(b.duration().map_or(0, |d| d.nseconds()));
                 if let Some(rt) = t.running_time(end).and_then(|rt| u64::try_from(rt).ok()) {
                     sh.resume_rt.fetch_max(rt, Ordering::Relaxed);
                 }

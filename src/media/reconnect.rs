@@ -10,6 +10,13 @@
 //! generation stopped, so the client receives one stream with monotonic
 //! timestamps. When the budget runs out, [`SOURCE_GONE`] is posted and the
 //! session ends as a source error.
+//!
+//! A reconnect holds once its source has run [`STABLE_AFTER`]. A source
+//! lost again before that (an HLS playlist that ended for good replays its
+//! last window and ends again; a server that accepts and drops) continues
+//! the same outage: its budget and backoff go on from where they were, so
+//! a source that keeps coming back for a moment still ends the session
+//! when the budget is spent rather than looping.
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -34,6 +41,38 @@ const FIRST_BACKOFF: Duration = Duration::from_millis(250);
 const MAX_BACKOFF: Duration = Duration::from_secs(2);
 /// Gap left between the last running time before a splice and the first after.
 const SPLICE_GAP_NS: u64 = 1_000_000;
+/// How long a reconnected source must run before a later loss counts as a
+/// new outage with a fresh budget.
+pub const STABLE_AFTER: Duration = Duration::from_secs(5);
+
+/// A source outage: when it began, the attempts made so far, and when the
+/// last one succeeded.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Outage {
+    started: Instant,
+    attempts: u32,
+    reconnected: Option<Instant>,
+}
+
+impl Outage {
+    /// The outage a loss seen at `now` belongs to: `last` if its reconnect
+    /// has not held yet (or it is still being reconnected), else a new one.
+    fn continue_or_begin(last: Option<Outage>, now: Instant) -> Outage {
+        match last {
+            Some(o)
+                if o.reconnected
+                    .is_none_or(|at| now.duration_since(at) < STABLE_AFTER) =>
+            {
+                o
+            }
+            _ => Outage {
+                started: now,
+                attempts: 0,
+                reconnected: None,
+            },
+        }
+    }
+}
 
 /// What a lost source leads to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -190,16 +229,32 @@ impl Job {
     /// After the output exists: reconnect within the budget.
     fn reconnect(&self) -> Outcome {
         let sh = &self.shared;
-        let started = Instant::now();
+        let outage = Outage::continue_or_begin(*sh.outage.lock(), Instant::now());
+        *sh.outage.lock() = Some(outage);
+        let started = outage.started;
         let budget = self.plan.reconnect_budget;
         let n = self.plan.uris.len();
         let first = sh.uri_index.load(Ordering::Acquire);
         let mut failed = self.failed;
         let mut errors: Vec<String> = Vec::new();
         let why = sh.last_error.lock().clone().unwrap_or_default();
-        tracing::warn!(error = %why, budget_ms = budget.as_millis() as u64, "source lost; reconnecting");
+        match outage.reconnected {
+            Some(at) => tracing::warn!(
+                error = %why,
+                after_ms = at.elapsed().as_millis() as u64,
+                outage_ms = started.elapsed().as_millis() as u64,
+                budget_ms = budget.as_millis() as u64,
+                "source lost again soon after reconnecting; the outage goes on"
+            ),
+            None => tracing::warn!(
+                error = %why,
+                budget_ms = budget.as_millis() as u64,
+                "source lost; reconnecting"
+            ),
+        }
         errors.push(why);
-        for attempt in 0u32.. {
+        let mut made = outage.attempts;
+        for attempt in outage.attempts.. {
             let Some(pipeline) = self.pipeline.upgrade() else {
                 return Outcome::Closing;
             };
@@ -225,6 +280,7 @@ impl Job {
             let attempt_timeout = ATTEMPT_TIMEOUT
                 .min(budget.saturating_sub(started.elapsed()))
                 .max(Duration::from_secs(1));
+            made = attempt + 1;
             let result = ingest::add_generation(&pipeline, sh, &self.plan, index, gen)
                 .map_err(|e| e.to_string())
                 .and_then(|()| self.wait_for_streams(gen, attempt_timeout))
@@ -234,6 +290,11 @@ impl Job {
             }
             match result {
                 Ok(()) => {
+                    *sh.outage.lock() = Some(Outage {
+                        started,
+                        attempts: attempt + 1,
+                        reconnected: Some(Instant::now()),
+                    });
                     sh.reconnects.fetch_add(1, Ordering::Relaxed);
                     sh.stats.reconnected();
                     tracing::info!(
@@ -256,9 +317,8 @@ impl Job {
         }
         let last = errors.last().cloned().unwrap_or_default();
         Outcome::GaveUp(format!(
-            "the source dropped and did not come back within {} ms ({} attempts; last error: {last})",
+            "the source dropped and did not come back for good within {} ms ({made} attempts; last error: {last})",
             budget.as_millis(),
-            errors.len().saturating_sub(1)
         ))
     }
 
@@ -326,8 +386,12 @@ fn splice(pipeline: &gst::Pipeline, sh: &Shared, gen: u64) -> Result<(), String>
         .map(|b| b.as_ref().and_then(|w| w.upgrade()))
         .collect();
     let first = pending.iter().filter_map(|p| p.first_rt).min().unwrap_or(0);
-    let resume = sh.resume_rt.load(Ordering::Acquire) + SPLICE_GAP_NS;
-    let offset = resume as i64 - first;
+    let resume = sh
+        .resume_rt
+        .load(Ordering::Acquire)
+        .saturating_add(SPLICE_GAP_NS);
+    let offset = i64::try_from(i128::from(resume) - i128::from(first))
+        .map_err(|_| "the reconnected stream's timestamps are out of range".to_string())?;
     let mut fed = [false, false];
     let mut result = Ok(());
     for p in &pending {
@@ -373,4 +437,31 @@ fn splice(pipeline: &gst::Pipeline, sh: &Shared, gen: u64) -> Result<(), String>
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_loss_soon_after_a_reconnect_continues_the_outage() {
+        let t0 = Instant::now();
+        let fresh = Outage::continue_or_begin(None, t0);
+        assert_eq!((fresh.started, fresh.attempts), (t0, 0));
+        let back = Outage {
+            started: t0,
+            attempts: 3,
+            reconnected: Some(t0 + Duration::from_secs(2)),
+        };
+        // Lost again a moment after coming back: same start, attempts go on.
+        let again = Outage::continue_or_begin(Some(back), t0 + Duration::from_secs(3));
+        assert_eq!((again.started, again.attempts), (t0, 3));
+        // Lost after running long enough: a new outage with a fresh budget.
+        let later = t0 + Duration::from_secs(2) + STABLE_AFTER;
+        let new = Outage::continue_or_begin(Some(back), later);
+        assert_eq!(
+            (new.started, new.attempts, new.reconnected),
+            (later, 0, None)
+        );
+    }
 }

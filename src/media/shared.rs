@@ -73,6 +73,9 @@ pub(super) struct Shared {
     pub(super) reconnecting: AtomicBool,
     /// Successful reconnects.
     pub(super) reconnects: AtomicU64,
+    /// The outage being reconnected, kept across a reconnect that did not
+    /// hold (see [`super::reconnect`]).
+    pub(super) outage: Mutex<Option<super::reconnect::Outage>>,
     /// Wakes whoever waits for pads or for output.
     pub(super) notify: tokio::sync::Notify,
     /// The app's media counters.
@@ -183,14 +186,17 @@ pub(super) struct PadTiming {
 
 impl PadTiming {
     /// Running time (ns) of `ts` on this pad, offset included; negative
-    /// before the segment's start (decode timestamps often are).
+    /// before the segment's start (decode timestamps often are). None
+    /// before the segment is known, or for a time no running time can hold
+    /// (a source's garbage timestamp never wraps into a plausible one).
     pub fn running_time(&self, ts: u64) -> Option<i64> {
         if !self.ready.load(Ordering::Relaxed) {
             return None;
         }
-        let start = self.start.load(Ordering::Relaxed) as i64;
-        let base = self.base.load(Ordering::Relaxed) as i64;
-        Some(ts as i64 - start + base + self.offset.load(Ordering::Relaxed))
+        let start = i128::from(self.start.load(Ordering::Relaxed));
+        let base = i128::from(self.base.load(Ordering::Relaxed));
+        let offset = i128::from(self.offset.load(Ordering::Relaxed));
+        i64::try_from(i128::from(ts) - start + base + offset).ok()
     }
 
     pub(super) fn record(&self, seg: &gst::Segment) {
@@ -253,5 +259,10 @@ mod tests {
         assert_eq!(t.running_time(11_000_000_000), Some(2_000_000_000));
         t.offset.store(-5_000_000_000, Ordering::Relaxed);
         assert_eq!(t.running_time(11_000_000_000), Some(-2_000_000_000));
+        // Out of range either way: no running time rather than a wrapped one.
+        t.offset.store(i64::MAX, Ordering::Relaxed);
+        assert_eq!(t.running_time(u64::MAX - 1), None);
+        t.offset.store(i64::MIN, Ordering::Relaxed);
+        assert_eq!(t.running_time(0), None);
     }
 }

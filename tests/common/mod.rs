@@ -478,6 +478,16 @@ pub struct HlsWriter(std::process::Child);
 
 impl HlsWriter {
     pub fn start(dir: &Path, size: &str) -> HlsWriter {
+        Self::spawn(dir, size, &[])
+    }
+
+    /// A writer that stops after `seconds`: its playlist then ends
+    /// (`#EXT-X-ENDLIST`), as a finished live event's does.
+    pub fn start_ending(dir: &Path, size: &str, seconds: u32) -> HlsWriter {
+        Self::spawn(dir, size, &["-t", &seconds.to_string()])
+    }
+
+    fn spawn(dir: &Path, size: &str, limit: &[&str]) -> HlsWriter {
         std::fs::create_dir_all(dir).unwrap();
         let child = Command::new("ffmpeg")
             .args(["-v", "error", "-re", "-f", "lavfi", "-i"])
@@ -496,6 +506,9 @@ impl HlsWriter {
                 "aac",
                 "-b:a",
                 "64k",
+            ])
+            .args(limit)
+            .args([
                 "-f",
                 "hls",
                 "-hls_time",
@@ -512,6 +525,13 @@ impl HlsWriter {
             .spawn()
             .expect("ffmpeg runs (apt install ffmpeg)");
         HlsWriter(child)
+    }
+
+    /// Waits until the writer has finished (a writer that ends).
+    pub async fn finished(&mut self) {
+        while matches!(self.0.try_wait(), Ok(None)) {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
     }
 
     /// Waits until the playlist lists a few segments.
