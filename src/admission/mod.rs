@@ -30,9 +30,11 @@ use window::{host_idle_cores, used_cores, CpuSample};
 /// real time for another to start: the margin that absorbs a busy moment.
 pub const MIN_ENCODE_SPEED: f64 = 1.05;
 /// The share of the cores kept free after a new encoder's cost: at full
-/// CPU every live encoder loses pictures to the smallest hiccup. Small:
-/// [`MIN_ENCODE_SPEED`] is the margin that measures the machine itself.
-pub const CPU_RESERVE: f64 = 0.05;
+/// CPU every live encoder loses pictures to the smallest hiccup, and near
+/// full each picture costs more than the same picture on an idle machine
+/// (the encoders contend for caches and memory), so costs learned lower
+/// down understate the last encoder's.
+pub const CPU_RESERVE: f64 = 0.1;
 /// A rendition whose speed window reads at least this many times real
 /// time is catching up on a source's backlog (a live HLS source starts a
 /// few segments behind its edge), not just seeing a segment arrive early:

@@ -51,7 +51,7 @@ fn just_admitted_encoders_count_at_their_estimate_until_measured() {
     let h = headroom(2.0, 0.85);
     used(&h, 0.0, 3);
     assert_eq!(h.admit("medium", None, 0), Ok(()));
-    // 2.0 - 0.85 leaves 1.15: one more fits (0.1 stays free), a third
+    // 2.0 - 0.85 leaves 1.15: one more fits (0.2 stays free), a third
     // does not.
     assert_eq!(h.admit("medium", None, 1), Ok(()));
     let refusal = h.admit("medium", None, 2).unwrap_err();
@@ -76,7 +76,7 @@ fn measured_cpu_and_source_size_decide() {
     let mut running = encoder("medium", 3.0);
     running.settled = false;
     h.record_encoders(vec![running]);
-    // 0.8 free, of which 0.1 stay free: a 1080p source's 0.8 does not
+    // 0.8 free, of which 0.2 stay free: a 1080p source's 0.8 does not
     // fit, a 720p one (0.36) does.
     assert_eq!(h.admit("medium", None, 1).unwrap_err().reason, "no_cpu");
     assert_eq!(h.admit("medium", Some(1280 * 720), 1), Ok(()));
@@ -84,7 +84,7 @@ fn measured_cpu_and_source_size_decide() {
 
 #[test]
 fn what_the_host_leaves_idle_bounds_the_free_cores() {
-    let h = headroom(2.0, 0.55);
+    let h = headroom(2.0, 0.5);
     // The process uses 0.2 cores, but other processes leave 0.6 idle.
     used_idle(&h, 0.2, Some(0.6), 3);
     // (Still warming up, so its cost is not learned from this.)
@@ -94,7 +94,7 @@ fn what_the_host_leaves_idle_bounds_the_free_cores() {
     let v = h.view("auto".into(), 1);
     assert_eq!(v.host_idle_cores, Some(0.6));
     assert!((v.free_cores - 0.6).abs() < 0.01, "{v:?}");
-    // 0.6 free less the 0.1 kept free: a 0.55 encoder does not fit.
+    // 0.6 free less the 0.2 kept free: a 0.5 encoder does not fit.
     assert_eq!(h.admit("medium", None, 1).unwrap_err().reason, "no_cpu");
     assert_eq!(h.admit("low", None, 1), Ok(()));
 }
