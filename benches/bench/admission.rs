@@ -25,11 +25,24 @@ pub const PLAY_S: f64 = 10.0;
 
 /// The most channels asked for per profile.
 pub fn bound(b: &Bench) -> usize {
-    if b.cfg.full {
+    bound_of(b.cfg.full)
+}
+
+fn bound_of(full: bool) -> usize {
+    if full {
         16
     } else {
         3
     }
+}
+
+/// Seconds of source material the ramp needs so that its first channel is
+/// still on air when the last admitted viewer's window ends: a source that
+/// ended would be reconnected during the ramp and skew what admission and
+/// the viewers measure. Allows 3 s per channel to its first fragment.
+pub fn material_needed(full: bool, window_s: f64) -> u32 {
+    let ramp = bound_of(full) as f64 * (PLAY_S + 3.0) + window_s;
+    (crate::hls::HEAD_START_S + ramp + f64::from(crate::hls::SEGMENT_S)).ceil() as u32
 }
 
 /// The 503 that ended the ramp: its `error` code and `message`.

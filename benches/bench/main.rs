@@ -80,7 +80,9 @@ impl Config {
                 width: 1920,
                 height: 1080,
                 fps: 30,
-                seconds: 48,
+                // Long enough for the admission ramp (see
+                // `admission::material_needed`); other figures use its start.
+                seconds: 240,
                 video_kbit: 5000,
             },
             figures: FIGURES.map(String::from).to_vec(),
@@ -112,7 +114,7 @@ impl Config {
                 width: 640,
                 height: 360,
                 fps: 30,
-                seconds: 24,
+                seconds: 56,
                 video_kbit: 1000,
             },
             figures: FIGURES.map(String::from).to_vec(),

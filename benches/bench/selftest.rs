@@ -188,6 +188,14 @@ fn windows() {
 
 /// Checks of the harness's own parts; panics on the first that fails.
 pub fn units() {
+    for cfg in [crate::Config::full(), crate::Config::smoke()] {
+        let needed = crate::admission::material_needed(cfg.full, cfg.window_s);
+        assert!(
+            cfg.material.seconds >= needed,
+            "{} s of material; the admission ramp needs {needed} s on air",
+            cfg.material.seconds
+        );
+    }
     stats::self_test();
     crate::admission::self_test();
     crate::merge::self_test();
