@@ -156,12 +156,15 @@ pub fn build_state(settings: Settings) -> Result<Arc<AppState>, StartError> {
             estimates,
         )
     };
+    /// Encoders per core `auto` never goes past, whatever it measures.
+    const AUTO_ENCODERS_PER_CORE: usize = 16;
     let (max_transcodes, gate) = match settings.max_transcodes {
         config::TranscodeLimit::Max(n) => (n, None),
-        // A ceiling far above what the headroom will allow, so a wrong
-        // measurement can never start encoders without bound.
+        // A ceiling far above what the headroom will allow (the cheapest
+        // profile costs a fifth of a core or more), so a wrong measurement
+        // can never start encoders without bound.
         config::TranscodeLimit::Auto => (
-            (headroom.cores().ceil() as usize * 4).max(4),
+            (headroom.cores().ceil() as usize * AUTO_ENCODERS_PER_CORE).max(AUTO_ENCODERS_PER_CORE),
             Some(headroom.clone()),
         ),
     };

@@ -34,12 +34,13 @@ pub const MIN_ENCODE_SPEED: f64 = 1.05;
 /// full each picture costs more than the same picture on an idle machine
 /// (the encoders contend for caches and memory), so costs learned lower
 /// down understate the last encoder's.
-pub const CPU_RESERVE: f64 = 0.1;
+pub const CPU_RESERVE: f64 = 0.15;
 /// A rendition whose speed window reads at least this many times real
 /// time is catching up on a source's backlog (a live HLS source starts a
-/// few segments behind its edge), not just seeing a segment arrive early:
-/// the CPU it takes now is more than it will keep taking.
-pub const CATCHING_UP: f64 = 1.15;
+/// few segments behind its edge): the CPU it takes now is more than it
+/// will keep taking. Below it is the noise of a source that arrives a
+/// segment at a time (a 5 s window of 2 s segments reads 0.8x or 1.2x).
+pub const CATCHING_UP: f64 = 1.5;
 /// A running encoder that makes fewer of its pictures than this share
 /// (a full queue dropped the rest) is behind, whatever its speed. One that
 /// keeps up makes them all; the bar sits above the 0.95 at which a viewer

@@ -280,6 +280,9 @@ impl Pool {
                             |r| r.message,
                         ))
                     }
+                    (None, Some(_)) if mode == Mode::Transcode => AdmitError::Overloaded(format!(
+                        "{limit} encoders run, the most measured admission ever starts on these cores"
+                    )),
                     (None, _) => AdmitError::QueueFull(st.queue.len()),
                 });
             }

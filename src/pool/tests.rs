@@ -252,6 +252,25 @@ async fn a_waiter_the_headroom_never_admits_leaves_overloaded() {
     assert!(!pool.snapshot().saturated, "the queue has room");
 }
 
+#[tokio::test]
+async fn the_auto_ceiling_refuses_as_overloaded_not_as_a_full_queue() {
+    let headroom = Headroom::new(
+        8.0,
+        "low",
+        std::collections::BTreeMap::from([("low".to_string(), 0.1)]),
+    );
+    // Headroom for many more, but a ceiling of one and no queue.
+    let pool = Pool::with_headroom(limits(1, 1, 0, 10), Some(headroom));
+    let ask = |id: &'static str| {
+        pool.acquire(Mode::Transcode, id, "low", None, ip(1), later(10), |_| {})
+    };
+    let _first = ask("a").await.unwrap();
+    match ask("b").await.err() {
+        Some(AdmitError::Overloaded(why)) => assert!(why.contains("1 encoders run"), "{why}"),
+        other => panic!("{other:?}"),
+    }
+}
+
 /// Polls `cond` for up to a second.
 pub(super) async fn until(mut cond: impl FnMut() -> bool) -> bool {
     for _ in 0..100 {
