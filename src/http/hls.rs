@@ -23,11 +23,15 @@ use warp::{Filter, Rejection};
 use super::error::ApiError;
 use super::{client_ip, query_map};
 use crate::channels::RenditionKey;
-use crate::hls::playlist::{self, UriQuery, Variant};
+use crate::hls::playlist::{self, UriQuery};
 use crate::hls::{Container, SessionKey, Window, IDLE_TARGETS};
 use crate::media::{Format, Mode};
 use crate::preview::{self, REMUX_QUALITY};
 use crate::AppState;
+
+mod master;
+
+use master::master;
 
 const PLAYLIST_TYPE: &str = "application/vnd.apple.mpegurl";
 const COOKIE: &str = "sluice_hls";
@@ -211,125 +215,6 @@ fn with_cookie(mut res: warp::reply::Response, sid: &str) -> warp::reply::Respon
         res.headers_mut().insert(http::header::SET_COOKIE, v);
     }
     res
-}
-
-fn master(
-    state: &Arc<AppState>,
-    id: &str,
-    q: &HashMap<String, String>,
-    container: Container,
-    sid: String,
-) -> Result<warp::reply::Response, ApiError> {
-    let stream = (crate::catalog::valid_id(id))
-        .then(|| state.catalog.get(id))
-        .flatten()
-        .ok_or_else(|| stream_not_found(id))?;
-    if !stream.enabled {
-        return Err(ApiError::new(
-            StatusCode::CONFLICT,
-            "stream_disabled",
-            format!("stream '{}' is disabled", stream.id),
-        ));
-    }
-    let asked = q.get("quality").map(|s| s.trim()).filter(|s| !s.is_empty());
-    if let Some(a) = asked {
-        if a != REMUX_QUALITY && state.profiles.get(a).is_none() {
-            return Err(ApiError::bad_request(format!(
-                "unknown quality '{}' (available: {})",
-                a.chars().take(64).collect::<String>(),
-                state.profiles.names().join(", ")
-            )));
-        }
-    }
-    let uq = uri_query(&sid, container);
-    let mut variants = Vec::new();
-    for p in state.profiles.all() {
-        if asked.is_some_and(|a| a != p.name) {
-            continue;
-        }
-        let kbps = u64::from(p.video_bitrate) + u64::from(p.audio_bitrate);
-        let mut v = Variant {
-            bandwidth: (kbps as f64 * 1000.0 * OVERHEAD * 1.25) as u64,
-            average_bandwidth: (kbps as f64 * 1000.0 * OVERHEAD) as u64,
-            resolution: Some((p.width, p.height)),
-            frame_rate: Some(f64::from(p.max_framerate)),
-            codecs: vec![
-                format!("avc1.42C0{:02X}", level_idc(&p.level)),
-                "mp4a.40.2".to_string(),
-            ],
-            uri: format!("{}/index.m3u8?{}", p.name, uq.0),
-        };
-        if let Some(w) = running_window(state, id, &p.name, container) {
-            measured(&w, &mut v);
-        }
-        variants.push(v);
-    }
-    let remux_ok = state
-        .channels
-        .get(id)
-        .and_then(|c| c.streams())
-        .is_some_and(|s| s.remuxable());
-    if remux_ok && asked.is_none_or(|a| a == REMUX_QUALITY) {
-        let kbps = state
-            .channels
-            .get(id)
-            .map_or(0, |c| c.view().upstream.bitrate_kbps);
-        let mut v = Variant {
-            bandwidth: kbps * 1000 * 5 / 4,
-            average_bandwidth: kbps * 1000,
-            resolution: None,
-            frame_rate: None,
-            codecs: Vec::new(),
-            uri: format!("{REMUX_QUALITY}/index.m3u8?{}", uq.0),
-        };
-        if let Some(w) = running_window(state, id, REMUX_QUALITY, container) {
-            measured(&w, &mut v);
-        }
-        variants.push(v);
-    }
-    if variants.is_empty() {
-        return Err(ApiError::bad_request(
-            "the source cannot be remuxed: ask for a profile",
-        ));
-    }
-    let res = reply(
-        playlist::master(&variants).into(),
-        PLAYLIST_TYPE,
-        "no-cache".into(),
-    );
-    Ok(with_cookie(res, &sid))
-}
-
-/// "3.1" -> 31.
-fn level_idc(level: &str) -> u32 {
-    let mut it = level.split('.');
-    let major: u32 = it.next().and_then(|s| s.parse().ok()).unwrap_or(3);
-    let minor: u32 = it.next().and_then(|s| s.parse().ok()).unwrap_or(0);
-    major * 10 + minor
-}
-
-/// What a running window shows: real codecs, size and bitrates.
-fn measured(w: &Window, v: &mut Variant) {
-    if let Some(info) = w.info() {
-        if !info.codecs.is_empty() {
-            v.codecs = info.codecs.clone();
-        }
-        if info.size.is_some() {
-            v.resolution = info.size;
-        }
-    }
-    let Some(snap) = w.snapshot() else { return };
-    let rates: Vec<f64> = (snap.segments.iter())
-        .filter(|s| s.dur > 0.0)
-        .map(|s| s.data.len() as f64 * 8.0 / s.dur)
-        .collect();
-    if rates.is_empty() {
-        return;
-    }
-    let peak = rates.iter().cloned().fold(0.0, f64::max);
-    let avg = rates.iter().sum::<f64>() / rates.len() as f64;
-    v.bandwidth = v.bandwidth.max(peak as u64);
-    v.average_bandwidth = avg as u64;
 }
 
 async fn media_playlist(
@@ -580,26 +465,4 @@ fn part_name(file: &str) -> Option<(u64, usize)> {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn file_names_parse() {
-        assert_eq!(num_between("seg-42.m4s", "seg-", ".m4s"), Some(42));
-        assert_eq!(num_between("seg-x.m4s", "seg-", ".m4s"), None);
-        assert_eq!(part_name("part-7.3.m4s"), Some((7, 3)));
-        assert_eq!(part_name("part-7.m4s"), None);
-        assert_eq!(level_idc("3.1"), 31);
-        assert_eq!(level_idc("4"), 40);
-    }
-
-    #[test]
-    fn sid_comes_from_query_then_cookie() {
-        let mut q = HashMap::new();
-        assert_eq!(client_sid(&q, Some("a=1; sluice_hls=abc")), "abc");
-        q.insert("sid".to_string(), "xyz".to_string());
-        assert_eq!(client_sid(&q, Some("sluice_hls=abc")), "xyz");
-        q.insert("sid".to_string(), "bad sid!".to_string());
-        assert_eq!(client_sid(&q, None).len(), 32);
-    }
-}
+mod tests;

@@ -261,9 +261,8 @@ async fn the_auto_ceiling_refuses_as_overloaded_not_as_a_full_queue() {
     );
     // Headroom for many more, but a ceiling of one and no queue.
     let pool = Pool::with_headroom(limits(1, 1, 0, 10), Some(headroom));
-    let ask = |id: &'static str| {
-        pool.acquire(Mode::Transcode, id, "low", None, ip(1), later(10), |_| {})
-    };
+    let ask =
+        |id: &'static str| pool.acquire(Mode::Transcode, id, "low", None, ip(1), later(10), |_| {});
     let _first = ask("a").await.unwrap();
     match ask("b").await.err() {
         Some(AdmitError::Overloaded(why)) => assert!(why.contains("1 encoders run"), "{why}"),
