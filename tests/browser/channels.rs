@@ -69,6 +69,7 @@ async fn grid_story(ts: &common::TestServer, b: &Browser) -> Check {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_grid_shows_decoded_snapshots_of_the_demo_channels() {
+    let _turn = crate::TURNS.read().await;
     let ts = common::start().await;
     let b = Browser::open().await;
     let outcome = grid_story(&ts, &b).await;
@@ -174,6 +175,8 @@ async fn list_story(ts: &common::TestServer, b: &Browser) -> Check {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_list_tells_duplicates_apart_folds_accents_and_stays_fast_at_10k() {
+    // It times the page: nothing else plays video meanwhile.
+    let _turn = crate::TURNS.write().await;
     let ts = common::start_with(|s| {
         s.rate_limit_admin = sluice::http::ratelimit::Rate::parse("off").unwrap();
     })

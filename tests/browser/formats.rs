@@ -190,6 +190,7 @@ async fn format_story(ts: &common::TestServer, b: &Browser) -> Check {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn page_format_follows_can_play_type_and_can_be_forced() {
+    let _turn = crate::TURNS.read().await;
     let ts = common::start().await;
     let b = Browser::open().await;
     let outcome = format_story(&ts, &b).await;

@@ -32,6 +32,9 @@ use std::time::{Duration, Instant};
 use driver::{Browser, Check};
 use serde_json::{json, Value};
 
+/// The stories share the machine; one that times the page takes it alone.
+static TURNS: tokio::sync::RwLock<()> = tokio::sync::RwLock::const_new(());
+
 const XSS_NAME: &str = "<img src=x onerror=alert(1)>";
 const ADMIN_KEY: &str = "browser-test-key";
 
@@ -246,6 +249,7 @@ async fn playback_story(ts: &common::TestServer, b: &Browser) -> Check {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn page_plays_switches_quality_and_tracks_sessions() {
+    let _turn = crate::TURNS.read().await;
     let ts = common::start().await;
     let r = common::client()
         .post(ts.url("/api/streams"))
@@ -424,6 +428,7 @@ async fn tools_story(ts: &common::TestServer, b: &Browser, playlist: &std::path:
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn catalog_tools_show_the_servers_answers() {
+    let _turn = crate::TURNS.read().await;
     let ts = common::start_with(|s| s.admin_api_key = Some(ADMIN_KEY.into())).await;
     // Nothing listens on port 9 of loopback: the source fails at once.
     let r = common::client()
@@ -494,6 +499,7 @@ async fn hls_story(ts: &common::TestServer, b: &Browser, page: &str) -> Check {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hls_js_plays_the_master_playlist() {
+    let _turn = crate::TURNS.read().await;
     let js = tokio::task::spawn_blocking(hlsjs::hls_js).await.unwrap();
     let (page, server) = hlsjs::page_server(std::fs::read(js).unwrap()).await;
     let ts = common::start_with(|s| {
