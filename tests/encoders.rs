@@ -300,25 +300,30 @@ fn packet_times(path: &Path) -> Vec<f64> {
         .collect()
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn a_failing_encoder_falls_back_to_x264_without_dropping_viewers() {
-    let _turn = SERIAL.lock().await;
+/// A server whose encoder is the failing test candidate `name`, armed to
+/// fail after about 2 s of pictures at 30 fps. The probe's test encode
+/// runs (and passes) before the candidate is armed.
+async fn armed(name: &'static str, fail_after: &'static AtomicU64) -> TestServer {
     setup();
-    // The probe's test encode runs before the candidate is armed.
     tokio::task::spawn_blocking(|| {
         gst::init().unwrap();
         sluice::encoders::table();
     })
     .await
     .unwrap();
-    // About 2 s of pictures at 30 fps, then the error.
     let probed = sluice::encoders::table().probed();
     assert!(
-        probed.iter().any(|p| p.name == FAILING && p.available),
+        probed.iter().any(|p| p.name == name && p.available),
         "the probe did not pass the test candidate: {probed:?}"
     );
-    FAIL_AFTER.store(60, Ordering::SeqCst);
-    let ts = start_with(|s| s.encoder = FAILING.into()).await;
+    fail_after.store(60, Ordering::SeqCst);
+    start_with(|s| s.encoder = name.into()).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_failing_encoder_falls_back_to_x264_without_dropping_viewers() {
+    let _turn = SERIAL.lock().await;
+    let ts = armed(FAILING, &FAIL_AFTER).await;
     add_stream(&ts, "bars", "test://smpte?size=320x240").await;
     let url = |format: &str| {
         ts.url(&format!(
@@ -513,21 +518,7 @@ async fn fetch(ts: &TestServer, path: &str) -> Vec<u8> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn an_hls_client_gets_a_discontinuity_and_a_new_map_after_a_fallback() {
     let _turn = SERIAL.lock().await;
-    setup();
-    tokio::task::spawn_blocking(|| {
-        gst::init().unwrap();
-        sluice::encoders::table();
-    })
-    .await
-    .unwrap();
-    let probed = sluice::encoders::table().probed();
-    assert!(
-        probed.iter().any(|p| p.name == FAILING_HLS && p.available),
-        "the probe did not pass the test candidate: {probed:?}"
-    );
-    // About 2 s of pictures at 30 fps, then the error.
-    FAIL_HLS_AFTER.store(60, Ordering::SeqCst);
-    let ts = start_with(|s| s.encoder = FAILING_HLS.into()).await;
+    let ts = armed(FAILING_HLS, &FAIL_HLS_AFTER).await;
     add_stream(&ts, "bars", "test://smpte?size=320x240").await;
     let base = "/streams/hls/bars/low/";
     // Segment msn -> (its map, bytes), and each map's bytes, as a client
